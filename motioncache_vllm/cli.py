@@ -1,0 +1,231 @@
+"""The ``motioncache`` command.
+
+``motioncache generate`` turns a caption into a video on the embedded model (or a
+diffusers SkyReels-V2 DF folder) and writes a JSON report. User mistakes exit with code
+2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="MotionCache for autoregressive video diffusion.",
+)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (load bars, deprecation notes) is noise on a CLI."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+@app.callback()
+def _root() -> None:
+    """MotionCache for autoregressive video diffusion."""
+
+
+class UsageError(Exception):
+    """A mistake in the user's input: reported as one line, exit code 2."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Probe by creating (and removing) a file beside ``path``: ``os.access`` says yes
+    for root even on read-only or virtual file systems."""
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: directory {parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory")
+    probe = parent / f".{path.name}.probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Caption of the video."),
+    model: str = typer.Option("embedded", help="'embedded' or the path of a diffusers SkyReels-V2 DF folder."),
+    frames: Optional[int] = typer.Option(None, help="Frames, of the form 4k+1 (17, 33, 65, ...). Default: the model's."),
+    height: Optional[int] = typer.Option(None, help="Height in pixels. Default: the model's."),
+    width: Optional[int] = typer.Option(None, help="Width in pixels. Default: the model's."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk. Default: the model's."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale. Default: the model's."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same video."),
+    cache_policy: str = typer.Option("none", help="Cache policy: none, teacache, flowcache, motion."),
+    policy_config: list[str] = typer.Option(
+        [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6."
+    ),
+    pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
+    tile: int = typer.Option(1, help="Spatial block side in tokens (1 = per-token, as in the paper)."),
+    eviction: str = typer.Option("motion", help="Pool eviction order when full: motion or lru."),
+    runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
+    recompute_map: Optional[Path] = typer.Option(None, help="Also write a heat-map video of recomputation."),
+    compare: bool = typer.Option(
+        False, help="Also run the stock pipeline (full compute) on the same seed: speedup, PSNR, SSIM."
+    ),
+    out: Path = typer.Option(Path("video.mp4"), help="Output video (.mp4 or .gif)."),
+    report: Optional[Path] = typer.Option(None, help="Write a JSON report here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate a video from a caption."""
+    try:
+        _generate(
+            prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
+            eviction, runtime, recompute_map, compare, out, report, quiet,
+        )
+    except UsageError as exc:
+        _fail(str(exc))
+
+
+def _generate(
+    prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
+    eviction, runtime, recompute_map, compare, out, report, quiet,
+):
+    import msgspec
+
+    from motioncache_vllm.blocks.eviction import EVICTION_ORDERS
+    from motioncache_vllm.config import CacheConfig, GenerationReport, GenerationRequest
+    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError, make_policy, parse_overrides
+    from motioncache_vllm.video_io import SUPPORTED_SUFFIXES
+
+    # -- validate everything before any expensive work --------------------------------
+    if not prompt.strip():
+        raise UsageError("--prompt must not be empty")
+    for name, value in (("--frames", frames), ("--steps", steps), ("--height", height), ("--width", width)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be a positive integer, got {value}")
+    if frames is not None and (frames - 1) % 4:
+        lo = (frames - 1) // 4 * 4 + 1
+        raise UsageError(f"--frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {frames}")
+    if guidance is not None and guidance < 0:
+        raise UsageError(f"--guidance must be >= 0, got {guidance}")
+    try:
+        overrides = parse_overrides(policy_config)
+        make_policy(cache_policy, overrides)  # validates name and settings now, not after loading
+    except (UnknownPolicyError, InvalidPolicyConfig) as exc:
+        raise UsageError(str(exc)) from None
+    if pool_mib is not None and pool_mib < 0:
+        raise UsageError(f"--pool-mib must be >= 0, got {pool_mib}")
+    if tile < 1:
+        raise UsageError(f"--tile must be a positive integer, got {tile}")
+    if eviction not in EVICTION_ORDERS:
+        raise UsageError(f"unknown --eviction {eviction!r}; valid: {', '.join(sorted(EVICTION_ORDERS))}")
+    if runtime not in ("chunked", "vanilla"):
+        raise UsageError(f"unknown --runtime {runtime!r}; valid: chunked, vanilla")
+    if runtime == "vanilla" and cache_policy != "none":
+        raise UsageError("--runtime vanilla runs the stock pipeline and only supports --cache-policy none")
+    if out.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise UsageError(f"--out {out}: unsupported format {out.suffix or '(none)'}; use .mp4 or .gif")
+    _check_writable(out, "--out")
+    for path, what in ((report, "--report"), (recompute_map, "--recompute-map")):
+        if path is not None:
+            _check_writable(path, what)
+    if recompute_map is not None and recompute_map.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise UsageError(f"--recompute-map {recompute_map}: use .mp4 or .gif")
+    if recompute_map is not None and runtime == "vanilla":
+        raise UsageError("--recompute-map needs the chunked runtime")
+    _quiet_libraries()
+    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+    from motioncache_vllm.runtime.generate import generate_video
+
+    try:
+        pipe = load_pipeline(model)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    factor = pipe.spatial_factor
+    for name, value in (("--height", height), ("--width", width)):
+        if value is not None and value % factor:
+            raise UsageError(f"{name} must be divisible by {factor} for this model, got {value}")
+    grid = ((height or pipe.config.default_height) // factor, (width or pipe.config.default_width) // factor)
+    if runtime == "chunked" and (grid[0] % tile or grid[1] % tile):
+        raise UsageError(f"--tile {tile} must divide the token grid {grid[0]}x{grid[1]}")
+    show_progress = not quiet and sys.stderr.isatty()
+    request = GenerationRequest(
+        prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+        guidance_scale=guidance, seed=seed,
+    )
+    cache = CacheConfig(
+        policy=cache_policy, policy_config=overrides, tile=tile, pool_mib=pool_mib, eviction=eviction
+    )
+    result = generate_video(pipe, request, progress=show_progress, runtime=runtime, cache=cache)
+    fields = dict(
+        model=str(model), prompt=prompt, seed=seed, frames=result.frames.shape[0], height=result.frames.shape[1],
+        width=result.frames.shape[2], steps=result.steps, guidance=result.guidance, policy=cache_policy,
+        wall_s=round(result.wall_s, 4), runtime=runtime, **result.stats,
+    )
+    if compare:
+        from motioncache_vllm.metrics import psnr_db, ssim
+
+        baseline = generate_video(pipe, request, progress=show_progress, runtime="vanilla")
+        psnr = psnr_db(result.frames, baseline.frames)
+        fields.update(
+            baseline_wall_s=round(baseline.wall_s, 4),
+            speedup=round(baseline.wall_s / result.wall_s, 4),
+            psnr_db=round(psnr, 3) if psnr != float("inf") else 99.0,
+            ssim=round(ssim(result.frames, baseline.frames), 5),
+        )
+        if runtime == "chunked" and cache_policy != "none":
+            # keep the two effects apart: chunked execution vs the cache policy itself
+            chunked = generate_video(pipe, request, progress=show_progress, cache=CacheConfig(tile=tile))
+            fields.update(
+                chunked_wall_s=round(chunked.wall_s, 4),
+                cache_speedup=round(chunked.wall_s / result.wall_s, 4),
+                realised_over_ideal=round(chunked.wall_s / result.wall_s / result.stats["ideal_speedup"], 4),
+            )
+    from motioncache_vllm.video_io import write_video
+
+    try:
+        write_video(out, result.frames)
+    except OSError as exc:  # never lose a finished video: keep it somewhere writable
+        import tempfile
+
+        rescue = Path(tempfile.mkdtemp(prefix="motioncache-")) / out.name
+        write_video(rescue, result.frames)
+        typer.echo(f"error: could not write {out} ({exc}); the video was saved to {rescue}", err=True)
+        raise typer.Exit(1) from None
+    if recompute_map is not None:
+        from motioncache_vllm.runtime.heatmap import recompute_video
+
+        write_video(recompute_map, recompute_video(result.frames, result.recompute_map, result.steps))
+    summary = GenerationReport(**fields)
+    if report is not None:
+        report.write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=2) + b"\n")
+    line = f"wrote {out} ({fields['frames']} frames, {fields['height']}x{fields['width']}) in {fields['wall_s']:.2f}s"
+    if compare:
+        line += f"; vs full compute: {fields['speedup']:.2f}x, PSNR {fields['psnr_db']:.2f} dB, SSIM {fields['ssim']:.4f}"
+    if not quiet:
+        typer.echo(line)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

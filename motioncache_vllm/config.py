@@ -1,0 +1,79 @@
+"""Typed configuration shared by the CLI, the Python API and (later) the vLLM plugin.
+
+Everything that crosses a process boundary is a ``msgspec.Struct``: validated on
+decode, cheap to encode, no pickle of user data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One video to generate. ``None`` fields take the model's defaults."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, description="Caption of the video.")]
+    num_frames: PositiveInt | None = None
+    """Pixel frames, of the form 4k+1 (17, 33, 65, ...)."""
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
+    num_inference_steps: PositiveInt | None = None
+    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    """Classifier-free guidance scale; <= 1 disables the unconditional branch."""
+    seed: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The JSON report of ``motioncache generate`` (key names are a public contract)."""
+
+    model: str
+    prompt: str
+    seed: int
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    policy: str
+    wall_s: float
+    runtime: str = "chunked"
+    # cache figures (chunked runtime)
+    token_steps_total: int | None = None
+    token_steps_computed: int | None = None
+    ideal_speedup: float | None = None
+    full_steps: int | None = None
+    partial_steps: int | None = None
+    skipped_steps: int | None = None
+    forced_blocks: int | None = None
+    pool_peak_bytes: int | None = None
+    pool_budget_bytes: int | None = None
+    evictions: int | None = None
+    kv_cache_bytes: int | None = None
+    # --compare: against the stock pipeline of the same seed
+    baseline_wall_s: float | None = None
+    speedup: float | None = None
+    psnr_db: float | None = None
+    ssim: float | None = None
+    # --compare with a cache policy: against chunked full compute
+    chunked_wall_s: float | None = None
+    cache_speedup: float | None = None
+    realised_over_ideal: float | None = None
+
+
+class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the runtime caches: which policy, at what granularity, in how much memory."""
+
+    policy: str = "none"
+    """Registered policy name (``none``, ``teacache``, ``flowcache``, ``motion``)."""
+    policy_config: dict = msgspec.field(default_factory=dict)
+    """Overrides of the policy's config fields (validated by the policy)."""
+    tile: PositiveInt = 1
+    """Spatial block side in tokens (1 = the paper's per-token granularity)."""
+    pool_mib: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    """Activation pool budget in MiB; None = unbounded."""
+    eviction: str = "motion"
+    """Eviction order when the pool is full: ``motion`` (expected reuse) or ``lru``."""

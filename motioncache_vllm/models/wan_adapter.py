@@ -1,0 +1,219 @@
+"""Model adapter for the Wan family (SkyReels-V2 DF, Wan 2.1; diffusers classes).
+
+Where things are in these transformers, so that runtime code never copies a forward:
+
+- block stack: ``transformer.blocks``, each called as
+  ``block(hidden_states, encoder_hidden_states, temb, rotary_emb[, attention_mask])``;
+- timestep modulation e0 (TeaCache's input): the ``temb`` argument of every block, i.e.
+  ``timestep_proj``, (B, 6, N, D) in diffusion-forcing mode, (B, 6, D) otherwise;
+- self-attention: ``block.attn1`` with a swappable processor; RoPE: ``transformer.rope``;
+- final norm/head: ``norm_out`` / ``proj_out`` after the last block (left untouched).
+
+The adapter installs diffusers hooks on the blocks and a K/V-aware processor on every
+``attn1``. While no :class:`StackExecution` is active they pass everything through
+unchanged, so the model behaves exactly as before (and ``uninstall`` restores it).
+While one is active, one transformer call runs a single chunk of frames:
+
+- the head block asks the execution for a plan (full / skip / gather token subset);
+- every block then runs on the gathered tokens with their own RoPE rows and per-token
+  modulation; self-attention writes the fresh K/V of those tokens into the chunk's K/V
+  slot and attends over ``[finished chunks' K/V | this chunk's K/V]``;
+- the tail block hands its output to the execution, which scatters it back
+  (``h_out = h_in + R``) and stores the new residuals.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+
+_HOOK_NAME = "motioncache_block"
+
+
+def register_diffusers_block_metadata() -> None:
+    """Let diffusers' own caches (FirstBlockCache, MagCache, PAB, ...) hook the SkyReels-V2
+    block, which diffusers 0.42 registers only for Wan. Idempotent."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+    from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2TransformerBlock
+
+    TransformerBlockRegistry._register()
+    if SkyReelsV2TransformerBlock not in TransformerBlockRegistry._registry:
+        TransformerBlockRegistry.register(
+            model_class=SkyReelsV2TransformerBlock,
+            metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+        )
+
+
+class KVStore(Protocol):
+    """Per-layer K/V of one (request, branch) over all its frames, (1, tokens, heads, head_dim)."""
+
+    def keys(self, layer: int) -> torch.Tensor: ...
+
+    def values(self, layer: int) -> torch.Tensor: ...
+
+
+class StackExecution(Protocol):
+    """What the runtime provides for one transformer call on one chunk."""
+
+    kv: KVStore
+    start: int  # first token of the chunk in the stream's K/V
+    end: int  # one past its last token
+    rope: tuple[torch.Tensor, torch.Tensor]  # (1, chunk tokens, 1, head_dim) cos/sin
+
+    def plan(self, hidden: torch.Tensor, temb: torch.Tensor) -> torch.Tensor | None | bool:
+        """Return ``None`` to run all tokens, a LongTensor of chunk token indices to run
+        only those, or ``False`` to skip the stack."""
+
+    def finish(self, hidden_out: torch.Tensor | None) -> torch.Tensor:
+        """Output of the last block (None when skipped) -> full-size block-stack output."""
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan RoPE on interleaved channel pairs (same math as diffusers' SkyReels-V2 processor)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class _Run:
+    """State of the stack for the current transformer call (between head and tail)."""
+
+    __slots__ = ("execution", "tokens", "temb", "rope")
+
+    def __init__(self, execution: StackExecution) -> None:
+        self.execution = execution
+        self.tokens: torch.Tensor | None | bool = None
+        self.temb: torch.Tensor | None = None
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class CachedSelfAttnProcessor:
+    """Self-attention that reads and writes the stream's K/V while a run is active and
+    defers to the model's original processor otherwise."""
+
+    def __init__(self, adapter: WanFamilyAdapter, layer: int, original) -> None:
+        self.adapter, self.layer, self.original = adapter, layer, original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        run = self.adapter.run
+        if run is None or run.tokens is False:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        ex = run.execution
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        cos, sin = run.rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = ex.kv.keys(self.layer), ex.kv.values(self.layer)
+        if run.tokens is None:
+            keys[:, ex.start : ex.end] = k
+            values[:, ex.start : ex.end] = v
+        else:  # fresh K/V for the selected tokens; the others keep their stale K/V
+            index = run.tokens + ex.start
+            keys.index_copy_(1, index, k)
+            values.index_copy_(1, index, v)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys[:, : ex.end].transpose(1, 2), values[:, : ex.end].transpose(1, 2)
+        )
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class _BlockHook(ModelHook):
+    _is_stateful = False
+
+    def __init__(self, adapter: WanFamilyAdapter, is_head: bool, is_tail: bool) -> None:
+        super().__init__()
+        self.adapter, self.is_head, self.is_tail = adapter, is_head, is_tail
+
+    def new_forward(self, module, hidden_states, encoder_hidden_states, temb, rotary_emb, *rest, **kwargs):
+        forward = self.fn_ref.original_forward
+        adapter = self.adapter
+        if adapter.execution is None:
+            return forward(hidden_states, encoder_hidden_states, temb, rotary_emb, *rest, **kwargs)
+        if self.is_head:
+            run = adapter.run = _Run(adapter.execution)
+            run.tokens = run.execution.plan(hidden_states, temb)
+            cos, sin = run.execution.rope
+            if run.tokens is None or run.tokens is False:
+                run.temb, run.rope = temb, (cos, sin)
+            else:
+                tokens = run.tokens
+                hidden_states = hidden_states[:, tokens]
+                run.temb = temb[:, :, tokens] if temb.dim() == 4 else temb
+                run.rope = (cos[:, tokens], sin[:, tokens])
+        run = adapter.run
+        if run.tokens is False:
+            out = None
+        else:
+            # no mask: a chunk sees every finished chunk and all of itself (block-causal)
+            out = forward(hidden_states, encoder_hidden_states, run.temb, run.rope, *([None] if rest else []))
+        if self.is_tail:
+            adapter.run = None
+            return run.execution.finish(out)
+        return hidden_states if out is None else out
+
+
+class WanFamilyAdapter:
+    """Installs the hooks/processors on a Wan-family transformer (see module docstring)."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+        self.blocks = list(transformer.blocks)
+        cfg = transformer.config
+        self.patch_size = tuple(cfg.patch_size)
+        self.dim = cfg.num_attention_heads * cfg.attention_head_dim
+        self.heads, self.head_dim = cfg.num_attention_heads, cfg.attention_head_dim
+        self.num_layers = len(self.blocks)
+        self.execution: StackExecution | None = None
+        self.run: _Run | None = None
+        self._rope_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._installed = False
+
+    # -- install / uninstall -------------------------------------------------------------
+    def install(self) -> WanFamilyAdapter:
+        if self._installed:
+            return self
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            if registry.get_hook(_HOOK_NAME) is not None:
+                raise RuntimeError("a MotionCache adapter is already installed on this transformer")
+            registry.register_hook(_BlockHook(self, is_head=i == 0, is_tail=i == last), _HOOK_NAME)
+            block.attn1.set_processor(CachedSelfAttnProcessor(self, i, block.attn1.processor))
+        self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        for block in self.blocks:
+            HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
+            block.attn1.set_processor(block.attn1.processor.original)
+        self._installed = False
+
+    # -- geometry ------------------------------------------------------------------------
+    def token_grid(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        return latent_height // self.patch_size[1], latent_width // self.patch_size[2]
+
+    def rope_rows(self, frame_start: int, frames: int, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE rows of latent frames ``[frame_start, frame_start + frames)`` at absolute positions."""
+        key = (frame_start, frames, *grid)
+        if key not in self._rope_cache:
+            h, w = grid
+            # the rope module only reads the shape of its input
+            probe = torch.empty((1, 1, frame_start + frames, h * self.patch_size[1], w * self.patch_size[2]))
+            cos, sin = self.transformer.rope(probe)
+            lo = frame_start * h * w
+            self._rope_cache[key] = (cos[:, lo:].contiguous(), sin[:, lo:].contiguous())
+        return self._rope_cache[key]
+
+    def activate(self, execution: StackExecution | None) -> None:
+        self.execution = execution
+        self.run = None

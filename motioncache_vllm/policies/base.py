@@ -1,0 +1,94 @@
+"""The policy interface: a policy decides, the runtime executes, the pool stores.
+
+One policy object serves many (request, chunk, CFG branch) streams; everything that
+changes from step to step lives in a :class:`PolicyState` made by ``new_state`` and
+cleared by ``reset()``. Per step the runtime hands the policy a :class:`StepObservation`
+and gets a :class:`Decision` back; after executing it reports which blocks were really
+recomputed (a decision may be widened when cached blocks were evicted).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import msgspec
+import torch
+
+from motioncache_vllm.blocks.layout import ChunkLayout
+
+Mode = Literal["full", "skip", "partial"]
+
+
+@dataclass
+class StepObservation:
+    """What the policy may look at before the block stack runs.
+
+    Attributes:
+        e0: timestep modulation of the chunk (the blocks' ``temb``), any shape.
+        hidden: (F, P, C) block-stack input of the chunk (after patch embedding).
+        previous_last_frame: (P, C) input of the previous chunk's last frame, or None.
+    """
+
+    e0: torch.Tensor
+    hidden: torch.Tensor
+    previous_last_frame: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    mode: Mode
+    blocks: torch.Tensor | None = None  # (num_blocks,) bool, for "partial"
+
+    @staticmethod
+    def full() -> Decision:
+        return Decision("full")
+
+    @staticmethod
+    def skip() -> Decision:
+        return Decision("skip")
+
+
+@dataclass
+class PolicyState:
+    """Per (request, chunk, branch) state. Subclasses add fields and extend ``reset``."""
+
+    layout: ChunkLayout
+    step: int = 0
+    updates: int = 0  # compute events after warm-up
+    previous_e0: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.step, self.updates, self.previous_e0 = 0, 0, None
+
+
+class CachePolicy(ABC):
+    """Base class: subclasses set ``name``, ``config_cls`` and implement ``decide``."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[msgspec.Struct]]
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: msgspec.Struct | None = None, model_coefficients: tuple[float, ...] | None = None):
+        """``model_coefficients``: the model's calibrated rescale polynomial, if it has one."""
+        self.config = config if config is not None else self.config_cls()
+        self.model_coefficients = model_coefficients
+
+    def new_state(self, layout: ChunkLayout) -> PolicyState:
+        return PolicyState(layout)
+
+    @abstractmethod
+    def decide(self, state: PolicyState, obs: StepObservation) -> Decision:
+        """Choose what to compute this step. Must not assume the decision is executed as is."""
+
+    def on_computed(self, state: PolicyState, blocks: torch.Tensor | None) -> None:
+        """Blocks (bool mask; None = all) whose residuals were just recomputed."""
+
+    def end_step(self, state: PolicyState) -> None:
+        state.step += 1
+
+    def steps_until_recompute(self, state: PolicyState) -> torch.Tensor | None:
+        """Estimated steps until each block is recomputed anyway (eviction order), or None."""
+        return None

@@ -1,0 +1,20 @@
+"""``none``: full compute every step (the chunked runtime still reuses finished chunks' K/V)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
+
+
+class NoneConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """No knobs."""
+
+
+class NonePolicy(CachePolicy):
+    name = "none"
+    config_cls = NoneConfig
+    description = "full compute every step"
+
+    def decide(self, state: PolicyState, obs: StepObservation) -> Decision:
+        return Decision.full()

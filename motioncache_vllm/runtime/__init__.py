@@ -1,0 +1,1 @@
+"""The denoising loop with caching: chunked AR execution, selective forward, CFG branches."""

@@ -1,0 +1,172 @@
+"""One entry point for every way of generating a video: :func:`generate_video`.
+
+- ``runtime="vanilla"``: the stock diffusers pipeline loop (full window every step);
+- ``runtime="chunked"``: :class:`~motioncache_vllm.runtime.chunked.ChunkedRunner`, the
+  active chunk only, finished chunks as K/V, with the cache policy of ``cache``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from motioncache_vllm.blocks.eviction import make_eviction_order
+from motioncache_vllm.blocks.pool import ActivationPool
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.video_io import to_uint8
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    wall_s: float
+    steps: int
+    guidance: float
+    stats: dict = field(default_factory=dict)
+    recompute_map: np.ndarray | None = None  # (latent frames, token rows, token cols)
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    prompt: str
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+    max_sequence_length: int
+
+
+def resolve(pipe, request: GenerationRequest) -> ResolvedRequest:
+    cfg = pipe.config
+    return ResolvedRequest(
+        prompt=request.prompt,
+        num_frames=request.num_frames or cfg.default_num_frames,
+        height=request.height or cfg.default_height,
+        width=request.width or cfg.default_width,
+        steps=request.num_inference_steps or cfg.default_num_inference_steps,
+        guidance=cfg.default_guidance_scale if request.guidance_scale is None else request.guidance_scale,
+        seed=request.seed,
+        max_sequence_length=cfg.default_max_sequence_length,
+    )
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """Seed both the explicit generator and the global RNG: diffusers' SkyReels-V2 DF
+    pipeline draws some noise from the global RNG (see DESIGN.md section 6)."""
+    torch.manual_seed(seed)
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def make_pool(pipe, cache: CacheConfig, latent_frames_per_chunk: int | None = None) -> ActivationPool:
+    """A pool whose slots hold one spatial block (tile x tile tokens x chunk frames)."""
+    frames = latent_frames_per_chunk or pipe.causal_block_size
+    dim = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
+    budget = None if cache.pool_mib is None else int(cache.pool_mib * 2**20)
+    return ActivationPool(frames * cache.tile * cache.tile, dim, budget, make_eviction_order(cache.eviction))
+
+
+def decode_latents(pipe, latents: torch.Tensor, num_frames: int) -> np.ndarray:
+    """Normalised latents -> uint8 frames, as the stock pipeline decodes them."""
+    vae = pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+    std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+    video = vae.decode(latents * std + mean, return_dict=False)[0]
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+    return to_uint8(frames[:num_frames])
+
+
+def generate_video(
+    pipe,
+    request: GenerationRequest,
+    policy: str = "none",
+    progress: bool = False,
+    runtime: str = "chunked",
+    cache: CacheConfig | None = None,
+    pool: ActivationPool | None = None,
+) -> GenerationResult:
+    """Generate ``request``.
+
+    Args:
+        pipe: a loaded :class:`MotionCacheSkyReelsPipeline`.
+        policy: cache policy name (overridden by ``cache.policy`` when ``cache`` is given).
+        runtime: ``"chunked"`` (default) or ``"vanilla"`` (stock pipeline; policy must be none).
+        cache: full cache settings (policy config, tile, pool budget, eviction).
+        pool: an existing pool to share (e.g. across requests); built from ``cache`` if None.
+    """
+    cache = cache or CacheConfig(policy=policy)
+    r = resolve(pipe, request)
+    if runtime == "vanilla":
+        if cache.policy != "none":
+            raise ValueError("the vanilla runtime only runs policy 'none'")
+        return _generate_vanilla(pipe, r, progress)
+    if runtime != "chunked":
+        raise ValueError(f"unknown runtime {runtime!r}; valid: chunked, vanilla")
+    return _generate_chunked(pipe, r, cache, pool, progress)
+
+
+def _generate_vanilla(pipe, r: ResolvedRequest, progress: bool) -> GenerationResult:
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    out = pipe(
+        r.prompt, num_frames=r.num_frames, height=r.height, width=r.width, num_inference_steps=r.steps,
+        guidance_scale=r.guidance, generator=seeded_generator(r.seed), output_type="np",
+    )
+    wall = time.perf_counter() - t0
+    return GenerationResult(frames=to_uint8(out.frames[0]), wall_s=wall, steps=r.steps, guidance=r.guidance)
+
+
+def _generate_chunked(pipe, r: ResolvedRequest, cache: CacheConfig, pool, progress: bool) -> GenerationResult:
+    from tqdm.auto import tqdm
+
+    from motioncache_vllm.policies import make_policy
+    from motioncache_vllm.policies.calibration import model_coefficients
+    from motioncache_vllm.runtime.chunked import ChunkedRunner, recompute_map_frames
+
+    coefficients = model_coefficients(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+    policy = make_policy(cache.policy, cache.policy_config, coefficients)
+    pool = pool if pool is not None else make_pool(pipe, cache)
+    device = pipe._execution_device
+    t0 = time.perf_counter()
+    generator = seeded_generator(r.seed)
+    pipe._guidance_scale = r.guidance
+    cond, uncond = pipe.encode_prompt(
+        r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
+        max_sequence_length=r.max_sequence_length, device=device,
+    )
+    padded = pipe.padded_num_frames(r.num_frames)
+    latents = pipe.prepare_latents(
+        1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32, device, generator
+    )[0]
+    runner = ChunkedRunner(pipe, policy, pool, tile=cache.tile)
+    chunks = latents.shape[2] // pipe.causal_block_size
+    with tqdm(total=chunks * r.steps, disable=not progress, leave=False, desc=cache.policy) as bar:
+        embeds = {"cond": cond.to(pipe.transformer.dtype)}
+        if uncond is not None:
+            embeds["uncond"] = uncond.to(pipe.transformer.dtype)
+        result = runner.denoise(embeds, latents, r.steps, r.guidance, progress=bar)
+    frames = decode_latents(pipe, result.latents, r.num_frames)
+    wall = time.perf_counter() - t0
+    c = result.counters
+    grid = runner.adapter.token_grid(latents.shape[3], latents.shape[4])
+    stats = dict(
+        token_steps_total=c.token_steps_total,
+        token_steps_computed=c.token_steps_computed,
+        ideal_speedup=round(c.token_steps_total / max(c.token_steps_computed, 1), 4),
+        full_steps=c.full_steps,
+        partial_steps=c.partial_steps,
+        skipped_steps=c.skipped_steps,
+        forced_blocks=c.forced_blocks,
+        pool_peak_bytes=pool.stats.peak_bytes,
+        pool_budget_bytes=pool.budget_bytes,
+        evictions=pool.stats.evictions,
+        kv_cache_bytes=result.kv_bytes,
+    )
+    return GenerationResult(
+        frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
+        recompute_map=recompute_map_frames(c, grid, cache.tile),
+    )

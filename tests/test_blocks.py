@@ -1,0 +1,117 @@
+"""The activation pool: free queue pointers, budget, eviction orders (incl. property tests)."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from motioncache_vllm.blocks.eviction import LRUOrder, MotionAwareOrder
+from motioncache_vllm.blocks.free_queue import NULL, FreeSlotQueue
+from motioncache_vllm.blocks.layout import ChunkLayout
+from motioncache_vllm.blocks.pool import ActivationPool
+
+
+def test_free_queue_links_pointer_by_pointer():
+    q = FreeSlotQueue(4)
+    assert q.to_list() == [0, 1, 2, 3] and q.head == 0 and q.tail == 3
+    q.remove(2)
+    assert q._next[1] == 3 and q._prev[3] == 1 and 2 not in q
+    assert q.pop() == 0 and q.head == 1 and q._prev[1] == NULL
+    q.push(2)
+    assert q.to_list() == [1, 3, 2] and q.tail == 2 and q._next[3] == 2
+    q.remove(2)
+    assert q.tail == 3 and q._next[3] == NULL and len(q) == 2
+
+
+def test_layout_blocks_and_tokens():
+    lay = ChunkLayout(frames=2, height=4, width=4, tile=2)
+    assert lay.num_blocks == 4 and lay.block_sizes.tolist() == [8, 8, 8, 8]
+    tokens = lay.tokens_of(torch.tensor([False, True, False, False]))
+    assert tokens.tolist() == [2, 3, 6, 7, 18, 19, 22, 23]
+    flags = torch.zeros(lay.num_tokens, dtype=torch.bool)
+    flags[tokens[:4]] = True  # block 1 in frame 0 only
+    assert lay.block_fraction(flags).tolist() == [0.0, 0.5, 0.0, 0.0]
+
+
+def _values(n, tokens=2, dim=3, fill=1.0):
+    return torch.full((n, tokens, dim), fill)
+
+
+def test_motion_order_evicts_soonest_recomputed_first():
+    pool = ActivationPool(2, 3, budget_bytes=3 * 2 * 3 * 4, eviction=MotionAwareOrder())
+    pool.write("a", 4, torch.tensor([0, 1, 2]), _values(3), torch.tensor([5.0, 0.5, 9.0]))
+    pool.write("b", 4, torch.tensor([0]), _values(1), torch.tensor([7.0]))
+    assert pool.present("a", 4).tolist() == [True, False, True, False]  # block 1 (0.5 steps left) went
+    pool.reprioritise("a", torch.tensor([0.1, 0.0, 9.0, 0.0]))
+    pool.write("b", 4, torch.tensor([1]), _values(1), torch.tensor([7.0]))
+    assert pool.present("a", 4).tolist() == [False, False, True, False]
+    assert pool.stats.evictions == 2
+
+
+def test_lru_order_evicts_least_recently_used():
+    pool = ActivationPool(2, 3, budget_bytes=2 * 2 * 3 * 4, eviction=LRUOrder())
+    pool.write("a", 3, torch.tensor([0, 1]), _values(2), torch.zeros(2))
+    pool.read("a", torch.tensor([0]))  # 0 is now more recent than 1
+    pool.write("a", 3, torch.tensor([2]), _values(1), torch.zeros(1))
+    assert pool.present("a", 3).tolist() == [True, False, True]
+
+
+def test_write_never_evicts_its_own_blocks_and_drops_what_does_not_fit():
+    pool = ActivationPool(2, 3, budget_bytes=2 * 2 * 3 * 4)
+    stored = pool.write("a", 4, torch.arange(4), _values(4), torch.zeros(4))
+    assert stored.tolist() == [True, True, False, False]
+    assert pool.stats.dropped_writes == 2 and pool.stats.in_use_slots == 2
+
+
+def test_read_returns_values_and_misses():
+    pool = ActivationPool(2, 3, budget_bytes=None)
+    pool.write("a", 3, torch.tensor([1]), _values(1, fill=4.0), torch.zeros(1))
+    vals, hit = pool.read("a", torch.tensor([0, 1]))
+    assert hit.tolist() == [False, True] and vals[1].eq(4.0).all() and vals[0].eq(0).all()
+
+
+def test_zero_budget_stores_nothing():
+    pool = ActivationPool(2, 3, budget_bytes=0)
+    assert pool.write("a", 2, torch.arange(2), _values(2), torch.zeros(2)).tolist() == [False, False]
+    assert pool.allocated_bytes == 0
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "release", "read", "reprio"]),
+        st.integers(0, 3),  # owner
+        st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True),
+        st.floats(0, 10),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, budget_slots=st.integers(0, 12), eviction=st.sampled_from(["motion", "lru"]))
+def test_budget_never_exceeded_and_tables_consistent(ops, budget_slots, eviction):
+    order = MotionAwareOrder() if eviction == "motion" else LRUOrder()
+    tokens, dim = 2, 3
+    budget = budget_slots * tokens * dim * 4
+    pool = ActivationPool(tokens, dim, budget_bytes=budget, eviction=order)
+    truth: dict[tuple, float] = {}
+    for op, owner, blocks, prio in ops:
+        idx = torch.tensor(blocks)
+        if op == "write":
+            vals = torch.stack([torch.full((tokens, dim), float(owner * 10 + b)) for b in blocks])
+            stored = pool.write(owner, 8, idx, vals, torch.full((len(blocks),), prio))
+            for b, ok in zip(blocks, stored.tolist()):
+                if ok:
+                    truth[(owner, b)] = float(owner * 10 + b)
+        elif op == "release":
+            pool.release(owner)
+        elif op == "reprio":
+            pool.reprioritise(owner, torch.full((8,), prio))
+        else:
+            vals, hit = pool.read(owner, idx)
+            for b, v, h in zip(blocks, vals, hit.tolist()):
+                if h:  # whatever is present holds exactly what was written for it
+                    assert v.eq(truth[(owner, b)]).all()
+        assert pool.stats.in_use_bytes <= budget and pool.allocated_bytes <= budget
+        slots = torch.cat([t[t >= 0] for t in pool.tables.values()]) if pool.tables else torch.tensor([])
+        assert len(slots) == len(set(slots.tolist())) == pool.stats.in_use_slots
+        assert pool.stats.in_use_slots + len(pool.free) == pool.stats.capacity_slots

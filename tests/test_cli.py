@@ -1,0 +1,73 @@
+"""The real ``motioncache`` command in a subprocess, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from motioncache_vllm.video_io import read_video
+
+REPORT_KEYS = {"model", "prompt", "seed", "frames", "height", "width", "steps", "policy", "wall_s"}
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "motioncache_vllm.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_generate_happy_path_with_compare(tmp_path):
+    out, report = tmp_path / "v.mp4", tmp_path / "r.json"
+    res = run_cli(
+        "generate", "--prompt", "a red circle moves right", "--frames", "17", "--steps", "3",
+        "--out", str(out), "--report", str(report), "--compare",
+    )
+    assert res.returncode == 0, res.stderr
+    assert read_video(out).shape == (17, 64, 64, 3)
+    data = json.loads(report.read_text())
+    assert REPORT_KEYS | {"baseline_wall_s", "speedup", "psnr_db", "ssim"} <= set(data)
+    assert data["frames"] == 17 and data["policy"] == "none" and data["steps"] == 3
+    # chunked none vs the stock loop: the same computation up to float reassociation
+    assert data["psnr_db"] >= 60 and data["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert data["token_steps_computed"] == data["token_steps_total"] and data["ideal_speedup"] == 1.0
+
+
+def test_gif_output(tmp_path):
+    out = tmp_path / "v.gif"
+    res = run_cli("generate", "-p", "a green square moves up", "--frames", "17", "--steps", "2", "--out", str(out), "-q")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""  # --quiet
+    assert read_video(out).shape[0] == 17
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "0"], "--frames must be a positive integer"),
+        (["--frames", "-5"], "--frames must be a positive integer"),
+        (["--frames", "32"], "4k+1"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--height", "60"], "divisible by 8"),
+        (["--width", "100"], "divisible by 8"),
+        (["--cache-policy", "nope"], "valid policies: flowcache, motion, none, teacache"),
+        (["--cache-policy", "motion", "--policy-config", "bogus=1"], "unknown field `bogus`"),
+        (["--cache-policy", "motion", "--policy-config", "alpha"], "key=value"),
+        (["--tile", "3"], "must divide the token grid"),
+        (["--model", "/definitely/not/here"], "not a diffusers pipeline folder"),
+        (["--out", "/definitely/not/here/v.mp4"], "does not exist"),
+        (["--out", "/proc/v.mp4"], "cannot write"),
+        (["--out", "v.avi"], "unsupported format"),
+        (["--guidance", "-1"], "--guidance must be >= 0"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    argv = ["generate", "--prompt", "a red circle moves right", "--steps", "1", *args]
+    if "--out" not in args:
+        argv += ["--out", str(tmp_path / "v.mp4")]
+    res = run_cli(*argv, cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "v.mp4").exists()
