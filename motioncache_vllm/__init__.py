@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_pipeline": "motioncache_vllm.models.loading",
     "MotionCacheSkyReelsPipeline": "motioncache_vllm.models.pipeline",
+    "enable": "motioncache_vllm.api",
+    "disable": "motioncache_vllm.api",
     # diffusers resolves pipeline components as ``<library>.<ClassName>``
     "FixedLinearVideoAutoencoder": "motioncache_vllm.models.latent",
 }

@@ -223,6 +223,85 @@ def _generate(
         typer.echo(line)
 
 
+@app.command()
+def calibrate(
+    model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder (written into)."),
+    prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: 4 training-style captions)."),
+    frames: Optional[int] = typer.Option(None, help="Frames per calibration video (default: the model's)."),
+    degree: int = typer.Option(4, help="Polynomial degree."),
+) -> None:
+    """Fit the model's rescale polynomial (TeaCache-style) and store it beside its weights."""
+    _quiet_libraries()
+    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline, resolve_model_path
+    from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration
+
+    try:
+        lines = _read_prompts(prompts) if prompts else CALIBRATION_PROMPTS
+        pipe = load_pipeline(model)
+    except (UsageError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    record = fit(pipe, lines, degree=degree, num_frames=frames)
+    path = save_calibration(record, resolve_model_path(model))
+    typer.echo(f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step")
+
+
+CALIBRATION_PROMPTS = [
+    "a red circle moves right slowly",
+    "a blue square bounces up",
+    "camera pans left over a green triangle",
+    "a yellow circle moves down then cut to a white square moves left",
+]
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UsageError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    if not lines:
+        raise UsageError(f"prompts file {path} has no captions")
+    return lines
+
+
+@app.command()
+def gate(
+    model: str = typer.Option("embedded", help="'embedded' or a pipeline folder of the embedded architecture."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's)."),
+    samples: Optional[Path] = typer.Option(None, help="Also write a GIF strip of the first 4 samples here."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Quality gate: on held-out captions, does a tracker agree with colour and direction?"""
+    _quiet_libraries()
+    import numpy as np
+
+    from motioncache_vllm.config import GenerationRequest
+    from motioncache_vllm.data.procedural import held_out_prompts
+    from motioncache_vllm.data.tracker import check
+    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+    from motioncache_vllm.runtime.generate import generate_video
+
+    try:
+        pipe = load_pipeline(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    prompts = held_out_prompts()
+    colour = direction = 0
+    strips = []
+    for i, prompt in enumerate(prompts):
+        video = generate_video(pipe, GenerationRequest(prompt=prompt, num_inference_steps=steps, seed=seed + i))
+        c, d = check(video.frames, prompt)
+        colour, direction = colour + c, direction + d
+        typer.echo(f"{prompt:40s} colour {'ok' if c else '--'}  direction {'ok' if d else '--'}")
+        if len(strips) < 4:
+            strips.append(video.frames)
+    n = len(prompts)
+    typer.echo(f"colour agreement {colour}/{n} = {colour / n:.0%}; direction agreement {direction}/{n} = {direction / n:.0%}")
+    if samples is not None:
+        from motioncache_vllm.video_io import write_video
+
+        write_video(samples, np.concatenate(strips, axis=2))
+
+
 def main() -> None:
     app()
 

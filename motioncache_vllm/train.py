@@ -99,6 +99,7 @@ def main(
     save_every: int = typer.Option(500),
     threads: int = typer.Option(2, help="torch intra-op threads."),
     seed: int = typer.Option(0),
+    reset_ema: bool = typer.Option(False, help="Restart the EMA from the live weights (after a bad EMA setting)."),
     quiet: bool = typer.Option(False),
 ) -> None:
     from tqdm import tqdm
@@ -131,6 +132,9 @@ def main(
         ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
+    if reset_ema:
+        ema_model.load_state_dict(model.state_dict())
+        ema_text.load_state_dict(text.state_dict())
     rng = torch.Generator().manual_seed(seed * 1000 + step)
 
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -175,10 +179,13 @@ def main(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        # warm-up schedule (as diffusers' EMAModel): a fixed 0.999 from step 0 would leave
+        # the shipped weights mostly at their random init for the first thousand steps
+        decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, live in ((ema_model, model), (ema_text, text)):
                 for pe, pl in zip(ema.parameters(), live.parameters()):
-                    pe.lerp_(pl, 1 - ema_decay)
+                    pe.lerp_(pl, 1 - decay)
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)

@@ -71,3 +71,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_motion_policy_report_and_recompute_map(tmp_path):
+    out, report, heat = tmp_path / "v.mp4", tmp_path / "r.json", tmp_path / "map.mp4"
+    res = run_cli(
+        "generate", "-p", "a red circle moves right", "--frames", "17", "--steps", "8", "--cache-policy", "motion",
+        "--policy-config", "threshold=2.0", "--pool-mib", "1", "--out", str(out), "--report", str(report),
+        "--recompute-map", str(heat), "-q",
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(report.read_text())
+    for key in ("token_steps_total", "token_steps_computed", "ideal_speedup", "pool_peak_bytes", "evictions"):
+        assert key in data
+    assert data["token_steps_computed"] < data["token_steps_total"] and data["ideal_speedup"] > 1
+    assert data["pool_peak_bytes"] <= 2**20
+    heat_video = read_video(heat)
+    assert heat_video.shape == (17, 64, 128, 3)  # generated frame | heat map

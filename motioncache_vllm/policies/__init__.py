@@ -18,7 +18,7 @@ from motioncache_vllm.policies.teacache import TeaCacheConfig, TeaCachePolicy
 
 __all__ = [
     "CachePolicy", "Decision", "PolicyState", "StepObservation", "UnknownPolicyError", "InvalidPolicyConfig",
-    "register_policy", "policy_names", "get_policy_class", "make_policy", "parse_overrides",
+    "register_policy", "policy_names", "policy_for_config", "get_policy_class", "make_policy", "parse_overrides",
     "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig",
 ]
 
@@ -71,6 +71,14 @@ def make_policy(
         fields = ", ".join(f.name for f in msgspec.structs.fields(cls.config_cls)) or "(none)"
         raise InvalidPolicyConfig(f"policy {name!r}: {exc}; its fields: {fields}") from None
     return cls(config, model_coefficients=model_coefficients)
+
+
+def policy_for_config(config: msgspec.Struct) -> str:
+    """The registered policy name whose config class is exactly ``type(config)``."""
+    for name, cls in _REGISTRY.items():
+        if type(config) is cls.config_cls:
+            return name
+    raise InvalidPolicyConfig(f"{type(config).__name__} is not the config of a registered policy")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

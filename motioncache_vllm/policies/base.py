@@ -86,6 +86,9 @@ class CachePolicy(ABC):
     def on_computed(self, state: PolicyState, blocks: torch.Tensor | None) -> None:
         """Blocks (bool mask; None = all) whose residuals were just recomputed."""
 
+    def observe_residual(self, state: PolicyState, residual: torch.Tensor) -> None:
+        """The fresh block-stack residual after a full step (calibration, research policies)."""
+
     def end_step(self, state: PolicyState) -> None:
         state.step += 1
 

@@ -141,6 +141,7 @@ class ChunkStream:
         all_blocks = torch.arange(lay.num_blocks)
         if self._mode == "full":
             residual = (hidden_out - h_in)[0]
+            self.policy.observe_residual(self.state, residual)
             self._store(all_blocks, residual)
             self.policy.on_computed(self.state, None)
             return hidden_out

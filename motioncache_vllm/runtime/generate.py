@@ -120,7 +120,9 @@ def _generate_vanilla(pipe, r: ResolvedRequest, progress: bool) -> GenerationRes
     return GenerationResult(frames=to_uint8(out.frames[0]), wall_s=wall, steps=r.steps, guidance=r.guidance)
 
 
-def _generate_chunked(pipe, r: ResolvedRequest, cache: CacheConfig, pool, progress: bool) -> GenerationResult:
+def _generate_chunked(
+    pipe, r: ResolvedRequest, cache: CacheConfig, pool, progress: bool, generator: torch.Generator | None = None
+) -> GenerationResult:
     from tqdm.auto import tqdm
 
     from motioncache_vllm.policies import make_policy
@@ -132,7 +134,7 @@ def _generate_chunked(pipe, r: ResolvedRequest, cache: CacheConfig, pool, progre
     pool = pool if pool is not None else make_pool(pipe, cache)
     device = pipe._execution_device
     t0 = time.perf_counter()
-    generator = seeded_generator(r.seed)
+    generator = generator if generator is not None else seeded_generator(r.seed)
     pipe._guidance_scale = r.guidance
     cond, uncond = pipe.encode_prompt(
         r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
@@ -170,3 +172,40 @@ def _generate_chunked(pipe, r: ResolvedRequest, cache: CacheConfig, pool, progre
         frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
         recompute_map=recompute_map_frames(c, grid, cache.tile),
     )
+
+
+def call_with_cache(
+    pipe, cache: CacheConfig, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
+    guidance_scale, ar_step, max_sequence_length, output_type, extra: dict,
+):
+    """``pipe(...)`` after :func:`motioncache_vllm.enable`: same arguments, chunked runtime."""
+    from diffusers.pipelines.skyreels_v2.pipeline_output import SkyReelsV2PipelineOutput
+
+    unsupported = sorted(set(extra) - {"generator", "return_dict"})
+    if not isinstance(prompt, str) or negative_prompt is not None or ar_step is not None or unsupported:
+        raise ValueError(
+            "with MotionCache enabled the pipeline takes one prompt string and "
+            "height/width/num_frames/num_inference_steps/guidance_scale/generator/output_type; "
+            f"got also: {', '.join(unsupported) or 'negative_prompt/ar_step/prompt list'}. "
+            "Call motioncache_vllm.disable(pipe) for the stock pipeline."
+        )
+    request = GenerationRequest(
+        prompt=prompt, num_frames=num_frames, height=height, width=width,
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+    )
+    r = resolve(pipe, request)
+    if max_sequence_length:
+        r = ResolvedRequest(**{**r.__dict__, "max_sequence_length": max_sequence_length})
+    generator = extra.get("generator") or torch.Generator("cpu").manual_seed(0)
+    result = _generate_chunked(pipe, r, cache, pool=None, progress=False, generator=generator)
+    pipe.motioncache_stats = result.stats
+    frames = result.frames[None].astype(np.float32) / 255.0
+    if output_type == "pil":
+        from PIL import Image
+
+        frames = [[Image.fromarray(f) for f in result.frames]]
+    elif output_type == "pt":
+        frames = torch.from_numpy(frames)
+    if extra.get("return_dict", True):
+        return SkyReelsV2PipelineOutput(frames=frames)
+    return (frames,)

@@ -1,0 +1,92 @@
+"""Fit the TeaCache-style rescale polynomial of a model (``motioncache calibrate``).
+
+Over full-compute trajectories of a few prompts, per (chunk, branch) and step, record
+``x = relL1(e0_t, e0_{t-1})`` (what the policies can see before computing) and
+``y = relL1(R_t, R_{t-1})`` (how much the block-stack residual really changed), then
+fit ``y ~ poly(x)`` by least squares, as TeaCache does. The result is stored beside the
+model's weights as ``motioncache_calibration.json`` and picked up automatically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motioncache_vllm.config import GenerationRequest
+from motioncache_vllm.motion import relative_l1
+from motioncache_vllm.policies.base import PolicyState
+from motioncache_vllm.policies.calibration import CALIBRATION_FILE
+from motioncache_vllm.policies.none import NonePolicy
+
+
+@dataclass
+class _RecordingState(PolicyState):
+    previous_residual: torch.Tensor | None = None
+    pending_x: float | None = None
+    samples: list = field(default_factory=list)
+
+
+class _RecordingPolicy(NonePolicy):
+    """Full compute, recording (x, y) pairs; not registered (a tool, not a cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[float, float]] = []
+
+    def new_state(self, layout) -> _RecordingState:
+        return _RecordingState(layout)
+
+    def decide(self, state: _RecordingState, obs):
+        state.pending_x = None if state.previous_e0 is None else relative_l1(obs.e0, state.previous_e0)
+        state.previous_e0 = obs.e0
+        return super().decide(state, obs)
+
+    def observe_residual(self, state: _RecordingState, residual: torch.Tensor) -> None:
+        if state.pending_x is not None and state.previous_residual is not None:
+            self.samples.append((state.pending_x, relative_l1(residual, state.previous_residual)))
+        state.previous_residual = residual.clone()
+
+
+def calibrate(pipe, prompts: list[str], degree: int = 4, num_frames: int | None = None, seed: int = 0) -> dict:
+    """Run full compute on ``prompts`` and fit the polynomial; returns the calibration record."""
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+    from motioncache_vllm.runtime.generate import make_pool, resolve, seeded_generator
+    from motioncache_vllm.config import CacheConfig
+
+    policy = _RecordingPolicy()
+    for i, prompt in enumerate(prompts):
+        r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, seed=seed + i))
+        generator = seeded_generator(r.seed)
+        pipe._guidance_scale = r.guidance
+        cond, uncond = pipe.encode_prompt(
+            r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
+            max_sequence_length=r.max_sequence_length, device=pipe._execution_device,
+        )
+        latents = pipe.prepare_latents(
+            1, pipe.transformer.config.in_channels, r.height, r.width, pipe.padded_num_frames(r.num_frames),
+            torch.float32, pipe._execution_device, generator,
+        )[0]
+        embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
+        ChunkedRunner(pipe, policy, make_pool(pipe, CacheConfig())).denoise(embeds, latents, r.steps, r.guidance)
+    x, y = np.array(policy.samples).T
+    coefficients = np.polyfit(x, y, degree)
+    fitted = np.poly1d(coefficients)(x)
+    return {
+        "coefficients": coefficients.tolist(),
+        "degree": degree,
+        "samples": len(x),
+        "x_range": [float(x.min()), float(x.max())],
+        "y_mean": float(y.mean()),
+        "r2": float(1 - ((y - fitted) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)),
+        "prompts": prompts,
+    }
+
+
+def save_calibration(record: dict, model_dir: str | Path) -> Path:
+    path = Path(model_dir) / CALIBRATION_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

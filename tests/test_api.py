@@ -1,0 +1,65 @@
+"""The one-call diffusers-style API and calibration, on the embedded model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import motioncache_vllm
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.policies import FlowCacheConfig, MotionConfig
+from motioncache_vllm.runtime.calibrate import calibrate, save_calibration
+from motioncache_vllm.runtime.generate import generate_video
+
+KW = dict(num_frames=17, num_inference_steps=10)
+
+
+def test_enable_routes_calls_through_the_cache_and_disable_restores(embedded_pipe):
+    pipe = embedded_pipe
+    motioncache_vllm.enable(pipe, MotionConfig(threshold=2.0))
+    try:
+        with pytest.raises(RuntimeError, match="already enabled"):
+            motioncache_vllm.enable(pipe)
+        cached = pipe("a red circle moves right", generator=torch.Generator().manual_seed(4), **KW).frames[0]
+        stats = pipe.motioncache_stats
+        assert stats["token_steps_computed"] < stats["token_steps_total"]
+        with pytest.raises(ValueError, match="disable"):
+            pipe(["two", "prompts"], **KW)
+    finally:
+        motioncache_vllm.disable(pipe)
+    # the same request through generate_video gives the same video
+    ref = generate_video(
+        pipe, GenerationRequest(prompt="a red circle moves right", seed=4, **{"num_frames": 17, "num_inference_steps": 10}),
+        cache=CacheConfig(policy="motion", policy_config={"threshold": 2.0}),
+    )
+    assert np.abs((cached * 255).round().astype(int) - ref.frames.astype(int)).max() <= 1
+    torch.manual_seed(0)
+    stock = pipe("a red circle moves right", output_type="np", **KW).frames
+    assert stock.shape == (1, 17, 64, 64, 3)
+
+
+def test_enable_picks_policy_from_config_class(embedded_pipe):
+    motioncache_vllm.enable(embedded_pipe, FlowCacheConfig(threshold=0.2), tile=2)
+    try:
+        assert embedded_pipe._motioncache.policy == "flowcache" and embedded_pipe._motioncache.tile == 2
+    finally:
+        motioncache_vllm.disable(embedded_pipe)
+
+
+def test_enable_rejects_stock_pipelines():
+    class NotOurs:
+        pass
+
+    with pytest.raises(TypeError, match="from_pipe"):
+        motioncache_vllm.enable(NotOurs())
+
+
+def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
+    record = calibrate(embedded_pipe, ["a red circle moves right"], degree=2, num_frames=17)
+    assert record["samples"] > 10 and len(record["coefficients"]) == 3
+    assert np.isfinite(record["coefficients"]).all() and record["y_mean"] > 0
+    path = save_calibration(record, tmp_path)
+    from motioncache_vllm.policies.calibration import load_model_coefficients
+
+    assert load_model_coefficients(tmp_path) == tuple(json.loads(path.read_text())["coefficients"])
