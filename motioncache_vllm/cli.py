@@ -302,6 +302,134 @@ def gate(
         write_video(samples, np.concatenate(strips, axis=2))
 
 
+@app.command()
+def bench(
+    suite: str = typer.Argument(..., help="pareto, overhead or memory."),
+    model: str = typer.Option("embedded"),
+    prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
+    quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Directory for SUITE.json and SUITE.png."),
+    frames: Optional[int] = typer.Option(None, help="Frames per video (default 33; 17 with --quick)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's; 10 with --quick)."),
+    repeats: Optional[int] = typer.Option(None, help="Timed repeats per prompt (default 3; 1 with --quick)."),
+) -> None:
+    """Run a benchmark suite: prints a table, writes OUT/SUITE.json and a plot."""
+    _quiet_libraries()
+    import msgspec
+
+    from motioncache_vllm.bench.prompts import load_prompts
+    from motioncache_vllm.bench.suites import SUITES, BenchSettings, run_suite, to_table
+    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+
+    if suite not in SUITES:
+        _fail(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    try:
+        lines = load_prompts(prompts)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read prompts: {exc}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out / f"{suite}.json", "--out")
+    except (OSError, UsageError) as exc:
+        _fail(str(exc))
+    try:
+        pipe = load_pipeline(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    settings = BenchSettings(
+        prompts=lines[:2] if quick else lines,
+        frames=frames or (17 if quick else 33),
+        steps=steps or (10 if quick else None),
+        repeats=repeats or (1 if quick else 3),
+    )
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=suite, disable=not sys.stderr.isatty()) as bar:
+        result = run_suite(pipe, suite, settings, quick, out, progress_bar=bar)
+    (out / f"{suite}.json").write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+    typer.echo(to_table(result))
+    typer.echo(f"wrote {out / (suite + '.json')}")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Any other option is passed to `vllm serve` (e.g. --max-num-seqs 8, --api-key KEY).",
+)
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        "embedded", help="'embedded', a diffusers SkyReels-V2 DF folder, or a model folder built for vLLM."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (default: loopback only)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    cache_policy: Optional[str] = typer.Option(
+        None, help="Default cache policy of requests: none, teacache, flowcache, motion (default: motion)."
+    ),
+    cache_pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
+) -> None:
+    """Serve the video model over HTTP with vLLM (POST /v1/videos, POST /pooling, GET /metrics)."""
+    import json
+    import socket
+
+    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
+    from motioncache_vllm.vllm_plugin import launcher
+
+    extra = list(ctx.args)
+    try:
+        extra_config = launcher.additional_config_of(extra)
+    except ValueError as exc:
+        _fail(str(exc))
+    if "--model" in launcher.given_flags(extra) or (extra and not extra[0].startswith("-")):
+        _fail("give the model with --model (embedded or a path), not as another argument")
+    if cache_policy is None:
+        # a policy in --additional-config stands; otherwise MotionCache's own
+        policy, pass_policy = extra_config.get("cache_policy", "motion"), "cache_policy" not in extra_config
+    else:
+        policy, pass_policy = cache_policy, True
+    if cache_pool_mib is not None and cache_pool_mib < 0:
+        _fail(f"--cache-pool-mib must be >= 0, got {cache_pool_mib}")
+    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+
+    settings = {**extra_config, "cache_policy": policy}
+    if cache_pool_mib is not None:
+        settings["cache_pool_mib"] = cache_pool_mib
+    try:  # what the engine will check at start-up, checked now
+        EngineCacheSettings.from_additional_config(settings)
+    except (ValueError, UnknownPolicyError, InvalidPolicyConfig) as exc:
+        _fail(str(exc))
+    if not 0 < port < 65536:
+        _fail(f"--port must be in 1..65535, got {port}")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+    from motioncache_vllm.models.loading import ModelNotFoundError
+    from motioncache_vllm.vllm_plugin import ARCHITECTURE, build_model_dir
+
+    path = Path(model).expanduser()
+    config_path = path / "config.json"
+    if model != "embedded" and config_path.is_file() and ARCHITECTURE in json.loads(config_path.read_text()).get(
+        "architectures", []
+    ):
+        model_dir = path.resolve()  # already a vLLM folder of the video model
+    else:
+        if model != "embedded" and not path.exists():
+            _fail(f"model path {model} does not exist")
+        try:
+            model_dir = build_model_dir(model)
+        except ModelNotFoundError as exc:
+            _fail(str(exc))
+    ready = f"motioncache: serving {model} on http://{launcher.probe_host(host)}:{port} (cache policy {policy})"
+    launcher.launch(
+        str(model_dir), host=host, port=port, served_model_name=model, extra=extra,
+        cache_policy=policy if pass_policy else None, cache_pool_mib=cache_pool_mib, ready_line=ready,
+    )
+
+
 def main() -> None:
     app()
 

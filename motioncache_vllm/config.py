@@ -53,6 +53,7 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     pool_budget_bytes: int | None = None
     evictions: int | None = None
     kv_cache_bytes: int | None = None
+    timings: dict | None = None
     # --compare: against the stock pipeline of the same seed
     baseline_wall_s: float | None = None
     speedup: float | None = None

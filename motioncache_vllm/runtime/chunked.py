@@ -59,6 +59,9 @@ class CacheCounters:
     skipped_steps: int = 0
     forced_blocks: int = 0  # recomputed only because their cached residual was missing
     recompute_map: list = field(default_factory=list)  # per chunk: (F, H, W) recompute counts
+    # seconds: whole transformer calls of denoising steps; policy decisions and bookkeeping;
+    # pool operations; assembling residuals (scatter)
+    timings: dict = field(default_factory=lambda: dict(step_s=0.0, policy_s=0.0, pool_s=0.0, scatter_s=0.0))
 
 
 class ChunkStream:
@@ -104,8 +107,13 @@ class ChunkStream:
             e0=temb, hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
             previous_last_frame=self.previous_last_frame,
         )
+        timings = self.counters.timings
+        t0 = time.perf_counter()
         decision: Decision = self.policy.decide(self.state, obs)
+        t1 = time.perf_counter()
         present = self.pool.present(self.owner, lay.num_blocks)
+        timings["policy_s"] += t1 - t0
+        timings["pool_s"] += time.perf_counter() - t1
         if decision.mode == "full":
             wanted = torch.ones(lay.num_blocks, dtype=torch.bool)
         elif decision.mode == "skip":
@@ -137,38 +145,57 @@ class ChunkStream:
         h_in = self._hidden
         if self.commit:
             return hidden_out
-        lay = self.layout
+        lay, timings = self.layout, self.counters.timings
         all_blocks = torch.arange(lay.num_blocks)
         if self._mode == "full":
             residual = (hidden_out - h_in)[0]
             self.policy.observe_residual(self.state, residual)
             self._store(all_blocks, residual)
+            t0 = time.perf_counter()
             self.policy.on_computed(self.state, None)
+            timings["policy_s"] += time.perf_counter() - t0
             return hidden_out
+        t0 = time.perf_counter()
         cached, _ = self.pool.read(self.owner, all_blocks)  # (blocks, tokens/block, C); all present here
+        t1 = time.perf_counter()
         residual = torch.empty_like(h_in[0])
         residual[self._block_tokens.flatten()] = cached.flatten(0, 1)
         if self._mode == "partial":
             tokens = lay.tokens_of(self._blocks)
             residual[tokens] = (hidden_out - h_in[:, tokens])[0]
-            blocks = torch.nonzero(self._blocks).flatten()
-            self._store(blocks, residual)
+        out = h_in + residual.unsqueeze(0)
+        timings["pool_s"] += t1 - t0
+        timings["scatter_s"] += time.perf_counter() - t1
+        if self._mode == "partial":
+            self._store(torch.nonzero(self._blocks).flatten(), residual)
+            t0 = time.perf_counter()
             self.policy.on_computed(self.state, self._blocks)
-        return h_in + residual.unsqueeze(0)
+            timings["policy_s"] += time.perf_counter() - t0
+        return out
 
     def end_step(self) -> None:
+        timings = self.counters.timings
+        t0 = time.perf_counter()
         self.policy.end_step(self.state)
         priorities = self.policy.steps_until_recompute(self.state)
+        t1 = time.perf_counter()
         if priorities is not None:
             self.pool.reprioritise(self.owner, priorities)
+        timings["policy_s"] += t1 - t0
+        timings["pool_s"] += time.perf_counter() - t1
 
     # -- helpers ---------------------------------------------------------------------------
     def _store(self, blocks: torch.Tensor, residual: torch.Tensor) -> None:
+        timings = self.counters.timings
+        t0 = time.perf_counter()
         priorities = self.policy.steps_until_recompute(self.state)
         if priorities is None:
             priorities = torch.zeros(self.layout.num_blocks)
+        t1 = time.perf_counter()
         values = residual[self._block_tokens[blocks]]  # (n, tokens/block, C)
         self.pool.write(self.owner, self.layout.num_blocks, blocks, values, priorities[blocks])
+        timings["policy_s"] += t1 - t0
+        timings["pool_s"] += time.perf_counter() - t1
 
 
 @dataclass
@@ -235,7 +262,9 @@ class ChunkedRunner:
                 for t in timesteps:
                     x = latents[:, :, lo:hi]
                     t_frames = t.expand(1, block)
+                    ts = time.perf_counter()
                     pred = {b: self._call(streams[b], x, t_frames, prompt_embeds[b]) for b in branches}
+                    counters.timings["step_s"] += time.perf_counter() - ts
                     noise = pred["cond"]
                     if len(branches) == 2:
                         noise = pred["uncond"] + guidance_scale * (pred["cond"] - pred["uncond"])

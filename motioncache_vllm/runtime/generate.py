@@ -80,6 +80,7 @@ def decode_latents(pipe, latents: torch.Tensor, num_frames: int) -> np.ndarray:
     return to_uint8(frames[:num_frames])
 
 
+@torch.inference_mode()
 def generate_video(
     pipe,
     request: GenerationRequest,
@@ -88,8 +89,14 @@ def generate_video(
     runtime: str = "chunked",
     cache: CacheConfig | None = None,
     pool: ActivationPool | None = None,
+    request_id: str | None = None,
 ) -> GenerationResult:
     """Generate ``request``.
+
+    Everything runs under ``torch.inference_mode()``: some CPU kernels outside the
+    denoising loop (text encoder, decoding) take numerically different paths with grad
+    mode on, and the CLI, the Python API and the vLLM worker (which vLLM runs under
+    inference mode) must give the same video bit for bit.
 
     Args:
         pipe: a loaded :class:`MotionCacheSkyReelsPipeline`.
@@ -97,6 +104,7 @@ def generate_video(
         runtime: ``"chunked"`` (default) or ``"vanilla"`` (stock pipeline; policy must be none).
         cache: full cache settings (policy config, tile, pool budget, eviction).
         pool: an existing pool to share (e.g. across requests); built from ``cache`` if None.
+        request_id: owner id of this request's blocks in a shared pool (unique per live request).
     """
     cache = cache or CacheConfig(policy=policy)
     r = resolve(pipe, request)
@@ -106,7 +114,7 @@ def generate_video(
         return _generate_vanilla(pipe, r, progress)
     if runtime != "chunked":
         raise ValueError(f"unknown runtime {runtime!r}; valid: chunked, vanilla")
-    return _generate_chunked(pipe, r, cache, pool, progress)
+    return _generate_chunked(pipe, r, cache, pool, progress, request_id=request_id)
 
 
 def _generate_vanilla(pipe, r: ResolvedRequest, progress: bool) -> GenerationResult:
@@ -121,8 +129,16 @@ def _generate_vanilla(pipe, r: ResolvedRequest, progress: bool) -> GenerationRes
 
 
 def _generate_chunked(
-    pipe, r: ResolvedRequest, cache: CacheConfig, pool, progress: bool, generator: torch.Generator | None = None
+    pipe,
+    r: ResolvedRequest,
+    cache: CacheConfig,
+    pool,
+    progress: bool,
+    generator: torch.Generator | None = None,
+    request_id: str | None = None,
 ) -> GenerationResult:
+    import uuid
+
     from tqdm.auto import tqdm
 
     from motioncache_vllm.policies import make_policy
@@ -150,7 +166,9 @@ def _generate_chunked(
         embeds = {"cond": cond.to(pipe.transformer.dtype)}
         if uncond is not None:
             embeds["uncond"] = uncond.to(pipe.transformer.dtype)
-        result = runner.denoise(embeds, latents, r.steps, r.guidance, progress=bar)
+        result = runner.denoise(
+            embeds, latents, r.steps, r.guidance, request_id=request_id or uuid.uuid4().hex, progress=bar
+        )
     frames = decode_latents(pipe, result.latents, r.num_frames)
     wall = time.perf_counter() - t0
     c = result.counters
@@ -167,6 +185,7 @@ def _generate_chunked(
         pool_budget_bytes=pool.budget_bytes,
         evictions=pool.stats.evictions,
         kv_cache_bytes=result.kv_bytes,
+        timings={k: round(v, 4) for k, v in c.timings.items()},
     )
     return GenerationResult(
         frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
@@ -197,7 +216,8 @@ def call_with_cache(
     if max_sequence_length:
         r = ResolvedRequest(**{**r.__dict__, "max_sequence_length": max_sequence_length})
     generator = extra.get("generator") or torch.Generator("cpu").manual_seed(0)
-    result = _generate_chunked(pipe, r, cache, pool=None, progress=False, generator=generator)
+    with torch.inference_mode():  # as generate_video
+        result = _generate_chunked(pipe, r, cache, pool=None, progress=False, generator=generator)
     pipe.motioncache_stats = result.stats
     frames = result.frames[None].astype(np.float32) / 255.0
     if output_type == "pil":

@@ -1,0 +1,1 @@
+"""Benchmark suites behind ``motioncache bench SUITE`` (results land in ``benchmarks/``)."""

@@ -1,0 +1,270 @@
+"""Benchmark suites: ``pareto``, ``overhead``, ``memory``.
+
+Every speedup is a wall-clock ratio measured in the same process on the same inputs,
+with the baseline (the stock diffusers loop, "vanilla") and the candidates run
+interleaved (round robin) and repeated; medians are reported. Quality is measured
+against the vanilla output of the same seed (PSNR over the whole video's MSE, SSIM
+averaged over frames). LPIPS is not reported: its backbone weights are downloaded at
+run time, which these machines cannot do.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+import numpy as np
+import torch
+
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.metrics import psnr_db, ssim
+from motioncache_vllm.runtime.generate import GenerationResult, generate_video
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    prompts: list[str]
+    frames: int = 33
+    steps: int | None = None
+    repeats: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    policy: str  # a cache policy, "vanilla", or a diffusers cache ("diffusers:fbc", ...)
+    knob: str
+    value: float | None
+    run: Callable[[GenerationRequest], GenerationResult]
+
+
+class Point(msgspec.Struct, omit_defaults=True):
+    policy: str
+    knob: str
+    value: float | None
+    speedup: float
+    psnr_db: float
+    ssim: float
+    wall_s: float
+    ideal_speedup: float | None = None
+    realised_over_ideal: float | None = None
+    cache_speedup: float | None = None  # against chunked full compute
+    extra: dict = msgspec.field(default_factory=dict)
+
+
+def machine_info() -> dict:
+    return {
+        "cores": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "cpu": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _requests(s: BenchSettings) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(prompt=p, num_frames=s.frames, num_inference_steps=s.steps, seed=s.seed + i)
+        for i, p in enumerate(s.prompts)
+    ]
+
+
+def _finite(x: float) -> float:
+    return 99.0 if x == float("inf") else round(x, 3)
+
+
+def measure(candidates: list[Candidate], s: BenchSettings, progress) -> list[Point]:
+    """Run vanilla + candidates round robin, ``repeats`` times per prompt; medians per prompt."""
+    vanilla = Candidate("vanilla", "-", None, lambda r: generate_video(_PIPE[0], r, runtime="vanilla"))
+    chunked = Candidate("none", "-", None, lambda r: generate_video(_PIPE[0], r))
+    everyone = [vanilla, chunked, *[c for c in candidates if c.policy != "none"]]
+    walls = {id(c): [] for c in everyone}  # per prompt: median wall
+    quality = {id(c): [] for c in everyone}
+    ideal = {id(c): [] for c in everyone}
+    for req in _requests(s):
+        per_rep = {id(c): [] for c in everyone}
+        outputs: dict[int, GenerationResult] = {}
+        for _ in range(s.repeats):
+            for c in everyone:
+                res = c.run(req)
+                per_rep[id(c)].append(res.wall_s)
+                outputs.setdefault(id(c), res)
+                progress()
+        ref = outputs[id(vanilla)].frames
+        for c in everyone:
+            walls[id(c)].append(statistics.median(per_rep[id(c)]))
+            out = outputs[id(c)]
+            quality[id(c)].append((psnr_db(out.frames, ref), ssim(out.frames, ref)))
+            ideal[id(c)].append(out.stats.get("ideal_speedup"))
+    base, chunk = sum(walls[id(vanilla)]), sum(walls[id(chunked)])
+    points = []
+    for c in everyone:
+        total = sum(walls[id(c)])
+        ideal_values = [v for v in ideal[id(c)] if v is not None]
+        ideal_mean = statistics.mean(ideal_values) if ideal_values else None
+        cache_speedup = chunk / total if c.policy not in ("vanilla",) and not c.policy.startswith("diffusers") else None
+        points.append(Point(
+            policy=c.policy, knob=c.knob, value=c.value, speedup=round(base / total, 4),
+            psnr_db=_finite(statistics.mean(q[0] for q in quality[id(c)])),
+            ssim=round(statistics.mean(q[1] for q in quality[id(c)]), 5), wall_s=round(total / len(walls[id(c)]), 4),
+            ideal_speedup=None if ideal_mean is None else round(ideal_mean, 4),
+            realised_over_ideal=None if ideal_mean is None or cache_speedup is None else round(cache_speedup / ideal_mean, 4),
+            cache_speedup=None if cache_speedup is None else round(cache_speedup, 4),
+        ))
+    return points
+
+
+_PIPE: list = []  # the pipeline under test (set by run_suite)
+
+
+def _cache_candidate(policy: str, knob: str, value, **cache) -> Candidate:
+    config = CacheConfig(policy=policy, policy_config={knob: value} if knob != "-" else {}, **cache)
+    return Candidate(policy, knob, value, lambda r: generate_video(_PIPE[0], r, cache=config))
+
+
+def _diffusers_candidate(name: str, knob: str, value, make_config) -> Candidate:
+    def run(req: GenerationRequest) -> GenerationResult:
+        pipe = _PIPE[0]
+        pipe.transformer.enable_cache(make_config(value))
+        try:
+            return generate_video(pipe, req, runtime="vanilla")
+        finally:
+            pipe.transformer.disable_cache()
+
+    return Candidate(f"diffusers:{name}", knob, value, run)
+
+
+def pareto_candidates(quick: bool) -> list[Candidate]:
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    thresholds = [0.3, 0.8] if quick else [0.15, 0.3, 0.5, 0.8, 1.2]
+    out = [_cache_candidate("none", "-", None)]
+    for policy in ("teacache", "flowcache", "motion"):
+        out += [_cache_candidate(policy, "threshold", t) for t in thresholds]
+    out += [
+        _diffusers_candidate("first_block_cache", "threshold", t, lambda v: FirstBlockCacheConfig(threshold=v))
+        for t in ([0.2] if quick else [0.05, 0.1, 0.2, 0.4])
+    ]
+    out += [
+        _diffusers_candidate(
+            "taylorseer", "cache_interval", k,
+            lambda v: TaylorSeerCacheConfig(cache_interval=int(v), taylor_factors_dtype=torch.float32),
+        )
+        for k in ([3] if quick else [2, 3, 5])
+    ]
+    return out
+
+
+def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
+    _PIPE[:] = [pipe]
+    if suite == "pareto":
+        candidates = pareto_candidates(quick)
+    elif suite == "memory":
+        candidates = memory_candidates(pipe, settings, quick)
+    elif suite == "overhead":
+        return run_overhead(pipe, settings, quick, out_dir)
+    else:
+        raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    total = len(settings.prompts) * settings.repeats * (len([c for c in candidates if c.policy != "none"]) + 2)
+    if progress_bar is not None:
+        progress_bar.reset(total=total)
+    points = measure(candidates, settings, progress=(progress_bar.update if progress_bar else (lambda: None)))
+    result = {
+        "suite": suite,
+        "points": [msgspec.to_builtins(p) for p in points],
+        "settings": {"prompts": settings.prompts, "frames": settings.frames, "steps": settings.steps,
+                     "repeats": settings.repeats, "quick": quick},
+        "machine": machine_info(),
+    }
+    _plot(result, out_dir / f"{suite}.png")
+    return result
+
+
+def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
+    """Motion policy at shrinking pool budgets, motion-aware vs LRU eviction."""
+    req = _requests(s)[0]
+    probe = generate_video(pipe, req, cache=CacheConfig(policy="motion", policy_config={"threshold": 0.5}))
+    peak = max(probe.stats["pool_peak_bytes"], 1)
+    chunk_bytes = peak / 2  # the unbounded peak holds one chunk per CFG branch
+    budgets = {"unbounded": None, "50%": peak * 0.5, "25%": peak * 0.25, "10%": peak * 0.1, "one_chunk": chunk_bytes}
+    if quick:
+        budgets = {k: budgets[k] for k in ("unbounded", "25%")}
+    out = []
+    for label, budget in budgets.items():
+        for eviction in ("motion", "lru") if budget is not None else ("motion",):
+            mib = None if budget is None else budget / 2**20
+            c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction)
+            out.append(Candidate(f"motion/{eviction}", f"pool:{label}", None if budget is None else round(budget),
+                                 c.run))
+    return out
+
+
+def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
+    """Realised vs ideal speedup, and where a cached step's time goes."""
+    rows = []
+    for threshold in ([0.5] if quick else [0.3, 0.5, 0.8]):
+        config = CacheConfig(policy="motion", policy_config={"threshold": threshold})
+        for req in _requests(s)[: 1 if quick else 3]:
+            full = generate_video(pipe, req)
+            res = generate_video(pipe, req, cache=config)
+            t = res.stats["timings"]
+            steps = res.stats["full_steps"] + res.stats["partial_steps"] + res.stats["skipped_steps"]
+            full_step_s = full.stats["timings"]["step_s"] / max(full.stats["full_steps"], 1)
+            realised = full.wall_s / res.wall_s
+            rows.append({
+                "threshold": threshold, "prompt": req.prompt,
+                "ideal_speedup": res.stats["ideal_speedup"],
+                "realised_speedup": round(realised, 4),
+                "realised_over_ideal": round(realised / res.stats["ideal_speedup"], 4),
+                # per step, as a share of one full step of the same model
+                "policy_share": round(t["policy_s"] / steps / full_step_s, 5),
+                "pool_share": round(t["pool_s"] / steps / full_step_s, 5),
+                "scatter_share": round(t["scatter_s"] / steps / full_step_s, 5),
+            })
+    result = {"suite": "overhead", "rows": rows, "machine": machine_info()}
+    return result
+
+
+SUITES = ("pareto", "overhead", "memory")
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_policy: dict[str, list] = {}
+    for p in result["points"]:
+        by_policy.setdefault(p["policy"] + ("" if not p["knob"].startswith("pool") else ""), []).append(p)
+    for name, pts in by_policy.items():
+        pts = sorted(pts, key=lambda p: p["speedup"])
+        ax.plot([p["speedup"] for p in pts], [p["psnr_db"] for p in pts], "o-", label=name)
+    ax.set_xlabel("speedup vs vanilla pipeline (wall clock)")
+    ax.set_ylabel("PSNR vs vanilla output (dB)")
+    ax.set_title(f"{result['suite']} ({result['machine']['date']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def to_table(result: dict) -> str:
+    if "points" in result:
+        head = "| policy | knob | value | speedup | PSNR dB | SSIM | ideal | realised/ideal |\n|---|---|---|---|---|---|---|---|"
+        rows = [
+            f"| {p['policy']} | {p['knob']} | {p.get('value')} | {p['speedup']:.2f}x | {p['psnr_db']:.2f} | "
+            f"{p['ssim']:.4f} | {p.get('ideal_speedup') or '-'} | {p.get('realised_over_ideal') or '-'} |"
+            for p in result["points"]
+        ]
+    else:
+        keys = list(result["rows"][0]) if result["rows"] else []
+        head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+        rows = ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
+    return "\n".join([head, *rows])

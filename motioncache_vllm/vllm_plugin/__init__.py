@@ -1,0 +1,51 @@
+"""vLLM integration: entry points, the ``--cache-policy`` flag, the video model and its IO processor.
+
+Entry points (``pyproject.toml``):
+
+- ``vllm.general_plugins``: :func:`register`, run by vLLM in every process (API server,
+  engine core, workers), possibly more than once;
+- ``vllm.io_processor_plugins`` ``motioncache_video``: :func:`io_processor`, returns the
+  qualname of :class:`~.io_processor.VideoIOProcessor`;
+- ``vllm.endpoint_plugins`` ``motioncache_videos``: :class:`~.endpoint.VideosEndpoint`,
+  ``POST /v1/videos`` (API server only; vLLM loads it only when ``VLLM_PLUGINS`` names it,
+  which ``motioncache serve``, i.e. :mod:`.launcher`, arranges).
+
+Only the standard library is imported here: the heavy modules (``model``, ``io_processor``)
+are named as strings and imported by vLLM when it needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARCHITECTURE = "MotionCacheVideoModel"
+MODEL_QUALNAME = "motioncache_vllm.vllm_plugin.model:MotionCacheVideoModel"
+IO_PROCESSOR_NAME = "motioncache_video"
+IO_PROCESSOR_QUALNAME = "motioncache_vllm.vllm_plugin.io_processor.VideoIOProcessor"
+
+__all__ = ["ARCHITECTURE", "IO_PROCESSOR_NAME", "register", "io_processor", "build_model_dir"]
+
+
+def register() -> None:
+    """Register the video architecture and the ``--cache-policy`` flag (idempotent)."""
+    from vllm import ModelRegistry
+
+    # lazy string form: the class (and diffusers) is imported only when a model uses it
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, MODEL_QUALNAME)
+    from motioncache_vllm.vllm_plugin.cli_args import install_cache_policy_flag
+
+    install_cache_policy_flag()
+
+
+def io_processor() -> str:
+    """``vllm.io_processor_plugins`` entry point: the IO processor class, as a qualname."""
+    return IO_PROCESSOR_QUALNAME
+
+
+def build_model_dir(pipeline: str | Path = "embedded", root: str | Path | None = None) -> Path:
+    """The vLLM model folder serving ``pipeline``; see :func:`.model_dir.build_model_dir`.
+    (A wrapper so that importing this package, as every vLLM process does, stays light.)"""
+    from motioncache_vllm.vllm_plugin.model_dir import build_model_dir as build
+
+    return build(pipeline, root)

