@@ -175,9 +175,13 @@ class WanFamilyAdapter:
         self.run: _Run | None = None
         self._rope_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._installed = False
+        self._installs = 0  # live users (e.g. interleaved generations): hooks stay while > 0
 
     # -- install / uninstall -------------------------------------------------------------
     def install(self) -> WanFamilyAdapter:
+        """Install the hooks (reference counted: every ``install`` needs one ``uninstall``;
+        the hooks are placed by the first and removed by the last)."""
+        self._installs += 1
         if self._installed:
             return self
         last = len(self.blocks) - 1
@@ -193,6 +197,9 @@ class WanFamilyAdapter:
     def uninstall(self) -> None:
         if not self._installed:
             return
+        self._installs = max(self._installs - 1, 0)
+        if self._installs:
+            return  # another user still runs on the hooks
         for block in self.blocks:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
             block.attn1.set_processor(block.attn1.processor.original)

@@ -17,6 +17,7 @@ import msgspec
 import torch
 
 from motioncache_vllm.blocks.layout import ChunkLayout
+from motioncache_vllm.policies.calibration import IDENTITY_COEFFICIENTS, Rescaler
 
 Mode = Literal["full", "skip", "partial"]
 
@@ -75,6 +76,9 @@ class CachePolicy(ABC):
         """``model_coefficients``: the model's calibrated rescale polynomial, if it has one."""
         self.config = config if config is not None else self.config_cls()
         self.model_coefficients = model_coefficients
+        # d = poly(relL1(e0)): the policy's own coefficients, else the model's, else identity
+        coefficients = getattr(self.config, "coefficients", None) or model_coefficients or IDENTITY_COEFFICIENTS
+        self.rescale = Rescaler(tuple(coefficients))
 
     def new_state(self, layout: ChunkLayout) -> PolicyState:
         return PolicyState(layout)

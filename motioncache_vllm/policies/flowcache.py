@@ -19,7 +19,6 @@ import torch
 
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-from motioncache_vllm.policies.calibration import IDENTITY_COEFFICIENTS, Rescaler
 
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
@@ -57,10 +56,6 @@ class FlowCachePolicy(CachePolicy):
     name = "flowcache"
     config_cls = FlowCacheConfig
     description = "token-level reuse per chunk (FlowCache, W = 1)"
-
-    def __init__(self, config=None, model_coefficients: tuple[float, ...] | None = None):
-        super().__init__(config, model_coefficients)
-        self.rescale = Rescaler(self.config.coefficients or model_coefficients or IDENTITY_COEFFICIENTS)
 
     def new_state(self, layout) -> AccumulatorState:
         return AccumulatorState(layout)

@@ -15,7 +15,6 @@ import torch
 
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-from motioncache_vllm.policies.calibration import IDENTITY_COEFFICIENTS, Rescaler
 
 
 class TeaCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,10 +40,6 @@ class TeaCachePolicy(CachePolicy):
     name = "teacache"
     config_cls = TeaCacheConfig
     description = "step-level reuse per chunk (TeaCache)"
-
-    def __init__(self, config=None, model_coefficients: tuple[float, ...] | None = None):
-        super().__init__(config, model_coefficients)
-        self.rescale = Rescaler(self.config.coefficients or model_coefficients or IDENTITY_COEFFICIENTS)
 
     def new_state(self, layout) -> TeaCacheState:
         return TeaCacheState(layout)

@@ -1,0 +1,89 @@
+"""Policies and motion scores on synthetic inputs whose answers are known."""
+
+import pytest
+import torch
+
+from motioncache_vllm.blocks.layout import ChunkLayout
+from motioncache_vllm.motion import inter_frame_motion, motion_weights
+from motioncache_vllm.policies import (
+    InvalidPolicyConfig, StepObservation, UnknownPolicyError, make_policy, parse_overrides, policy_names,
+)
+
+LAYOUT = ChunkLayout(frames=2, height=2, width=2, tile=1)
+
+
+def obs(e0_value: float, hidden=None, previous=None):
+    hidden = torch.zeros(2, 4, 3) if hidden is None else hidden
+    return StepObservation(e0=torch.full((4,), e0_value), hidden=hidden, previous_last_frame=previous)
+
+
+def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
+    assert policy_names() == ["flowcache", "motion", "none", "teacache"]
+    with pytest.raises(UnknownPolicyError, match="valid policies: flowcache, motion, none, teacache"):
+        make_policy("lru")
+    with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
+        make_policy("motion", {"tau": 0.1})
+    assert parse_overrides(["threshold=0.2", "coefficients=[1, 0]", "x=abc"]) == {
+        "threshold": 0.2, "coefficients": [1, 0], "x": "abc"}
+
+
+def test_paper_defaults():
+    cfg = make_policy("motion").config
+    assert (cfg.threshold, cfg.alpha, cfg.warmup_steps, cfg.phase1_updates, cfg.min_update_ratio,
+            cfg.vote_fraction) == (0.1, 0.6, 4, 6, 0.4, 0.5)
+
+
+def test_teacache_skips_until_the_accumulated_distance_crosses_the_threshold():
+    policy = make_policy("teacache", {"threshold": 0.25, "warmup_steps": 1})
+    state = policy.new_state(LAYOUT)
+    modes = []
+    for e0 in (1.0, 1.1, 1.2, 1.3, 1.4):  # relL1 ~ 0.09, 0.08, 0.077, ...
+        d = policy.decide(state, obs(e0))
+        modes.append(d.mode)
+        if d.mode == "full":
+            policy.on_computed(state, None)
+        policy.end_step(state)
+    assert modes == ["full", "skip", "skip", "full", "skip"]
+
+
+def test_flowcache_min_update_ratio_keeps_need_until_worthwhile():
+    policy = make_policy("flowcache", {"threshold": 0.5, "warmup_steps": 0, "min_update_ratio": 0.5})
+    state = policy.new_state(LAYOUT)
+    policy.decide(state, obs(1.0))  # first step: no previous e0, full
+    policy.on_computed(state, None)
+    policy.end_step(state)
+    state.need[LAYOUT.tokens_of(torch.tensor([True, False, False, False]))] = 1.0  # one block of four is due
+    d = policy.decide(state, obs(1.0))  # relL1 = 0: only that block needs it, 25% < 50%
+    assert d.mode == "skip" and float(state.need.max()) == 1.0  # need kept
+    state.need[LAYOUT.tokens_of(torch.tensor([False, True, False, False]))] = 1.0
+    d = policy.decide(state, obs(1.0))
+    assert d.mode == "partial" and d.blocks.tolist() == [True, True, False, False]
+    policy.on_computed(state, d.blocks)
+    assert float(state.need.max()) == 0.0
+
+
+def test_motion_scores_compare_frame_zero_with_previous_chunk():
+    h = torch.zeros(2, 4, 3)
+    h[1, 2] = 1.0  # token 2 changes between frame 0 and 1
+    prev = torch.ones(4, 3)
+    m = inter_frame_motion(h, prev)
+    assert m[0].tolist() == [1.0, 1.0, 1.0, 1.0]  # all differ from the previous chunk's last frame
+    assert m[1, 2] > 0 and m[1, [0, 1, 3]].eq(0).all()
+    w = motion_weights(m, alpha=0.6)
+    assert w[0].eq(1.0).all()  # no spread in frame 0: weight 1
+    assert w[1, 2] == pytest.approx(1.0) and w[1, 0] == pytest.approx(0.6)
+
+
+def test_motion_weights_slow_static_blocks_in_phase_two():
+    policy = make_policy("motion", {"threshold": 10.0, "warmup_steps": 0, "phase1_updates": 0, "alpha": 0.5})
+    state = policy.new_state(LAYOUT)
+    h = torch.zeros(2, 4, 3) + 1.0
+    h[1, 3] = 5.0  # token position 3 moves
+    policy.decide(state, obs(1.0, h))
+    policy.on_computed(state, None)
+    policy.end_step(state)
+    policy.decide(state, obs(2.0, h))
+    # the moving block accrues need faster, so it is expected to be recomputed sooner:
+    # the motion-aware eviction order puts it first
+    eta = policy.steps_until_recompute(state)
+    assert eta[3] < eta[0] and eta[0] == pytest.approx(eta[1])
