@@ -304,7 +304,7 @@ def gate(
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="pareto, overhead or memory."),
+    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts or long."),
     model: str = typer.Option("embedded"),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
     quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs."),

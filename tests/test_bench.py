@@ -28,4 +28,4 @@ def test_pareto_quick_writes_table_json_and_plot(tmp_path):
 def test_unknown_suite_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True,
                          text=True, timeout=120)
-    assert res.returncode == 2 and "valid: pareto, overhead, memory" in res.stderr
+    assert res.returncode == 2 and "valid: pareto, overhead, memory, granularity, cuts, long" in res.stderr

@@ -165,8 +165,15 @@ def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: P
         candidates = pareto_candidates(quick)
     elif suite == "memory":
         candidates = memory_candidates(pipe, settings, quick)
+    elif suite == "granularity":
+        candidates = [
+            Candidate(f"motion/tile{t}", "threshold", 0.5, _cache_candidate("motion", "threshold", 0.5, tile=t).run)
+            for t in ((1, 2) if quick else (1, 2, 4))
+        ]
     elif suite == "overhead":
         return run_overhead(pipe, settings, quick, out_dir)
+    elif suite in ("cuts", "long"):
+        return run_per_chunk(pipe, suite, settings, quick, out_dir)
     else:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     total = len(settings.prompts) * settings.repeats * (len([c for c in candidates if c.policy != "none"]) + 2)
@@ -229,7 +236,75 @@ def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
     return result
 
 
-SUITES = ("pareto", "overhead", "memory")
+def chunk_pixel_ranges(num_frames: int, latent_per_chunk: int, temporal: int = 4) -> list[tuple[int, int]]:
+    """Pixel frames of each chunk: latent frame 0 is pixel 0, latent k >= 1 is pixels 4k-3..4k."""
+    ranges, latent = [], (num_frames - 1) // temporal + 1
+    for start in range(0, latent, latent_per_chunk):
+        end = min(start + latent_per_chunk, latent) - 1
+        lo = 0 if start == 0 else temporal * start - (temporal - 1)
+        ranges.append((lo, min(temporal * end, num_frames - 1) + 1))
+    return ranges
+
+
+def run_per_chunk(pipe, suite: str, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
+    """Per-chunk PSNR against full compute of the same seed.
+
+    ``cuts``: held-out prompts with hard cuts and fast motion; reference = the stock loop.
+    ``long``: one minute-scale video (>= 60 chunks); reference = chunked full compute,
+    because the stock loop would recompute a window of all frames every step (hours on
+    2 cores); chunked full compute equals it (tests/test_runtime.py).
+    """
+    from motioncache_vllm.data.procedural import HELD_OUT_TRIPLES
+
+    policies = {"motion": 0.5, "flowcache": 0.5, "teacache": 0.5}
+    if suite == "cuts":
+        (c0, s0, d0), (c1, s1, d1) = HELD_OUT_TRIPLES[:2]
+        prompts = [f"a {c0} {s0} moves {d0} then cut to a {c1} {s1} moves {d1}", f"a {c1} {s1} moves {d1} quickly"]
+        frames, reference = s.frames, "vanilla"
+    else:
+        prompts = s.prompts[:1]
+        chunks = 8 if quick else 60
+        frames = 4 * (chunks * pipe.causal_block_size - 1) + 1
+        reference = "chunked"
+    curves = []
+    for i, prompt in enumerate(prompts[:1] if quick else prompts):
+        req = GenerationRequest(prompt=prompt, num_frames=frames, num_inference_steps=s.steps, seed=s.seed + i)
+        ref = generate_video(pipe, req, runtime="vanilla" if reference == "vanilla" else "chunked")
+        ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
+        for policy, threshold in policies.items():
+            out = generate_video(pipe, req, cache=CacheConfig(policy=policy, policy_config={"threshold": threshold}))
+            per_chunk = [_finite(psnr_db(out.frames[a:b], ref.frames[a:b])) for a, b in ranges]
+            curves.append({"prompt": prompt, "policy": policy, "threshold": threshold, "frames": frames,
+                           "reference": reference, "psnr_db_per_chunk": per_chunk,
+                           "psnr_db": _finite(psnr_db(out.frames, ref.frames)),
+                           "ideal_speedup": out.stats["ideal_speedup"], "wall_s": round(out.wall_s, 3),
+                           "reference_wall_s": round(ref.wall_s, 3)})
+    result = {"suite": suite, "curves": curves, "machine": machine_info(),
+              "settings": {"frames": frames, "steps": s.steps, "quick": quick}}
+    _plot_curves(result, out_dir / f"{suite}.png")
+    return result
+
+
+def _plot_curves(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in result["curves"]:
+        ax.plot(c["psnr_db_per_chunk"], ".-", label=f"{c['policy']} - {c['prompt'][:28]}")
+    ax.set_xlabel("chunk")
+    ax.set_ylabel(f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)")
+    ax.set_title(f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long")
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -256,6 +331,14 @@ def _plot(result: dict, path: Path) -> None:
 
 
 def to_table(result: dict) -> str:
+    if "curves" in result:
+        head = "| prompt | policy | frames | PSNR dB | worst chunk dB | last chunk dB | ideal |\n|---|---|---|---|---|---|---|"
+        rows = [
+            f"| {c['prompt']} | {c['policy']} | {c['frames']} | {c['psnr_db']:.2f} | "
+            f"{min(c['psnr_db_per_chunk']):.2f} | {c['psnr_db_per_chunk'][-1]:.2f} | {c['ideal_speedup']} |"
+            for c in result["curves"]
+        ]
+        return "\n".join([head, *rows])
     if "points" in result:
         head = "| policy | knob | value | speedup | PSNR dB | SSIM | ideal | realised/ideal |\n|---|---|---|---|---|---|---|---|"
         rows = [
