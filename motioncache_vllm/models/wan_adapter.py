@@ -181,8 +181,8 @@ class WanFamilyAdapter:
     def install(self) -> WanFamilyAdapter:
         """Install the hooks (reference counted: every ``install`` needs one ``uninstall``;
         the hooks are placed by the first and removed by the last)."""
-        self._installs += 1
         if self._installed:
+            self._installs += 1
             return self
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -191,7 +191,7 @@ class WanFamilyAdapter:
                 raise RuntimeError("a MotionCache adapter is already installed on this transformer")
             registry.register_hook(_BlockHook(self, is_head=i == 0, is_tail=i == last), _HOOK_NAME)
             block.attn1.set_processor(CachedSelfAttnProcessor(self, i, block.attn1.processor))
-        self._installed = True
+        self._installed, self._installs = True, 1
         return self
 
     def uninstall(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -206,6 +207,18 @@ class ChunkedResult:
     kv_bytes: int
 
 
+_SHARED_ADAPTERS: "weakref.WeakKeyDictionary[torch.nn.Module, WanFamilyAdapter]" = weakref.WeakKeyDictionary()
+
+
+def shared_adapter(transformer: torch.nn.Module) -> WanFamilyAdapter:
+    """The one adapter of ``transformer``: every runner (and every live, possibly
+    interleaved, generation) on a pipeline uses it; its install is reference counted."""
+    adapter = _SHARED_ADAPTERS.get(transformer)
+    if adapter is None:
+        adapter = _SHARED_ADAPTERS[transformer] = WanFamilyAdapter(transformer)
+    return adapter
+
+
 class ChunkedRunner:
     """Runs a pipeline's transformer chunk by chunk with a cache policy and a shared pool."""
 
@@ -216,7 +229,19 @@ class ChunkedRunner:
                 "before using the MotionCache runtime"
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
-        self.adapter = WanFamilyAdapter(pipe.transformer)
+        self.adapter = shared_adapter(pipe.transformer)
+
+    def start(
+        self,
+        prompt_embeds: dict[str, torch.Tensor],
+        latents: torch.Tensor,
+        num_inference_steps: int,
+        guidance_scale: float,
+        request_id: str = "req",
+        progress=None,
+    ) -> "DenoiseRun":
+        """A resumable denoising of ``latents``: call ``step()`` until ``done``."""
+        return DenoiseRun(self, prompt_embeds, latents, num_inference_steps, guidance_scale, request_id, progress)
 
     @torch.no_grad()
     def denoise(
@@ -229,65 +254,13 @@ class ChunkedRunner:
         progress=None,
     ) -> ChunkedResult:
         """Denoise ``latents`` (1, C, F, h, w) in place, chunk by chunk; returns them."""
-        pipe, transformer = self.pipe, self.pipe.transformer
-        block = pipe.causal_block_size
-        _, _, frames, lh, lw = latents.shape
-        if frames % block:
-            raise ValueError(f"{frames} latent frames are not a whole number of causal blocks of {block}")
-        grid = self.adapter.token_grid(lh, lw)
-        layout = ChunkLayout(block, grid[0], grid[1], self.tile)
-        branches = BRANCHES if guidance_scale > 1.0 else BRANCHES[:1]
-        ad = self.adapter
-        kv = {b: StreamKV(ad.num_layers, frames * layout.tokens_per_frame, ad.heads, ad.head_dim) for b in branches}
-        counters = CacheCounters()
-        pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
-        # the stock pipeline feeds integer timesteps (its step matrix is int64)
-        timesteps = pipe.scheduler.timesteps.long()
-        previous_last: dict[str, torch.Tensor | None] = {b: None for b in branches}
-        t0 = time.perf_counter()
-        self.adapter.install()
+        run = self.start(prompt_embeds, latents, num_inference_steps, guidance_scale, request_id, progress)
         try:
-            for c in range(frames // block):
-                lo, hi = c * block, (c + 1) * block
-                recompute_counts = torch.zeros(layout.num_blocks, dtype=torch.int32)
-                streams = {}
-                for b in branches:
-                    state = self.policy.new_state(layout)
-                    streams[b] = ChunkStream(
-                        (request_id, c, b), layout, self.policy, state, self.pool, kv[b],
-                        lo * layout.tokens_per_frame, ad.rope_rows(lo, block, grid), counters, recompute_counts,
-                    )
-                    streams[b].previous_last_frame = previous_last[b]
-                scheduler = copy.deepcopy(pipe.scheduler)
-                for t in timesteps:
-                    x = latents[:, :, lo:hi]
-                    t_frames = t.expand(1, block)
-                    ts = time.perf_counter()
-                    pred = {b: self._call(streams[b], x, t_frames, prompt_embeds[b]) for b in branches}
-                    counters.timings["step_s"] += time.perf_counter() - ts
-                    noise = pred["cond"]
-                    if len(branches) == 2:
-                        noise = pred["uncond"] + guidance_scale * (pred["cond"] - pred["uncond"])
-                    latents[:, :, lo:hi] = scheduler.step(noise, t, x, return_dict=False)[0]
-                    for s in streams.values():
-                        s.end_step()
-                    if progress is not None:
-                        progress.update(1)
-                # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it
-                for b in branches:
-                    streams[b].commit = True
-                    self._call(streams[b], latents[:, :, lo:hi], torch.zeros(1, block, dtype=torch.long),
-                               prompt_embeds[b])
-                    h = streams[b].last_input[0].view(block, layout.tokens_per_frame, -1)
-                    previous_last[b] = h[-1].clone()
-                    self.pool.release(streams[b].owner)
-                # a block spans all frames of its chunk: the same count in every frame
-                counters.recompute_map.append(recompute_counts.view(1, -1).repeat(block, 1))
+            while not run.done:
+                run.step()
         finally:
-            self.adapter.activate(None)
-            self.adapter.uninstall()
-        wall = time.perf_counter() - t0
-        return ChunkedResult(latents, counters, wall, sum(k.nbytes for k in kv.values()))
+            run.close()
+        return run.result()
 
     def _call(self, stream: ChunkStream, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         self.adapter.activate(stream)
@@ -298,6 +271,144 @@ class ChunkedRunner:
             )[0]
         finally:
             self.adapter.activate(None)
+
+
+class DenoiseRun:
+    """One request's chunked denoising, resumable one unit at a time.
+
+    A unit is one denoising step of the active chunk (every CFG branch) or the chunk's
+    commit pass (its K/V at t = 0 joins the prefix); a request has
+    ``chunks x (steps + 1)`` units. Between units nothing of this request is active on the
+    (shared) transformer, so units of several requests can interleave on one pipeline.
+    ``ChunkedRunner.denoise`` is this loop run to the end.
+    """
+
+    def __init__(self, runner: ChunkedRunner, prompt_embeds, latents, num_inference_steps, guidance_scale,
+                 request_id, progress) -> None:
+        pipe = runner.pipe
+        block = pipe.causal_block_size
+        _, _, frames, lh, lw = latents.shape
+        if frames % block:
+            raise ValueError(f"{frames} latent frames are not a whole number of causal blocks of {block}")
+        self.runner, self.pool, self.policy = runner, runner.pool, runner.policy
+        self.prompt_embeds, self.latents, self.guidance_scale = prompt_embeds, latents, guidance_scale
+        self.request_id, self.progress = request_id, progress
+        ad = self.adapter = runner.adapter
+        self.block = block
+        self.grid = ad.token_grid(lh, lw)
+        self.layout = ChunkLayout(block, self.grid[0], self.grid[1], runner.tile)
+        self.branches = BRANCHES if guidance_scale > 1.0 else BRANCHES[:1]
+        tokens = frames * self.layout.tokens_per_frame
+        self.kv = {b: StreamKV(ad.num_layers, tokens, ad.heads, ad.head_dim) for b in self.branches}
+        self.counters = CacheCounters()
+        pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        # the stock pipeline feeds integer timesteps (its step matrix is int64)
+        self.timesteps = pipe.scheduler.timesteps.long()
+        # a private copy: another request may reset the pipeline's scheduler between our units
+        self._scheduler_template = copy.deepcopy(pipe.scheduler)
+        self.previous_last: dict[str, torch.Tensor | None] = {b: None for b in self.branches}
+        self.num_chunks = frames // block
+        self.units_per_chunk = len(self.timesteps) + 1
+        self.total_units = self.num_chunks * self.units_per_chunk
+        self.units_done = 0
+        self.streams: dict[str, ChunkStream] = {}
+        self._recompute_counts: torch.Tensor | None = None
+        self._scheduler = None
+        self.wall_s = 0.0
+        self._t0 = time.perf_counter()
+        self.adapter.install()
+        self._closed = False
+
+    @property
+    def done(self) -> bool:
+        return self.units_done >= self.total_units
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(chunk, unit within the chunk) of the next unit; unit == steps is the commit."""
+        return divmod(self.units_done, self.units_per_chunk)
+
+    @torch.no_grad()
+    def step(self) -> str:
+        """Run the next unit; returns ``"denoise"`` or ``"commit"``."""
+        if self.done or self._closed:
+            raise RuntimeError("this denoising run is finished")
+        c, i = self.position
+        lo, hi = c * self.block, (c + 1) * self.block
+        if i == 0:
+            self._begin_chunk(c, lo)
+        if i < len(self.timesteps):
+            self._denoise(lo, hi, self.timesteps[i])
+            kind = "denoise"
+        else:
+            self._commit(c, lo, hi)
+            kind = "commit"
+        self.units_done += 1
+        if self.done:
+            self.close()
+        return kind
+
+    def _begin_chunk(self, c: int, lo: int) -> None:
+        lay, ad = self.layout, self.adapter
+        self._recompute_counts = torch.zeros(lay.num_blocks, dtype=torch.int32)
+        self.streams = {}
+        for b in self.branches:
+            state = self.policy.new_state(lay)
+            self.streams[b] = ChunkStream(
+                (self.request_id, c, b), lay, self.policy, state, self.pool, self.kv[b],
+                lo * lay.tokens_per_frame, ad.rope_rows(lo, self.block, self.grid), self.counters,
+                self._recompute_counts,
+            )
+            self.streams[b].previous_last_frame = self.previous_last[b]
+        self._scheduler = copy.deepcopy(self._scheduler_template)
+
+    def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:
+        latents, streams, branches, call = self.latents, self.streams, self.branches, self.runner._call
+        x = latents[:, :, lo:hi]
+        t_frames = t.expand(1, self.block)
+        ts = time.perf_counter()
+        pred = {b: call(streams[b], x, t_frames, self.prompt_embeds[b]) for b in branches}
+        self.counters.timings["step_s"] += time.perf_counter() - ts
+        noise = pred["cond"]
+        if len(branches) == 2:
+            noise = pred["uncond"] + self.guidance_scale * (pred["cond"] - pred["uncond"])
+        latents[:, :, lo:hi] = self._scheduler.step(noise, t, x, return_dict=False)[0]
+        for s in streams.values():
+            s.end_step()
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _commit(self, c: int, lo: int, hi: int) -> None:
+        # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it
+        block, lay = self.block, self.layout
+        for b in self.branches:
+            stream = self.streams[b]
+            stream.commit = True
+            self.runner._call(stream, self.latents[:, :, lo:hi], torch.zeros(1, block, dtype=torch.long),
+                              self.prompt_embeds[b])
+            h = stream.last_input[0].view(block, lay.tokens_per_frame, -1)
+            self.previous_last[b] = h[-1].clone()
+            self.pool.release(stream.owner)
+        self.streams = {}
+        # a block spans all frames of its chunk: the same count in every frame
+        self.counters.recompute_map.append(self._recompute_counts.view(1, -1).repeat(block, 1))
+
+    def close(self) -> None:
+        """Release the adapter (and, if unfinished, this run's pool blocks); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for stream in self.streams.values():  # an unfinished chunk's blocks
+            self.pool.release(stream.owner)
+        self.streams = {}
+        self.adapter.activate(None)
+        self.adapter.uninstall()
+        self.wall_s = time.perf_counter() - self._t0
+
+    def result(self) -> ChunkedResult:
+        if not self.done:
+            raise RuntimeError(f"denoising unfinished: {self.units_done}/{self.total_units} units")
+        return ChunkedResult(self.latents, self.counters, self.wall_s, sum(k.nbytes for k in self.kv.values()))
 
 
 def recompute_map_frames(counters: CacheCounters, layout_grid: tuple[int, int], tile: int) -> np.ndarray:

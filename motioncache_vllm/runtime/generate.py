@@ -137,60 +137,16 @@ def _generate_chunked(
     generator: torch.Generator | None = None,
     request_id: str | None = None,
 ) -> GenerationResult:
-    import uuid
+    # one implementation: the resumable generation, stepped to the end
+    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
-    from tqdm.auto import tqdm
-
-    from motioncache_vllm.policies import make_policy
-    from motioncache_vllm.policies.calibration import model_coefficients
-    from motioncache_vllm.runtime.chunked import ChunkedRunner, recompute_map_frames
-
-    coefficients = model_coefficients(getattr(pipe, "name_or_path", None), pipe.transformer.config)
-    policy = make_policy(cache.policy, cache.policy_config, coefficients)
-    pool = pool if pool is not None else make_pool(pipe, cache)
-    device = pipe._execution_device
-    t0 = time.perf_counter()
-    generator = generator if generator is not None else seeded_generator(r.seed)
-    pipe._guidance_scale = r.guidance
-    cond, uncond = pipe.encode_prompt(
-        r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
-        max_sequence_length=r.max_sequence_length, device=device,
-    )
-    padded = pipe.padded_num_frames(r.num_frames)
-    latents = pipe.prepare_latents(
-        1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32, device, generator
-    )[0]
-    runner = ChunkedRunner(pipe, policy, pool, tile=cache.tile)
-    chunks = latents.shape[2] // pipe.causal_block_size
-    with tqdm(total=chunks * r.steps, disable=not progress, leave=False, desc=cache.policy) as bar:
-        embeds = {"cond": cond.to(pipe.transformer.dtype)}
-        if uncond is not None:
-            embeds["uncond"] = uncond.to(pipe.transformer.dtype)
-        result = runner.denoise(
-            embeds, latents, r.steps, r.guidance, request_id=request_id or uuid.uuid4().hex, progress=bar
-        )
-    frames = decode_latents(pipe, result.latents, r.num_frames)
-    wall = time.perf_counter() - t0
-    c = result.counters
-    grid = runner.adapter.token_grid(latents.shape[3], latents.shape[4])
-    stats = dict(
-        token_steps_total=c.token_steps_total,
-        token_steps_computed=c.token_steps_computed,
-        ideal_speedup=round(c.token_steps_total / max(c.token_steps_computed, 1), 4),
-        full_steps=c.full_steps,
-        partial_steps=c.partial_steps,
-        skipped_steps=c.skipped_steps,
-        forced_blocks=c.forced_blocks,
-        pool_peak_bytes=pool.stats.peak_bytes,
-        pool_budget_bytes=pool.budget_bytes,
-        evictions=pool.stats.evictions,
-        kv_cache_bytes=result.kv_bytes,
-        timings={k: round(v, 4) for k, v in c.timings.items()},
-    )
-    return GenerationResult(
-        frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
-        recompute_map=recompute_map_frames(c, grid, cache.tile),
-    )
+    gen = StepwiseGeneration(pipe, r, cache, pool, request_id=request_id, generator=generator, progress=progress)
+    try:
+        while not gen.done:
+            gen.step()
+    finally:
+        gen.close()
+    return gen.result()
 
 
 def call_with_cache(

@@ -5,12 +5,14 @@ Entry points (``pyproject.toml``):
 - ``vllm.general_plugins``: :func:`register`, run by vLLM in every process (API server,
   engine core, workers), possibly more than once;
 - ``vllm.io_processor_plugins`` ``motioncache_video``: :func:`io_processor`, returns the
-  qualname of :class:`~.io_processor.VideoIOProcessor`;
+  qualname of :class:`~.processor.VideoIOProcessor` (a submodule named `io_processor`
+  would replace this function as the package attribute once imported, and a second engine
+  in the same process would find a module where it expects the entry-point function);
 - ``vllm.endpoint_plugins`` ``motioncache_videos``: :class:`~.endpoint.VideosEndpoint`,
   ``POST /v1/videos`` (API server only; vLLM loads it only when ``VLLM_PLUGINS`` names it,
   which ``motioncache serve``, i.e. :mod:`.launcher`, arranges).
 
-Only the standard library is imported here: the heavy modules (``model``, ``io_processor``)
+Only the standard library is imported here: the heavy modules (``model``, ``processor``)
 are named as strings and imported by vLLM when it needs them.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 ARCHITECTURE = "MotionCacheVideoModel"
 MODEL_QUALNAME = "motioncache_vllm.vllm_plugin.model:MotionCacheVideoModel"
 IO_PROCESSOR_NAME = "motioncache_video"
-IO_PROCESSOR_QUALNAME = "motioncache_vllm.vllm_plugin.io_processor.VideoIOProcessor"
+IO_PROCESSOR_QUALNAME = "motioncache_vllm.vllm_plugin.processor.VideoIOProcessor"
 
 __all__ = ["ARCHITECTURE", "IO_PROCESSOR_NAME", "register", "io_processor", "build_model_dir"]
 

@@ -48,8 +48,17 @@ ENGINE_DEFAULTS: dict[str, str | None] = {
     "--dtype": "float32",
     "--max-model-len": "4096",  # = model_dir.MAX_REQUEST_BYTES, the prompt window
     "--max-num-seqs": "4",
+    # one prompt token per request per engine step = one denoising step (or chunk commit) of
+    # every running request per engine step: concurrent videos interleave (see model.py)
+    "--long-prefill-token-threshold": "1",
+    # an identical earlier request would otherwise let the scheduler skip the cached part of
+    # the prompt (the video is still right, but its steps then run in one engine step)
+    "--no-enable-prefix-caching": None,
 }
-ALIASES = {"--no-enforce-eager": "--enforce-eager", "-O": "--compilation-config"}
+ALIASES = {
+    "--no-enforce-eager": "--enforce-eager", "-O": "--compilation-config",
+    "--enable-prefix-caching": "--no-enable-prefix-caching",
+}
 
 _MARK = "_motioncache_vllm_cpu"
 

@@ -7,12 +7,20 @@ chunked prefill, continuous batching) rather than an attention-free one. The vid
 by the pooler::
 
     engine step ─▶ forward(token ids)  (embedding + 1 attention layer, cheap)
-                ─▶ VideoPooler: for each request whose prompt is complete this step,
-                   VideoWorker.run(prompt ids) = generate_video(...) on the shared pool
-                ─▶ uint8 tensor (msgpack VideoPayload) per finished request, None for others
+                ─▶ VideoPooler ─▶ VideoWorker.engine_step: for every scheduled request,
+                   one unit of its StepwiseGeneration (one denoising step of all CFG
+                   branches, or a chunk commit) on the shared pipeline and pool; the
+                   generation is created at the request's first step and kept in
+                   ``pooling_metadata.pooling_states[i]`` across steps
+                ─▶ uint8 tensor (msgpack VideoPayload) per request whose prompt ends, None for others
 
-The whole generation of a request runs inside the engine step that finishes its prompt,
-so requests are served one after another (a new request waits for the running one).
+Step-level interleaving: the IO processor pads a request's prompt (its JSON bytes) with
+filler tokens to at least its work (chunks x (steps + 1) units). With chunked prefill and
+``long_prefill_token_threshold=1`` the scheduler gives each running request one token per
+engine step, so one engine step = one unit of each running request, and a new request
+starts while others run. Without the threshold a prompt is scheduled in one step and its
+whole generation runs in that step (requests then run one after another). The response's
+``stats["engine_steps"]`` lists the engine step of each unit; ``VideoWorker.records`` all.
 """
 
 from __future__ import annotations
@@ -49,8 +57,9 @@ class VideoPooler(Pooler):
     def forward(self, hidden_states: torch.Tensor, pooling_metadata: PoolingMetadata) -> PoolerOutput:
         finished = pooling_metadata.get_pooling_cursor().get_finished_mask()
         prompts = pooling_metadata.get_prompt_token_ids_cpu()
-        # a request split over several steps (chunked prefill) is generated once, at its last chunk
-        return [payload_to_tensor(self.worker.run(ids)) if done else None for done, ids in zip(finished, prompts)]
+        # one unit (denoising step or chunk commit) of every scheduled request; the request's
+        # generation lives in its PoolingStates, which vLLM keeps across engine steps
+        return self.worker.engine_step(pooling_metadata.pooling_states, prompts, finished)
 
 
 class MotionCacheVideoModel(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+import weakref
 from typing import Any, Mapping
 
 import msgspec
@@ -80,16 +81,53 @@ def frames_digest(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
 
 
+FILLER_TOKEN = 0
+"""Pads a prompt to its request's work length; never a byte of the request's JSON."""
+
+TEMPORAL_FACTOR = 4
+"""Frames per latent frame of the Wan-family VAEs (``4k+1`` frames -> ``k+1`` latent frames)."""
+
+
+def work_units(num_frames: int, steps: int, frames_per_chunk: int, temporal_factor: int = TEMPORAL_FACTOR) -> int:
+    """Units of a request in the stepwise runtime: chunks x (denoising steps + 1 commit)."""
+    latent = (num_frames - 1) // temporal_factor + 1
+    return -(-latent // frames_per_chunk) * (steps + 1)
+
+
 def request_from_token_ids(token_ids: torch.Tensor) -> VideoRequest:
-    """Inverse of the IO processor's encoding: one token id per byte of the request's JSON."""
+    """Inverse of the IO processor's encoding: one token id per byte of the request's JSON,
+    then filler tokens up to the request's work length."""
     ids = token_ids.to(torch.int64)
+    if ids.numel() and int(ids.min()) >= 0:
+        nonzero = torch.nonzero(ids != FILLER_TOKEN)
+        ids = ids[: int(nonzero[-1]) + 1] if nonzero.numel() else ids[:0]
     if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) > 255:
         raise ValueError("the prompt is not a MotionCache video request (send {'data': {...}} requests)")
     return msgspec.json.decode(ids.to(torch.uint8).numpy().tobytes(), type=VideoRequest)
 
 
+class VideoJob:
+    """One engine request on the worker: its stepwise generation, or the error that ended it."""
+
+    def __init__(self, request_id: str, gen=None, cache: CacheConfig | None = None, error: str | None = None):
+        self.request_id, self.gen, self.cache, self.error = request_id, gen, cache, error
+        self.engine_steps: list[int] = []  # engine step index of each unit, in order
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.gen.done
+
+
 class VideoWorker:
-    """The pipeline, the engine's cache settings and the one pool every request shares."""
+    """The pipeline, the engine's cache settings and the one pool every request shares.
+
+    Requests are advanced step by step: every engine step calls :meth:`engine_step`, which
+    runs one unit (one denoising step of every CFG branch, or a chunk commit) of every
+    running request, so concurrent requests interleave. ``records`` keeps
+    ``(engine_step, request_id, unit)`` of every unit run (the last ``MAX_RECORDS``).
+    """
+
+    MAX_RECORDS = 100_000
 
     def __init__(self, pipeline: str, additional_config: Mapping[str, Any] | None) -> None:
         from motioncache_vllm.models.loading import load_pipeline
@@ -99,32 +137,91 @@ class VideoWorker:
         self.pipe = load_pipeline(pipeline)
         # one memory budget for the whole worker, whatever the number of requests
         self.pool = make_pool(self.pipe, self.settings.cache_config(CacheOverrides()))
+        self.engine_steps = 0
+        self.records: list[tuple[int, str, int]] = []
 
-    def run(self, token_ids: torch.Tensor) -> VideoPayload:
-        """Generate the request encoded in ``token_ids``; failures become an error payload
-        (raising here would fail the whole engine step, i.e. every running request)."""
-        from motioncache_vllm.runtime.generate import generate_video
+    # -- per engine step -------------------------------------------------------------------
+    def engine_step(self, states: list, prompts: list[torch.Tensor], finished: list[bool]) -> list:
+        """One engine step: advance every request by one unit; the payload tensor of each
+        request whose prompt ends this step, None for the others. ``states`` are vLLM's
+        per-request ``PoolingStates`` (kept across steps): the job rides on them."""
+        step = self.engine_steps
+        self.engine_steps += 1
+        outputs = []
+        for state, ids, last in zip(states, prompts, finished):
+            job = getattr(state, "motioncache_job", None)
+            if job is None:
+                job = self.start(ids)
+                state.motioncache_job = job
+                if job.gen is not None:
+                    # an aborted request's states are dropped unfinished: free its blocks then
+                    weakref.finalize(state, job.gen.close)
+            if not job.done:
+                self._advance(job, step)
+            if last:
+                while not job.done:  # a prompt shorter than the work: finish in this step
+                    self._advance(job, step)
+                state.motioncache_job = None
+                outputs.append(payload_to_tensor(self._payload(job)))
+            else:
+                outputs.append(None)
+        return outputs
 
+    def start(self, token_ids: torch.Tensor) -> VideoJob:
+        """Decode the request and set up its generation (prompt encoding, initial noise)."""
+        from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+
+        request_id = uuid.uuid4().hex
         try:
             request = request_from_token_ids(token_ids)
         except (ValueError, msgspec.DecodeError) as exc:
             # also the path of vLLM's start-up dummy run, whose prompts are all zeros
-            return VideoPayload(error=f"undecodable video request: {exc}")
-        request_id = uuid.uuid4().hex
+            return VideoJob(request_id, error=f"undecodable video request: {exc}")
         try:
             cache = self.settings.cache_config(request.cache)
-            result = generate_video(
+            gen = StepwiseGeneration(
                 self.pipe, request.generation_request(), cache=cache, pool=self.pool, request_id=request_id
             )
         except Exception as exc:  # noqa: BLE001  (reported to the client, the engine keeps serving)
             logger.exception("video request failed")
-            # free what the failed request still holds (its chunks' blocks), or it would leak
-            for owner in [o for o in self.pool.tables if o[0] == request_id]:
-                self.pool.release(owner)
-            return VideoPayload(error=f"{type(exc).__name__}: {exc}")
+            return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}")
+        return VideoJob(request_id, gen=gen, cache=cache)
+
+    def _advance(self, job: VideoJob, step: int) -> None:
+        unit = job.gen.steps_done
+        try:
+            job.gen.step()  # closes the generation (frees its blocks) on an error
+        except Exception as exc:  # noqa: BLE001  (raising would fail every running request)
+            logger.exception("video request failed")
+            job.error = f"{type(exc).__name__}: {exc}"
+            job.gen.close()
+            return
+        job.engine_steps.append(step)
+        self.records.append((step, job.request_id, unit))
+        if len(self.records) > self.MAX_RECORDS:
+            del self.records[: len(self.records) - self.MAX_RECORDS]
+
+    def _payload(self, job: VideoJob) -> VideoPayload:
+        if job.error is None:
+            try:
+                result = job.gen.result()
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("video request failed")
+                job.error = f"{type(exc).__name__}: {exc}"
+        if job.error is not None:
+            return VideoPayload(error=job.error)
         frames = np.ascontiguousarray(result.frames, dtype=np.uint8)
-        stats = dict(result.stats, policy=cache.policy, wall_s=round(result.wall_s, 4), steps=result.steps,
-                     guidance=result.guidance)
+        stats = dict(result.stats, policy=job.cache.policy, wall_s=round(result.wall_s, 4), steps=result.steps,
+                     guidance=result.guidance, engine_steps=list(job.engine_steps))
         # the shared pool as of now, for the API process's /metrics (see metrics.py)
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
         return VideoPayload(frames=frames.tobytes(), shape=frames.shape, stats=stats)
+
+    def run(self, token_ids: torch.Tensor) -> VideoPayload:
+        """Generate the request encoded in ``token_ids`` to the end (all in one call)."""
+        job = self.start(token_ids)
+        step = self.engine_steps
+        self.engine_steps += 1
+        while not job.done:
+            self._advance(job, step)
+        return self._payload(job)

@@ -30,7 +30,7 @@ from motioncache_vllm.vllm_plugin.messages import (
     VideoResponse,
     decode_request,
 )
-from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings, tensor_to_payload
+from motioncache_vllm.vllm_plugin.worker import FILLER_TOKEN, EngineCacheSettings, tensor_to_payload, work_units
 
 VIDEO_FPS = 16
 
@@ -40,6 +40,25 @@ def encode_mp4(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
 
     with tempfile.TemporaryDirectory(prefix="motioncache-") as tmp:
         return write_video(Path(tmp) / "video.mp4", frames, fps=fps).read_bytes()
+
+
+def pipeline_work_defaults(vllm_config: VllmConfig) -> tuple[int, int, int] | None:
+    """(default frames, default steps, latent frames per chunk) of the served pipeline, read
+    from its folder's JSON (the front end does not load the pipeline); None if unreadable
+    (prompts are then not padded: a request's remaining units run in its last step)."""
+    import json
+
+    try:
+        from motioncache_vllm.models.loading import resolve_model_path
+
+        hf_config = vllm_config.model_config.hf_config
+        folder = resolve_model_path(getattr(hf_config, "motioncache_pipeline", "embedded"))
+        index = json.loads((folder / "model_index.json").read_text())
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        return (int(index["default_num_frames"]), int(index["default_num_inference_steps"]),
+                max(int(transformer.get("num_frame_per_block", 1)), 1))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
@@ -52,6 +71,7 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         super().__init__(vllm_config, renderer)
         # same defaults as the worker: a request naming an unknown policy is refused here
         self.settings = EngineCacheSettings.from_additional_config(vllm_config.additional_config)
+        self.work_defaults = pipeline_work_defaults(vllm_config)
 
     def parse_data(self, data: object) -> VideoRequest:
         from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
@@ -75,8 +95,15 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         return params
 
     def pre_process(self, prompt: VideoRequest, request_id: str | None = None, **kwargs) -> PromptType:
-        # one token per byte of the request's JSON: the request reaches the pooler intact
-        return {"prompt_token_ids": list(msgspec.json.encode(prompt))}
+        # one token per byte of the request's JSON: the request reaches the pooler intact;
+        # then filler tokens up to the request's work, so that with one token per engine
+        # step (long_prefill_token_threshold=1) its prompt lasts as many steps as its units
+        ids = list(msgspec.json.encode(prompt))
+        if self.work_defaults is not None:
+            num_frames, steps, per_chunk = self.work_defaults
+            work = work_units(prompt.num_frames or num_frames, prompt.num_inference_steps or steps, per_chunk)
+            ids += [FILLER_TOKEN] * max(work - len(ids), 0)
+        return {"prompt_token_ids": ids}
 
     def post_process(
         self, model_output: Sequence[PoolingRequestOutput], request_id: str | None = None, **kwargs

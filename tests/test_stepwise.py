@@ -1,0 +1,135 @@
+"""StepwiseGeneration: the resumable chunked runtime that generate_video runs to the end and
+the vLLM plugin interleaves across requests, one unit per engine step."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks import HookRegistry
+
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.data.procedural import ClipGenerator
+from motioncache_vllm.models.latent import fit_linear_latent
+from motioncache_vllm.models.loading import build_pipeline
+from motioncache_vllm.models.wan_adapter import CachedSelfAttnProcessor
+from motioncache_vllm.runtime.chunked import shared_adapter
+from motioncache_vllm.runtime.generate import generate_video, make_pool
+from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+
+REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=8, seed=3)
+MOTION = {"threshold": 1.5}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    torch.manual_seed(0)
+    vae = fit_linear_latent(np.stack([ClipGenerator(7, num_frames=9).clip(i).frames for i in range(8)]))
+    pipe = build_pipeline(
+        vae,
+        transformer_overrides=dict(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=128,
+                                   num_frame_per_block=2),
+        default_num_inference_steps=8,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assert_clean(pipe):
+    """No MotionCache hook or processor left on the transformer."""
+    for block in pipe.transformer.blocks:
+        assert HookRegistry.check_if_exists_or_initialize(block).get_hook("motioncache_block") is None
+        assert not isinstance(block.attn1.processor, CachedSelfAttnProcessor)
+    assert not shared_adapter(pipe.transformer)._installed
+
+
+def run_to_end(gen):
+    kinds = []
+    while not gen.done:
+        kinds.append(gen.step())
+    return kinds, gen.result()
+
+
+@pytest.mark.parametrize("policy,config", [("none", {}), ("motion", MOTION)])
+def test_stepwise_is_bit_identical_to_generate_video(tiny_pipe, policy, config):
+    cache = CacheConfig(policy=policy, policy_config=config)
+    ref = generate_video(tiny_pipe, GenerationRequest(**REQ), cache=cache)
+    assert_clean(tiny_pipe)
+    gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache)
+    chunks = 3  # 17 frames -> 6 latent frames -> 3 chunks of 2
+    assert gen.total_steps == chunks * (8 + 1) and gen.steps_done == 0
+    kinds, out = run_to_end(gen)
+    assert kinds == (["denoise"] * 8 + ["commit"]) * chunks
+    assert np.array_equal(out.frames, ref.frames)
+    for key in ("token_steps_computed", "full_steps", "partial_steps", "skipped_steps", "forced_blocks"):
+        assert out.stats[key] == ref.stats[key], key
+    assert np.array_equal(out.recompute_map, ref.recompute_map)
+    assert_clean(tiny_pipe)
+    with pytest.raises(RuntimeError, match="finished"):
+        gen.step()
+
+
+def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pipe):
+    requests = [dict(REQ, seed=s, prompt=p) for s, p in [(3, "a red circle"), (4, "a blue square"), (5, "dots")]]
+    requests[2]["num_frames"] = 9  # a shorter request (2 chunks) finishes first
+    cache = CacheConfig(policy="motion", policy_config=MOTION)
+    solo = [generate_video(tiny_pipe, GenerationRequest(**r), cache=cache) for r in requests]
+    pool = make_pool(tiny_pipe, cache)  # unbounded: sharing it cannot change a decision
+    gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**r), cache=cache, pool=pool, request_id=f"r{i}")
+            for i, r in enumerate(requests)]
+    rounds = 0
+    while not all(g.done for g in gens):
+        for g in gens:
+            if not g.done:
+                g.step()
+                # hooks stay installed while any generation is live
+                assert shared_adapter(tiny_pipe.transformer)._installed == (not all(x.done for x in gens))
+        rounds += 1
+    assert rounds == max(g.total_steps for g in gens)
+    for g, ref in zip(gens, solo):
+        assert np.array_equal(g.result().frames, ref.frames)
+        assert g.result().stats["token_steps_computed"] == ref.stats["token_steps_computed"]
+    assert pool.tables == {}  # every chunk's blocks were released
+    assert_clean(tiny_pipe)
+
+
+def test_interleaved_generations_keep_a_shared_pool_in_budget(tiny_pipe):
+    slot = 2 * 64 * 4  # frames per chunk x dim x fp32
+    cache = CacheConfig(policy="motion", policy_config=MOTION, pool_mib=30 * slot / 2**20)
+    pool = make_pool(tiny_pipe, cache)
+    gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**dict(REQ, seed=s)), cache=cache, pool=pool,
+                               request_id=f"b{s}") for s in range(3)]
+    while not all(g.done for g in gens):
+        for g in gens:
+            if not g.done:
+                g.step()
+                assert pool.stats.in_use_bytes <= 30 * slot
+    assert 0 < pool.stats.peak_bytes <= 30 * slot
+    assert pool.stats.evictions > 0
+    assert all(np.isfinite(g.result().frames.astype(float)).all() for g in gens)
+    assert_clean(tiny_pipe)
+
+
+def test_closing_an_unfinished_generation_frees_its_blocks_and_the_hooks(tiny_pipe):
+    cache = CacheConfig(policy="motion", policy_config=MOTION)
+    pool = make_pool(tiny_pipe, cache)
+    gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache, pool=pool, request_id="x")
+    for _ in range(3):
+        gen.step()
+    assert pool.tables and shared_adapter(tiny_pipe.transformer)._installed
+    gen.close()
+    gen.close()  # idempotent
+    assert pool.tables == {}
+    assert_clean(tiny_pipe)
+    # a generation after it runs normally
+    ref = generate_video(tiny_pipe, GenerationRequest(**REQ), cache=cache)
+    assert ref.frames.shape == (17, 64, 64, 3)
+    assert_clean(tiny_pipe)
+
+
+@pytest.mark.slow
+def test_stepwise_on_the_embedded_model(embedded_pipe):
+    req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=4, seed=3)
+    cache = CacheConfig(policy="none")
+    ref = generate_video(embedded_pipe, req, cache=cache)
+    _, out = run_to_end(StepwiseGeneration(embedded_pipe, req, cache=cache))
+    assert np.array_equal(out.frames, ref.frames)
+    assert_clean(embedded_pipe)

