@@ -7,9 +7,7 @@ diffusers SkyReels-V2 DF folder) and writes a JSON report. User mistakes exit wi
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 

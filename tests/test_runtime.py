@@ -6,10 +6,7 @@ import pytest
 import torch
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.data.procedural import ClipGenerator
 from motioncache_vllm.metrics import psnr_db
-from motioncache_vllm.models.latent import fit_linear_latent
-from motioncache_vllm.models.loading import build_pipeline
 from motioncache_vllm.models.wan_adapter import WanFamilyAdapter
 from motioncache_vllm.runtime.chunked import StreamKV
 from motioncache_vllm.runtime.generate import generate_video
@@ -17,18 +14,6 @@ from motioncache_vllm.runtime.generate import generate_video
 REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=8, seed=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    torch.manual_seed(0)
-    vae = fit_linear_latent(np.stack([ClipGenerator(7, num_frames=9).clip(i).frames for i in range(8)]))
-    pipe = build_pipeline(
-        vae,
-        transformer_overrides=dict(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=128,
-                                   num_frame_per_block=2),
-        default_num_inference_steps=8,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def run(pipe, policy="none", runtime="chunked", **cache):

@@ -3,13 +3,9 @@ the vLLM plugin interleaves across requests, one unit per engine step."""
 
 import numpy as np
 import pytest
-import torch
 from diffusers.hooks import HookRegistry
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.data.procedural import ClipGenerator
-from motioncache_vllm.models.latent import fit_linear_latent
-from motioncache_vllm.models.loading import build_pipeline
 from motioncache_vllm.models.wan_adapter import CachedSelfAttnProcessor
 from motioncache_vllm.runtime.chunked import shared_adapter
 from motioncache_vllm.runtime.generate import generate_video, make_pool
@@ -19,18 +15,6 @@ REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps
 MOTION = {"threshold": 1.5}
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    torch.manual_seed(0)
-    vae = fit_linear_latent(np.stack([ClipGenerator(7, num_frames=9).clip(i).frames for i in range(8)]))
-    pipe = build_pipeline(
-        vae,
-        transformer_overrides=dict(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=128,
-                                   num_frame_per_block=2),
-        default_num_inference_steps=8,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def assert_clean(pipe):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import msgspec
-import numpy as np
 import torch
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest

@@ -37,7 +37,7 @@ from vllm.tasks import PoolingTask
 from vllm.v1.outputs import PoolerOutput
 from vllm.v1.pool.metadata import PoolingMetadata
 
-from motioncache_vllm.vllm_plugin.worker import VideoWorker, payload_to_tensor
+from motioncache_vllm.vllm_plugin.worker import VideoWorker
 
 
 class VideoPooler(Pooler):
