@@ -1,3 +1,6 @@
+import contextlib
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -28,3 +31,39 @@ def tiny_pipe():
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: ~5 s start-up instead of ~20 s
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the token shim needs a few MiB
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+@contextlib.contextmanager
+def in_process_engine(root, **llm_kwargs):
+    """A real in-process vLLM engine on the embedded model; restores env and torch threads after."""
+    import vllm
+
+    from motioncache_vllm.vllm_plugin import build_model_dir
+
+    saved_env = {k: os.environ.get(k) for k in ENGINE_ENV}
+    # the CPU worker pins torch to 1 thread and replaces torch.set_num_threads in-process
+    saved_threads, saved_setter = torch.get_num_threads(), torch.set_num_threads
+    os.environ.update(ENGINE_ENV)
+    model_dir = build_model_dir("embedded", root=root)
+    llm = vllm.LLM(
+        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+        **llm_kwargs,
+    )
+    try:
+        yield llm
+    finally:
+        del llm
+        torch.set_num_threads = saved_setter
+        torch.set_num_threads(saved_threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

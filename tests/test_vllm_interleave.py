@@ -8,9 +8,9 @@ Checked from the engine-step records the worker puts in each response
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
+from conftest import in_process_engine
 
 vllm = pytest.importorskip("vllm")
 
@@ -28,37 +28,14 @@ REQUESTS = [
 ]
 POOL_MIB = 0.05  # far below what 4 requests store: the shared pool must evict and stay in budget
 
-ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-}
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from motioncache_vllm.vllm_plugin import build_model_dir
-
-    saved_env = {k: os.environ.get(k) for k in ENGINE_ENV}
-    saved_threads, saved_setter = torch.get_num_threads(), torch.set_num_threads
-    os.environ.update(ENGINE_ENV)
-    model_dir = build_model_dir("embedded", root=tmp_path_factory.mktemp("vllm-models"))
-    llm = vllm.LLM(
-        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+    with in_process_engine(
+        tmp_path_factory.mktemp("vllm-models"),
         max_num_seqs=4, enable_chunked_prefill=True, long_prefill_token_threshold=1, enable_prefix_caching=False,
         additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
-    )
-    yield llm
-    del llm
-    torch.set_num_threads = saved_setter
-    torch.set_num_threads(saved_threads)
-    for k, v in saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    ) as llm:
+        yield llm
 
 
 LATE = 3  # the last request arrives after this many engine steps, while the others run

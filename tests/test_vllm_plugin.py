@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 
 import numpy as np
 import pytest
+from conftest import in_process_engine
 
 vllm = pytest.importorskip("vllm")
 
@@ -27,37 +27,13 @@ POOL_MIB = 64.0  # a budget the tiny model never fills: caching must not change 
 # aggressive enough for partial (pool-read) steps within 4 steps: 8 full, 4 partial, 4 skipped
 MOTION_CONFIG = {"warmup_steps": 1, "phase1_updates": 0, "threshold": 0.5, "min_update_ratio": 0.0}
 
-ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: ~5 s start-up instead of ~20 s
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the token shim needs a few MiB
-    "HF_HUB_OFFLINE": "1",
-}
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from motioncache_vllm.vllm_plugin import build_model_dir
-
-    saved_env = {k: os.environ.get(k) for k in ENGINE_ENV}
-    # the CPU worker pins torch to 1 thread and replaces torch.set_num_threads in-process
-    saved_threads, saved_setter = torch.get_num_threads(), torch.set_num_threads
-    os.environ.update(ENGINE_ENV)
-    model_dir = build_model_dir("embedded", root=tmp_path_factory.mktemp("vllm-models"))
-    llm = vllm.LLM(
-        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+    with in_process_engine(
+        tmp_path_factory.mktemp("vllm-models"),
         max_num_seqs=2, additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
-    )
-    yield llm
-    del llm
-    torch.set_num_threads = saved_setter
-    torch.set_num_threads(saved_threads)
-    for k, v in saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    ) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
