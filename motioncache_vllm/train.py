@@ -60,20 +60,35 @@ def sample_block_sigmas(rng: torch.Generator, batch: int, blocks: int) -> torch.
     return sig
 
 
-def encode_text(pipe, captions: list[str]) -> torch.Tensor:
+class ClipBatches(torch.utils.data.Dataset):
+    """Batch ``k`` = clips ``k*B .. k*B+B-1`` of the generator, so a DataLoader's workers
+    render them in parallel and a resumed run sees the same stream."""
+
+    def __init__(self, gen: ClipGenerator, batch_size: int) -> None:
+        self.gen, self.batch_size = gen, batch_size
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, list[str]]:
+        clips = [self.gen.clip(k * self.batch_size + i) for i in range(self.batch_size)]
+        return np.stack([c.frames for c in clips]), [c.caption for c in clips]
+
+
+def encode_text(pipe, captions: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
     """Text states exactly as the pipeline builds them: encoder output, zeroed after the tokens."""
     tok = pipe.tokenizer(
         captions, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt"
-    )
+    ).to(device)
     hidden = pipe.text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state
     return hidden * tok.attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 
 def export_ema(pipe, ema_transformer, ema_text, out_dir: Path) -> None:
     """Save the pipeline with EMA weights in fp16 (what ships in the package)."""
-    shipped = build_pipeline(pipe.vae)
-    shipped.transformer.load_state_dict(ema_transformer.state_dict())
-    shipped.text_encoder.load_state_dict(ema_text.state_dict())
+    shipped = build_pipeline(copy.deepcopy(pipe.vae).cpu())
+    shipped.transformer.load_state_dict({k: v.cpu() for k, v in ema_transformer.state_dict().items()})
+    shipped.text_encoder.load_state_dict({k: v.cpu() for k, v in ema_text.state_dict().items()})
     shipped.transformer.to(torch.float16)
     shipped.text_encoder.to(torch.float16)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -98,6 +113,8 @@ def main(
     caption_dropout: float = typer.Option(0.1),
     save_every: int = typer.Option(500),
     threads: int = typer.Option(2, help="torch intra-op threads."),
+    device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'."),
+    workers: int = typer.Option(0, help="DataLoader processes rendering clips (0: in the training process)."),
     seed: int = typer.Option(0),
     reset_ema: bool = typer.Option(False, help="Restart the EMA from the live weights (after a bad EMA setting)."),
     quiet: bool = typer.Option(False),
@@ -105,6 +122,10 @@ def main(
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
@@ -119,13 +140,14 @@ def main(
     pipe = build_pipeline(vae)
     pipe.transformer.load_state_dict(base.transformer.state_dict())
     pipe.text_encoder.load_state_dict(base.text_encoder.state_dict())
-    model, text = pipe.transformer.float().train(), pipe.text_encoder.float().train()
+    vae.to(dev)
+    model, text = pipe.transformer.float().to(dev).train(), pipe.text_encoder.float().to(dev).train()
     ema_model, ema_text = copy.deepcopy(model).eval(), copy.deepcopy(text).eval()
     params = list(model.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     step = 0
     if state_path.is_file():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=False, map_location=dev)
         model.load_state_dict(st["model"])
         text.load_state_dict(st["text"])
         ema_model.load_state_dict(st["ema_model"])
@@ -137,8 +159,15 @@ def main(
         ema_text.load_state_dict(text.state_dict())
     rng = torch.Generator().manual_seed(seed * 1000 + step)
 
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
+    batches = iter(
+        torch.utils.data.DataLoader(
+            ClipBatches(gen, batch_size), batch_size=None, num_workers=workers,
+            sampler=range(step, 1 << 40), prefetch_factor=4 if workers else None,
+            persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
+        )
+    )
     log_path = run_dir / "loss.csv"
     new_log = not log_path.exists()
     log_file = log_path.open("a", newline="")
@@ -151,24 +180,26 @@ def main(
     bar = tqdm(total=max_steps, initial=step, disable=quiet, desc="train")
     running = None
     while step < max_steps and time.monotonic() < deadline:
-        clips = [gen.clip(step * batch_size + i) for i in range(batch_size)]
-        video = torch.from_numpy(np.stack([c.frames for c in clips])).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        frames, clip_captions = next(batches)
+        video = torch.as_tensor(frames).to(dev, non_blocking=True).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
         with torch.no_grad():
             x0 = (vae.encode(video).latents - mean) / std
         b, _, f, _, _ = x0.shape
         blocks = f // CAUSAL_BLOCK_SIZE
         x0 = x0[:, :, : blocks * CAUSAL_BLOCK_SIZE]
         sig_blocks = sample_block_sigmas(rng, b, blocks)
-        sig = sig_blocks.repeat_interleave(CAUSAL_BLOCK_SIZE, dim=1)  # (B, F)
-        noise = torch.randn(x0.shape, generator=rng)
+        sig = sig_blocks.repeat_interleave(CAUSAL_BLOCK_SIZE, dim=1).to(dev)  # (B, F)
+        noise = torch.randn(x0.shape, generator=rng).to(dev)
         s5 = sig.view(b, 1, -1, 1, 1)
         xt = (1 - s5) * x0 + s5 * noise
-        captions = [c.caption if torch.rand(1, generator=rng) >= caption_dropout else "" for c in clips]
-        cond = encode_text(pipe, captions)
-        pred = model(
-            hidden_states=xt, timestep=sig * 1000, encoder_hidden_states=cond, enable_diffusion_forcing=True,
-            return_dict=False,
-        )[0]
+        captions = [c if torch.rand(1, generator=rng) >= caption_dropout else "" for c in clip_captions]
+        cond = encode_text(pipe, captions, dev)
+        # bf16 autocast on GPU: the model is small enough that launch count, not FLOPs, bounds a step
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            pred = model(
+                hidden_states=xt, timestep=sig * 1000, encoder_hidden_states=cond, enable_diffusion_forcing=True,
+                return_dict=False,
+            )[0].float()
         target = noise - x0
         weight = (sig > 0).float().view(b, 1, -1, 1, 1)  # clean context frames have nothing to learn
         loss = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4])
