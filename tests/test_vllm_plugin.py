@@ -24,8 +24,11 @@ pytestmark = pytest.mark.slow
 # small enough for 2 CPU cores; 17 frames = two causal chunks of the embedded model
 REQUEST = dict(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=4, seed=3)
 POOL_MIB = 64.0  # a budget the tiny model never fills: caching must not change a pixel here
-# aggressive enough for partial (pool-read) steps within 4 steps: 8 full, 4 partial, 4 skipped
-MOTION_CONFIG = {"warmup_steps": 1, "phase1_updates": 0, "threshold": 0.5, "min_update_ratio": 0.0}
+# aggressive enough for partial (pool-read) steps within 4 steps (4 full, 8 partial, 4 skipped
+# on the shipped weights). Identity rescale: the model's calibration is fitted on 30-step
+# schedules and a 4-step schedule's e0 changes lie far outside its fitted range.
+MOTION_CONFIG = {"warmup_steps": 1, "phase1_updates": 0, "threshold": 0.3, "min_update_ratio": 0.0,
+                 "coefficients": [1.0, 0.0]}
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
