@@ -6,11 +6,13 @@ decode, cheap to encode, no pickle of user data.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+POOL_DTYPES = ("float32", "float16", "bfloat16", "int8")
+PoolDtype = Literal["float32", "float16", "bfloat16", "int8"]
 
 
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -44,6 +46,7 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     # cache figures (chunked runtime)
     token_steps_total: int | None = None
     token_steps_computed: int | None = None
+    commit_token_passes: int | None = None
     ideal_speedup: float | None = None
     full_steps: int | None = None
     partial_steps: int | None = None
@@ -78,3 +81,9 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Activation pool budget in MiB; None = unbounded."""
     eviction: str = "motion"
     """Eviction order when the pool is full: ``motion`` (expected reuse) or ``lru``."""
+    pool_dtype: PoolDtype = "float32"
+    """Storage of cached residuals: float32 is exact; float16/bfloat16 halve the bytes per
+    block, int8 (per-token-row scale) about quarters them, so a budget holds more blocks."""
+    cfg_shared: bool = False
+    """The unconditional CFG branch reuses the conditional branch's decision of the same
+    step (no scoring of its own) instead of keeping per-branch state."""

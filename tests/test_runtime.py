@@ -131,3 +131,51 @@ def test_selective_forward_with_every_token_equals_full_forward(tiny_pipe):
     with torch.no_grad():
         plain = transformer(x, t, text, enable_diffusion_forcing=True, return_dict=False)[0]
     torch.testing.assert_close(plain, outs[0], rtol=1e-4, atol=1e-4)
+
+
+def _executed_masks(pipe, monkeypatch, **cache):
+    """Blocks each (chunk, branch) stream computed at each step (recorded around plan()),
+    and how many times the policy was asked to decide."""
+    from motioncache_vllm.policies.motion import MotionPolicy
+    from motioncache_vllm.runtime import chunked
+
+    masks: dict = {}
+    decides = [0]
+    plan, decide = chunked.ChunkStream.plan, MotionPolicy.decide
+
+    def recording_plan(self, hidden, temb):
+        out = plan(self, hidden, temb)
+        if not self.commit:
+            _, c, branch = self.owner
+            masks.setdefault((c, branch), []).append(self.executed.clone())
+        return out
+
+    def counting_decide(self, state, obs):
+        decides[0] += 1
+        return decide(self, state, obs)
+
+    monkeypatch.setattr(chunked.ChunkStream, "plan", recording_plan)
+    monkeypatch.setattr(MotionPolicy, "decide", counting_decide)
+    result = run(pipe, "motion", **cache)
+    monkeypatch.undo()
+    return result, masks, decides[0]
+
+
+def test_cfg_shared_uncond_branch_executes_the_cond_decisions(tiny_pipe, monkeypatch):
+    cfg = {"threshold": 1.5, "min_update_ratio": 0.0, "phase1_updates": 0, "alpha": 0.2}
+    own, own_masks, own_decides = _executed_masks(tiny_pipe, monkeypatch, policy_config=cfg)
+    shared, shared_masks, shared_decides = _executed_masks(tiny_pipe, monkeypatch, policy_config=cfg, cfg_shared=True)
+    chunks = {c for c, _ in shared_masks}
+    assert chunks and all((c, "uncond") in shared_masks for c in chunks)
+    steps = sum(len(shared_masks[c, "cond"]) for c in chunks)
+    assert (own_decides, shared_decides) == (2 * steps, steps)  # the uncond branch no longer scores
+    for c in chunks:
+        for cond, uncond in zip(shared_masks[c, "cond"], shared_masks[c, "uncond"], strict=True):
+            assert torch.equal(cond, uncond)
+        # the cond branch decides exactly as it does with per-branch state
+        for a, b in zip(shared_masks[c, "cond"], own_masks[c, "cond"], strict=True):
+            assert torch.equal(a, b)
+    assert 0 < shared.stats["token_steps_computed"] < shared.stats["token_steps_total"]
+    # measured: both branches see the same block input and e0, so per-branch decisions
+    # coincide and sharing changes no pixel; it only saves the second branch's scoring
+    assert np.array_equal(own.frames, shared.frames)

@@ -10,6 +10,11 @@ byte budget the storage is allocated once (``budget // slot_bytes`` slots) and n
 exceeded; when no slot is free a victim is chosen by the :class:`EvictionOrder`. A
 block that cannot be stored is simply absent: the runtime recomputes it (a miss costs
 time, never correctness). Without a budget the storage grows by doubling.
+
+Storage dtype: float32 (exact), float16/bfloat16 (half the bytes), or int8 with one
+float32 scale per token row (absmax / 127; about a quarter of the bytes), as vLLM
+stores K/V in fp8: under a tight budget, more blocks held coarser beat fewer held exactly
+(the benchmark's memory suite measures both).
 """
 
 from __future__ import annotations
@@ -55,10 +60,16 @@ class ActivationPool:
         device: torch.device | str = "cpu",
     ) -> None:
         self.tokens_per_block, self.dim, self.dtype, self.device = tokens_per_block, dim, dtype, torch.device(device)
+        self.quantized = dtype == torch.int8
+        # reads return float32 for int8 storage (dequantised), the storage dtype otherwise
+        self.read_dtype = torch.float32 if self.quantized else dtype
         self.slot_bytes = tokens_per_block * dim * torch.empty((), dtype=dtype).element_size()
+        if self.quantized:
+            self.slot_bytes += tokens_per_block * 4  # the float32 scale of each token row
         self.budget_bytes = budget_bytes
         capacity = 0 if budget_bytes is None else max(budget_bytes, 0) // self.slot_bytes
         self.storage = torch.empty((capacity, tokens_per_block, dim), dtype=dtype, device=self.device)
+        self.scales = torch.empty((capacity if self.quantized else 0, tokens_per_block), device=self.device)
         self.free = FreeSlotQueue(capacity)
         self.eviction = eviction if eviction is not None else MotionAwareOrder()
         self._slot_owner: list[tuple[Owner, int] | None] = [None] * capacity
@@ -89,9 +100,13 @@ class ActivationPool:
         table = self.tables.get(owner)
         slots = table[blocks] if table is not None else torch.full_like(blocks, -1)
         hit = slots >= 0
-        out = torch.zeros((len(blocks), self.tokens_per_block, self.dim), dtype=self.dtype, device=self.device)
+        out = torch.zeros((len(blocks), self.tokens_per_block, self.dim), dtype=self.read_dtype, device=self.device)
         if hit.any():
-            out[hit] = self.storage[slots[hit]]
+            held = slots[hit]
+            if self.quantized:
+                out[hit] = self.storage[held].float() * self.scales[held].unsqueeze(-1)
+            else:
+                out[hit] = self.storage[held]
             for slot in slots[hit].tolist():
                 self.eviction.touch(slot)
         return out, hit
@@ -120,7 +135,12 @@ class ActivationPool:
                 pinned.add(slot)
             else:
                 self.eviction.touch(slot, priority)
-            self.storage[slot] = values[i]
+            if self.quantized:
+                scale = values[i].abs().amax(-1).clamp_min(1e-12) / 127.0
+                self.storage[slot] = torch.round(values[i] / scale.unsqueeze(-1)).to(torch.int8)
+                self.scales[slot] = scale
+            else:
+                self.storage[slot] = values[i]
             stored[i] = True
         return stored
 
@@ -164,6 +184,10 @@ class ActivationPool:
         grown = torch.empty((new, self.tokens_per_block, self.dim), dtype=self.dtype, device=self.device)
         grown[:old] = self.storage
         self.storage = grown
+        if self.quantized:
+            scales = torch.empty((new, self.tokens_per_block), device=self.device)
+            scales[:old] = self.scales
+            self.scales = scales
         self._slot_owner.extend([None] * (new - old))
         self.free.grow(new)
         self.stats.capacity_slots = new
@@ -171,4 +195,4 @@ class ActivationPool:
     @property
     def allocated_bytes(self) -> int:
         """Bytes of the preallocated storage (never above the budget when one is set)."""
-        return self.storage.numel() * self.storage.element_size()
+        return self.storage.numel() * self.storage.element_size() + self.scales.numel() * self.scales.element_size()

@@ -55,6 +55,7 @@ class StreamKV:
 class CacheCounters:
     token_steps_total: int = 0
     token_steps_computed: int = 0
+    commit_tokens: int = 0  # token passes of commit calls (always computed, cached or not)
     full_steps: int = 0
     partial_steps: int = 0
     skipped_steps: int = 0
@@ -85,6 +86,9 @@ class ChunkStream:
         self.kv, self.start, self.end, self.rope = kv, start, start + layout.num_tokens, rope
         self.counters, self.recompute_counts = counters, recompute_counts
         self.previous_last_frame: torch.Tensor | None = None
+        # cfg_shared: the stream whose executed decision this one copies (cond for uncond)
+        self.leader: ChunkStream | None = None
+        self.executed: torch.Tensor | None = None  # blocks computed at the last step (bool)
         self.commit = False
         self.last_input: torch.Tensor | None = None
         self._hidden: torch.Tensor | None = None
@@ -110,7 +114,11 @@ class ChunkStream:
         )
         timings = self.counters.timings
         t0 = time.perf_counter()
-        decision: Decision = self.policy.decide(self.state, obs)
+        if self.leader is None:
+            decision: Decision = self.policy.decide(self.state, obs)
+        else:  # follow the leader's executed blocks, including those it was forced to recompute
+            self.state.previous_e0 = obs.e0
+            decision = Decision("partial", self.leader.executed)
         t1 = time.perf_counter()
         present = self.pool.present(self.owner, lay.num_blocks)
         timings["policy_s"] += t1 - t0
@@ -124,6 +132,7 @@ class ChunkStream:
         forced = ~present & ~wanted
         self.counters.forced_blocks += int(forced.sum()) if decision.mode != "full" else 0
         wanted |= ~present  # a missing residual can only be recomputed
+        self.executed = wanted
         self.counters.token_steps_total += lay.num_tokens
         if bool(wanted.all()):
             self._mode, self._blocks = "full", None
@@ -178,7 +187,7 @@ class ChunkStream:
         timings = self.counters.timings
         t0 = time.perf_counter()
         self.policy.end_step(self.state)
-        priorities = self.policy.steps_until_recompute(self.state)
+        priorities = self.policy.steps_until_recompute((self.leader or self).state)
         t1 = time.perf_counter()
         if priorities is not None:
             self.pool.reprioritise(self.owner, priorities)
@@ -189,7 +198,7 @@ class ChunkStream:
     def _store(self, blocks: torch.Tensor, residual: torch.Tensor) -> None:
         timings = self.counters.timings
         t0 = time.perf_counter()
-        priorities = self.policy.steps_until_recompute(self.state)
+        priorities = self.policy.steps_until_recompute((self.leader or self).state)
         if priorities is None:
             priorities = torch.zeros(self.layout.num_blocks)
         t1 = time.perf_counter()
@@ -222,13 +231,14 @@ def shared_adapter(transformer: torch.nn.Module) -> WanFamilyAdapter:
 class ChunkedRunner:
     """Runs a pipeline's transformer chunk by chunk with a cache policy and a shared pool."""
 
-    def __init__(self, pipe, policy: CachePolicy, pool: ActivationPool, tile: int = 1) -> None:
+    def __init__(self, pipe, policy: CachePolicy, pool: ActivationPool, tile: int = 1, cfg_shared: bool = False) -> None:
         if getattr(pipe.transformer, "is_cache_enabled", False):
             raise ValueError(
                 "a diffusers cache is enabled on this transformer; call pipe.transformer.disable_cache() "
                 "before using the MotionCache runtime"
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
+        self.cfg_shared = cfg_shared  # uncond copies cond's decision each step (see CacheConfig)
         self.adapter = shared_adapter(pipe.transformer)
 
     def start(
@@ -360,6 +370,8 @@ class DenoiseRun:
                 self._recompute_counts,
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
+        if self.runner.cfg_shared and "uncond" in self.streams:
+            self.streams["uncond"].leader = self.streams["cond"]
         self._scheduler = copy.deepcopy(self._scheduler_template)
 
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:
@@ -384,6 +396,7 @@ class DenoiseRun:
         for b in self.branches:
             stream = self.streams[b]
             stream.commit = True
+            self.counters.commit_tokens += lay.num_tokens
             self.runner._call(stream, self.latents[:, :, lo:hi], torch.zeros(1, block, dtype=torch.long),
                               self.prompt_embeds[b])
             h = stream.last_input[0].view(block, lay.tokens_per_frame, -1)

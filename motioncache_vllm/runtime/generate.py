@@ -67,7 +67,10 @@ def make_pool(pipe, cache: CacheConfig, latent_frames_per_chunk: int | None = No
     frames = latent_frames_per_chunk or pipe.causal_block_size
     dim = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
     budget = None if cache.pool_mib is None else int(cache.pool_mib * 2**20)
-    return ActivationPool(frames * cache.tile * cache.tile, dim, budget, make_eviction_order(cache.eviction))
+    return ActivationPool(
+        frames * cache.tile * cache.tile, dim, budget, make_eviction_order(cache.eviction),
+        dtype=getattr(torch, cache.pool_dtype),
+    )
 
 
 def decode_latents(pipe, latents: torch.Tensor, num_frames: int) -> np.ndarray:

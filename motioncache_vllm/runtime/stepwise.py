@@ -77,7 +77,7 @@ class StepwiseGeneration:
             latents = pipe.prepare_latents(
                 1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32, device, generator
             )[0]
-            self.runner = ChunkedRunner(pipe, policy, self.pool, tile=cache.tile)
+            self.runner = ChunkedRunner(pipe, policy, self.pool, tile=cache.tile, cfg_shared=cache.cfg_shared)
             chunks = latents.shape[2] // pipe.causal_block_size
             self._bar = tqdm(total=chunks * r.steps, disable=not progress, leave=False, desc=cache.policy)
             embeds = {"cond": cond.to(pipe.transformer.dtype)}
@@ -143,7 +143,11 @@ class StepwiseGeneration:
         stats = dict(
             token_steps_total=c.token_steps_total,
             token_steps_computed=c.token_steps_computed,
-            ideal_speedup=round(c.token_steps_total / max(c.token_steps_computed, 1), 4),
+            commit_token_passes=c.commit_tokens,
+            # every token pass counts, the commit passes too: they are work in both runs
+            ideal_speedup=round(
+                (c.token_steps_total + c.commit_tokens) / max(c.token_steps_computed + c.commit_tokens, 1), 4
+            ),
             full_steps=c.full_steps,
             partial_steps=c.partial_steps,
             skipped_steps=c.skipped_steps,

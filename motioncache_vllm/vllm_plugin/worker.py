@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import torch
 
-from motioncache_vllm.config import CacheConfig
+from motioncache_vllm.config import CacheConfig, PoolDtype
 from motioncache_vllm.vllm_plugin.messages import CacheOverrides, VideoPayload, VideoRequest
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """Spatial block side in tokens; engine-wide because it fixes the pool's slot size."""
     cache_eviction: str = "motion"
     """Pool eviction order: ``motion`` or ``lru``."""
+    cache_pool_dtype: PoolDtype = "float32"
+    """Storage of the pool: float32, float16, bfloat16 or int8 (see CacheConfig)."""
+    cache_cfg_shared: bool = False
+    """The unconditional CFG branch reuses the conditional branch's decisions."""
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "EngineCacheSettings":
@@ -63,7 +67,8 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
         make_policy(policy, policy_config)  # raises UnknownPolicyError / InvalidPolicyConfig
         return CacheConfig(
             policy=policy, policy_config=dict(policy_config), tile=self.cache_tile, pool_mib=self.cache_pool_mib,
-            eviction=self.cache_eviction,
+            eviction=self.cache_eviction, pool_dtype=self.cache_pool_dtype,
+            cfg_shared=self.cache_cfg_shared,
         )
 
 
@@ -215,6 +220,8 @@ class VideoWorker:
                      guidance=result.guidance, engine_steps=list(job.engine_steps))
         # the shared pool as of now, for the API process's /metrics (see metrics.py)
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
+        # the CPU worker pins its torch threads; a fair library-path comparison needs the number
+        stats["torch_threads"] = torch.get_num_threads()
         return VideoPayload(frames=frames.tobytes(), shape=frames.shape, stats=stats)
 
     def run(self, token_ids: torch.Tensor) -> VideoPayload:
