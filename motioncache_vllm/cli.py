@@ -82,6 +82,12 @@ def generate(
     pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
     tile: int = typer.Option(1, help="Spatial block side in tokens (1 = per-token, as in the paper)."),
     eviction: str = typer.Option("motion", help="Pool eviction order when full: motion or lru."),
+    pool_dtype: str = typer.Option(
+        "float32", help="Pool storage: float32 (exact), float16, bfloat16 or int8 (more blocks per MiB)."
+    ),
+    cfg_shared: bool = typer.Option(
+        False, help="The unconditional CFG branch reuses the conditional branch's cache decisions."
+    ),
     runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
     recompute_map: Optional[Path] = typer.Option(None, help="Also write a heat-map video of recomputation."),
     compare: bool = typer.Option(
@@ -95,7 +101,7 @@ def generate(
     try:
         _generate(
             prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-            eviction, runtime, recompute_map, compare, out, report, quiet,
+            eviction, pool_dtype, cfg_shared, runtime, recompute_map, compare, out, report, quiet,
         )
     except UsageError as exc:
         _fail(str(exc))
@@ -103,11 +109,12 @@ def generate(
 
 def _generate(
     prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-    eviction, runtime, recompute_map, compare, out, report, quiet,
+    eviction, pool_dtype, cfg_shared, runtime, recompute_map, compare, out, report, quiet,
 ):
     import msgspec
 
     from motioncache_vllm.blocks.eviction import EVICTION_ORDERS
+    from motioncache_vllm.config import POOL_DTYPES
     from motioncache_vllm.config import CacheConfig, GenerationReport, GenerationRequest
     from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError, make_policy, parse_overrides
     from motioncache_vllm.video_io import SUPPORTED_SUFFIXES
@@ -132,6 +139,8 @@ def _generate(
         raise UsageError(f"--pool-mib must be >= 0, got {pool_mib}")
     if tile < 1:
         raise UsageError(f"--tile must be a positive integer, got {tile}")
+    if pool_dtype not in POOL_DTYPES:
+        raise UsageError(f"unknown --pool-dtype {pool_dtype!r}; valid: {', '.join(POOL_DTYPES)}")
     if eviction not in EVICTION_ORDERS:
         raise UsageError(f"unknown --eviction {eviction!r}; valid: {', '.join(sorted(EVICTION_ORDERS))}")
     if runtime not in ("chunked", "vanilla"):
@@ -169,7 +178,8 @@ def _generate(
         guidance_scale=guidance, seed=seed,
     )
     cache = CacheConfig(
-        policy=cache_policy, policy_config=overrides, tile=tile, pool_mib=pool_mib, eviction=eviction
+        policy=cache_policy, policy_config=overrides, tile=tile, pool_mib=pool_mib, eviction=eviction,
+        pool_dtype=pool_dtype, cfg_shared=cfg_shared,
     )
     result = generate_video(pipe, request, progress=show_progress, runtime=runtime, cache=cache)
     fields = dict(
@@ -302,21 +312,28 @@ def gate(
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts or long."),
+    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts, long or throughput (vLLM)."),
     model: str = typer.Option("embedded"),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
-    quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs."),
+    quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs "
+                               "(throughput: 1 and 2 concurrent, 9 frames, 4 steps)."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Directory for SUITE.json and SUITE.png."),
-    frames: Optional[int] = typer.Option(None, help="Frames per video (default 33; 17 with --quick)."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's; 10 with --quick)."),
-    repeats: Optional[int] = typer.Option(None, help="Timed repeats per prompt (default 3; 1 with --quick)."),
+    frames: Optional[int] = typer.Option(
+        None, help="Frames per video (default 33; 17 with --quick; throughput: 17, 9 with --quick)."
+    ),
+    steps: Optional[int] = typer.Option(
+        None, help="Denoising steps (default: the model's; 10 with --quick; throughput: 4 with --quick)."
+    ),
+    repeats: Optional[int] = typer.Option(
+        None, help="Timed repeats per prompt (default 3; 1 with --quick; throughput: library-path runs)."
+    ),
 ) -> None:
     """Run a benchmark suite: prints a table, writes OUT/SUITE.json and a plot."""
     _quiet_libraries()
     import msgspec
 
     from motioncache_vllm.bench.prompts import load_prompts
-    from motioncache_vllm.bench.suites import SUITES, BenchSettings, run_suite, to_table
+    from motioncache_vllm.bench.suites import SUITES, BenchSettings, default_settings, run_suite, to_table
     from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
 
     if suite not in SUITES:
@@ -334,16 +351,24 @@ def bench(
         pipe = load_pipeline(model)
     except ModelNotFoundError as exc:
         _fail(str(exc))
+    defaults = default_settings(suite, quick)
     settings = BenchSettings(
         prompts=lines[:2] if quick else lines,
-        frames=frames or (17 if quick else 33),
-        steps=steps or (10 if quick else None),
-        repeats=repeats or (1 if quick else 3),
+        frames=frames or defaults["frames"],
+        steps=steps or defaults["steps"],
+        repeats=repeats or defaults["repeats"],
+        model=model,
     )
     from tqdm.auto import tqdm
 
-    with tqdm(desc=suite, disable=not sys.stderr.isatty()) as bar:
-        result = run_suite(pipe, suite, settings, quick, out, progress_bar=bar)
+    from motioncache_vllm.vllm_plugin.server_process import ServerError
+
+    try:
+        with tqdm(desc=suite, disable=not sys.stderr.isatty()) as bar:
+            result = run_suite(pipe, suite, settings, quick, out, progress_bar=bar)
+    except ServerError as exc:  # throughput: the vLLM server did not start or failed a request
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     (out / f"{suite}.json").write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
     typer.echo(to_table(result))
     typer.echo(f"wrote {out / (suite + '.json')}")

@@ -2,8 +2,11 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
+
+import pytest
 
 
 def test_pareto_quick_writes_table_json_and_plot(tmp_path):
@@ -29,3 +32,30 @@ def test_unknown_suite_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "valid: pareto, overhead, memory, granularity, cuts, long" in res.stderr
+
+
+@pytest.mark.slow
+def test_throughput_quick_through_vllm(tmp_path):
+    """The vLLM throughput suite, quick: a real `motioncache serve`, 1 and 2 concurrent requests."""
+    pytest.importorskip("vllm")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the vLLM model folder goes here
+    res = subprocess.run(
+        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "throughput", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    assert (tmp_path / "throughput.png").stat().st_size > 0
+    levels = {(r["policy"], r["concurrency"]) for r in data["rows"]}
+    assert levels == {(p, n) for p in ("none", "motion") for n in (1, 2)}
+    for r in data["rows"]:
+        for key in ("videos_per_min", "latency_median_s", "latency_max_s", "sequential_videos_per_min",
+                    "concurrent_over_sequential"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+    assert {o["policy"] for o in data["overhead"]} == {"none", "motion"}
+    for o in data["overhead"]:
+        for key in ("vllm_latency_s", "vllm_worker_wall_s", "library_wall_s", "vllm_over_library",
+                    "vllm_over_generate"):
+            assert math.isfinite(o[key]) and o[key] > 0, (key, o)
+    assert data["settings"]["torch_threads"] >= 1 and data["settings"]["frames"] == 9
+    assert "| policy | concurrency |" in res.stdout

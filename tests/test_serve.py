@@ -9,97 +9,45 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("vllm")
 
+from motioncache_vllm.vllm_plugin.server_process import (  # noqa: E402
+    ServerError,
+    ServerProcess,
+    get_text,
+    motioncache_command,
+    post_json as post,
+)
+
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 180
 POOL_MIB = 64
 REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
-
-
-def _motioncache_command() -> list[str]:
-    script = Path(sys.executable).with_name("motioncache")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("motioncache")
-    return [found] if found else [sys.executable, "-m", "motioncache_vllm.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (vLLM shuts its engine process down), then SIGKILL the group we started."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the server and its children
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*_motioncache_command(), "serve", "--port", str(port), "--cache-pool-mib", str(POOL_MIB)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    try:
+        proc = ServerProcess.start(
+            ["--cache-pool-mib", str(POOL_MIB)], log_path, env=env, ready_timeout_s=READY_TIMEOUT_S
         )
+    except ServerError as exc:
+        pytest.fail(str(exc))
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        ready = None
-        while ready is None:
-            lines = log_path.read_text(errors="replace").splitlines()
-            ready = next((line for line in lines if line.startswith("motioncache: serving")), None)
-            if ready is None:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready after {READY_TIMEOUT_S}s:\n" + "\n".join(lines[-30:]))
-                time.sleep(0.5)
-        assert ready == f"motioncache: serving embedded on http://127.0.0.1:{port} (cache policy motion)"
-        yield f"http://127.0.0.1:{port}"
+        assert proc.ready_line == f"motioncache: serving embedded on {proc.url} (cache policy motion)"
+        yield proc.url
     finally:
-        _stop(proc)
-    assert sum(line.startswith("motioncache: serving") for line in log_path.read_text().splitlines()) == 1
-
-
-def post(url: str, body, timeout: float = 120) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        proc.stop()
+    assert sum(line.startswith("motioncache: serving") for line in proc.log_lines()) == 1
 
 
 def decode_mp4(b64: str) -> np.ndarray:
@@ -163,8 +111,7 @@ def test_server_keeps_serving_after_bad_requests(server):
 
 def test_metrics_show_cache_figures(server):
     _, body = post(f"{server}/v1/videos", REQUEST)
-    with _opener.open(f"{server}/metrics", timeout=30) as response:
-        text = response.read().decode()
+    text = get_text(f"{server}/metrics")
     values = {
         line.split()[0]: float(line.split()[1])
         for line in text.splitlines()
@@ -186,7 +133,7 @@ def test_metrics_show_cache_figures(server):
 )
 def test_user_mistakes_exit_2_with_one_line(args, message):
     result = subprocess.run(
-        [*_motioncache_command(), "serve", *args], capture_output=True, text=True, timeout=120
+        [*motioncache_command(), "serve", *args], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
-"""Benchmark suites: ``pareto``, ``overhead``, ``memory``.
+"""Benchmark suites: ``pareto``, ``overhead``, ``memory``, ... and ``throughput`` (through vLLM,
+see :mod:`.throughput`).
 
 Every speedup is a wall-clock ratio measured in the same process on the same inputs,
 with the baseline (the stock diffusers loop, "vanilla") and the candidates run
@@ -32,6 +33,16 @@ class BenchSettings:
     steps: int | None = None
     repeats: int = 3
     seed: int = 0
+    model: str = "embedded"  # what the throughput suite serves (the others get a loaded pipeline)
+
+
+def default_settings(suite: str, quick: bool) -> dict:
+    """Defaults of ``--frames``, ``--steps`` and ``--repeats`` for ``suite``."""
+    if suite == "throughput":
+        from motioncache_vllm.bench.throughput import DEFAULTS
+
+        return dict(DEFAULTS[quick])
+    return {"frames": 17 if quick else 33, "steps": 10 if quick else None, "repeats": 1 if quick else 3}
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,10 @@ def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: P
         return run_overhead(pipe, settings, quick, out_dir)
     elif suite in ("cuts", "long"):
         return run_per_chunk(pipe, suite, settings, quick, out_dir)
+    elif suite == "throughput":
+        from motioncache_vllm.bench.throughput import run_throughput
+
+        return run_throughput(pipe, settings, quick, out_dir, progress_bar)
     else:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     total = len(settings.prompts) * settings.repeats * (len([c for c in candidates if c.policy != "none"]) + 2)
@@ -303,7 +318,7 @@ def _plot_curves(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long")
+SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long", "throughput")
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -346,7 +361,18 @@ def to_table(result: dict) -> str:
             for p in result["points"]
         ]
     else:
-        keys = list(result["rows"][0]) if result["rows"] else []
-        head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
-        rows = ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
+        tables = [_rows_table(result["rows"])]
+        if "overhead" in result:  # throughput: one request alone, vLLM vs the library path
+            tables.append(_rows_table(result["overhead"]))
+        if result.get("target", {}).get("ratio"):
+            t = result["target"]
+            ratios = ", ".join(f"{k} {v:.2f}" for k, v in t["ratio"].items())
+            tables.append(f"at {t['concurrency']} concurrent / sequential rate: {ratios} (target >= {t['min_ratio']})")
+        return "\n\n".join(tables)
     return "\n".join([head, *rows])
+
+
+def _rows_table(rows: list[dict]) -> str:
+    keys = list(rows[0]) if rows else []
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+    return "\n".join([head, *("| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows)])

@@ -1,0 +1,257 @@
+"""``throughput`` suite: videos per minute and per-request latency through a real vLLM server.
+
+One ``motioncache serve`` child process (vLLM's API server + engine-core process) serves
+every measurement. Requests are ``POST /v1/videos``, sent from a thread pool and timed by
+the client: HTTP, engine, worker and the API process's mp4 encoding, i.e. what a user waits
+for. Every request names its cache policy in its ``cache`` field, so one engine serves both.
+
+For each cache policy and each concurrency N, on the same N request bodies::
+
+    sequential   request 1 ─▶ answer, request 2 ─▶ answer, ... request N ─▶ answer
+    concurrent   requests 1..N sent at once                 ├── makespan ──┤
+
+    ratio = sum of the sequential latencies / concurrent makespan
+          = (N / makespan) / (N / sequential time)
+
+i.e. aggregate work per second at N concurrent over the sequential rate of the same work
+(bodies differ in prompt and seed, and a cache policy makes work depend on them, so both
+sides run the same bodies). Each sequential run sits right before its concurrent run, so
+drift on a shared machine hits both alike. Issue 5's target: ratio >= 0.9 at N = 8.
+
+Engine overhead: the latency of one request alone through vLLM (body 1 of every sequential
+run, plus concurrency 1) against the same request through the library path that
+``motioncache generate`` takes (``generate_video`` + mp4 encoding), same settings, same
+seed, same cache config, with torch limited to the worker's thread count (vLLM's CPU
+worker pins its torch threads; the worker reports the number in each answer's stats).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from motioncache_vllm.bench.suites import BenchSettings
+
+POLICIES = ("none", "motion")
+CONCURRENCY = (1, 2, 4, 8)
+QUICK_CONCURRENCY = (1, 2)
+TARGET = {"concurrency": 8, "min_ratio": 0.9}
+"""Issue 5: at 8 concurrent requests, at least 0.9 x the sequential rate."""
+DEFAULTS = {
+    # 17 frames = two AR chunks; the model's 30 steps, so that the motion policy skips work
+    False: {"frames": 17, "steps": None, "repeats": 3},
+    True: {"frames": 9, "steps": 4, "repeats": 1},
+}
+"""``--frames/--steps/--repeats`` defaults (by ``quick``); ``repeats`` = timed library runs."""
+REQUEST_TIMEOUT_S = 900
+WARMUP_SEED = 10_000
+"""Seed of the untimed first request per policy (not one of the measured bodies)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    latency_s: float
+    stats: dict
+    frames_sha256: str
+
+
+def request_bodies(settings: BenchSettings, n: int, policy: str) -> list[dict]:
+    """``n`` video requests: the prompts in turn, seeds ``seed + i``, the policy's defaults."""
+    bodies = []
+    for i in range(n):
+        body = {"prompt": settings.prompts[i % len(settings.prompts)], "num_frames": settings.frames,
+                "seed": settings.seed + i, "cache": {"policy": policy}}
+        if settings.steps is not None:
+            body["num_inference_steps"] = settings.steps
+        bodies.append(body)
+    return bodies
+
+
+def timed_request(url: str, body: dict) -> Answer:
+    from motioncache_vllm.vllm_plugin.server_process import ServerError, post_json
+
+    t0 = time.perf_counter()
+    status, answer = post_json(f"{url}/v1/videos", body, timeout=REQUEST_TIMEOUT_S)
+    latency = time.perf_counter() - t0
+    if status != 200:
+        raise ServerError(f"HTTP {status} for {body}: {answer.get('error', {}).get('message', answer)}")
+    return Answer(latency, answer["stats"], answer["frames_sha256"])
+
+
+def run_sequential(url: str, bodies: list[dict], progress: Callable[[], None]) -> list[Answer]:
+    answers = []
+    for body in bodies:
+        answers.append(timed_request(url, body))
+        progress()
+    return answers
+
+
+def run_concurrent(url: str, bodies: list[dict], progress: Callable[[], None]) -> tuple[list[Answer], float]:
+    """All ``bodies`` in flight at once; their answers (in order) and the makespan."""
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        t0 = time.perf_counter()
+        futures = [pool.submit(timed_request, url, body) for body in bodies]
+        for future in as_completed(futures):
+            future.result()  # the first failure ends the run
+            progress()
+        makespan = time.perf_counter() - t0
+    return [f.result() for f in futures], makespan
+
+
+def level_row(policy: str, n: int, sequential: list[Answer], concurrent: list[Answer], makespan: float) -> dict:
+    sequential_s = sum(a.latency_s for a in sequential)
+    latencies = [a.latency_s for a in concurrent]
+    return {
+        "policy": policy,
+        "concurrency": n,
+        "videos_per_min": round(60 * n / makespan, 3),
+        "latency_median_s": round(statistics.median(latencies), 3),
+        "latency_max_s": round(max(latencies), 3),
+        "sequential_videos_per_min": round(60 * n / sequential_s, 3),
+        "sequential_latency_median_s": round(statistics.median(a.latency_s for a in sequential), 3),
+        "concurrent_over_sequential": round(sequential_s / makespan, 4),
+        # interleaving must not change a pixel: same bodies, same frames
+        "same_frames": all(a.frames_sha256 == b.frames_sha256 for a, b in zip(sequential, concurrent)),
+    }
+
+
+def library_row(pipe, policy: str, body: dict, alone: list[Answer], threads: int, repeats: int) -> dict:
+    """One request alone through vLLM vs the same request through ``motioncache generate``'s path."""
+    import hashlib
+
+    from motioncache_vllm.runtime.generate import generate_video
+    from motioncache_vllm.video_io import write_video
+    from motioncache_vllm.vllm_plugin.messages import decode_request
+    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+
+    video_request = decode_request(body)  # as the server decodes it
+    request = video_request.generation_request()
+    cache = EngineCacheSettings().cache_config(video_request.cache)  # as the served engine (default flags)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    # write_video as the CLI calls it, not processor.encode_mp4: that would import vLLM here, and
+    # imageio's gc.collect() on close then walks vLLM's objects too (vLLM's API server freezes them)
+    with tempfile.TemporaryDirectory(prefix="motioncache-throughput-") as tmp:
+        video = Path(tmp) / "video.mp4"
+        try:
+            # untimed: first-call costs (of the encoder too), as the server's warm-up request
+            write_video(video, generate_video(pipe, request, cache=cache).frames)
+            walls, generate_walls = [], []
+            for _ in range(max(repeats, 1)):
+                t0 = time.perf_counter()
+                result = generate_video(pipe, request, cache=cache)
+                generated = time.perf_counter()
+                write_video(video, result.frames)  # `motioncache generate` writes the video too
+                walls.append(time.perf_counter() - t0)
+                generate_walls.append(generated - t0)
+        finally:
+            torch.set_num_threads(saved)
+    vllm_s = statistics.median(a.latency_s for a in alone)
+    library_s = statistics.median(walls)
+    return {
+        "policy": policy,
+        "vllm_latency_s": round(vllm_s, 3),
+        "vllm_worker_wall_s": round(statistics.median(a.stats["wall_s"] for a in alone), 3),
+        "library_wall_s": round(library_s, 3),
+        "library_generate_s": round(statistics.median(generate_walls), 3),
+        "vllm_over_library": round(vllm_s / library_s, 4),
+        # against generation alone: the library path's video writing is a cost of its own (see RESULTS.md)
+        "vllm_over_generate": round(vllm_s / statistics.median(generate_walls), 4),
+        "vllm_samples": len(alone),
+        "library_samples": len(walls),
+        "same_frames": hashlib.sha256(result.frames.tobytes()).hexdigest() == alone[0].frames_sha256,
+    }
+
+
+def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
+    """The suite (see the module docstring); writes ``out_dir/throughput.png``, returns the result."""
+    from motioncache_vllm.bench.suites import machine_info
+    from motioncache_vllm.vllm_plugin.server_process import ServerProcess
+
+    levels = QUICK_CONCURRENCY if quick else CONCURRENCY
+    progress = progress_bar.update if progress_bar is not None else (lambda: None)
+    if progress_bar is not None:
+        progress_bar.reset(total=len(POLICIES) * (1 + 2 * sum(levels)))
+    server_args = ["--model", settings.model, "--cache-policy", "none", "--max-num-seqs", str(max(levels))]
+    rows, alone, threads = [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="motioncache-throughput-") as tmp:
+        with ServerProcess.start(server_args, Path(tmp) / "server.log") as server:
+            for policy in POLICIES:
+                bodies = request_bodies(settings, max(levels), policy)
+                warmup = timed_request(server.url, {**bodies[0], "seed": WARMUP_SEED})  # first-request costs
+                progress()
+                threads[policy] = warmup.stats.get("torch_threads")
+                alone[policy] = []
+                for n in levels:
+                    sequential = run_sequential(server.url, bodies[:n], progress)
+                    concurrent, makespan = run_concurrent(server.url, bodies[:n], progress)
+                    rows.append(level_row(policy, n, sequential, concurrent, makespan))
+                    alone[policy] += [sequential[0]] + (concurrent if n == 1 else [])
+    # the library path runs after the server is gone: nothing else of ours on the cores
+    worker_threads = next((t for t in threads.values() if t), 1)
+    overhead = [
+        library_row(pipe, policy, request_bodies(settings, 1, policy)[0], alone[policy], worker_threads,
+                    settings.repeats)
+        for policy in POLICIES
+    ]
+    ratios = {r["policy"]: r["concurrent_over_sequential"] for r in rows if r["concurrency"] == TARGET["concurrency"]}
+    result = {
+        "suite": "throughput",
+        "rows": rows,
+        "overhead": overhead,
+        "target": {**TARGET, "ratio": ratios or None,
+                   "met": all(v >= TARGET["min_ratio"] for v in ratios.values()) if ratios else None},
+        "settings": {
+            "prompts": settings.prompts, "frames": settings.frames,
+            "steps": settings.steps or pipe.config.default_num_inference_steps,
+            "height": pipe.config.default_height, "width": pipe.config.default_width,
+            "guidance": pipe.config.default_guidance_scale, "seeds": [settings.seed + i for i in range(max(levels))],
+            "policies": list(POLICIES), "policy_config": "each policy's defaults", "concurrency": list(levels),
+            "server": "motioncache serve " + " ".join(server_args),
+            "torch_threads": worker_threads,  # the worker's (reported by it); the library path used the same
+            "library_repeats": max(settings.repeats, 1), "quick": quick, "cpu_count": os.cpu_count(),
+        },
+        "machine": machine_info(),
+    }
+    plot_throughput(result, out_dir / "throughput.png")
+    return result
+
+
+def plot_throughput(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, policy in enumerate(result["settings"]["policies"]):
+        rows = [r for r in result["rows"] if r["policy"] == policy]
+        n = [r["concurrency"] for r in rows]
+        colour = f"C{i}"
+        rate_ax.plot(n, [r["videos_per_min"] for r in rows], "o-", color=colour, label=f"{policy}: concurrent")
+        rate_ax.plot(n, [r["sequential_videos_per_min"] for r in rows], "x--", color=colour,
+                     label=f"{policy}: same requests, sequential")
+        latency_ax.plot(n, [r["latency_median_s"] for r in rows], "o-", color=colour, label=f"{policy}: median")
+        latency_ax.plot(n, [r["latency_max_s"] for r in rows], "^:", color=colour, label=f"{policy}: max")
+    s = result["settings"]
+    for ax, label in ((rate_ax, "videos / min"), (latency_ax, "latency per request (s)")):
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(s["concurrency"], [str(c) for c in s["concurrency"]])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"throughput through vLLM: {s['frames']} frames, {s['steps']} steps, "
+                 f"{s['torch_threads']} torch thread(s) ({result['machine']['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
