@@ -237,6 +237,9 @@ def calibrate(
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: 4 training-style captions)."),
     frames: Optional[int] = typer.Option(None, help="Frames per calibration video (default: the model's)."),
     degree: int = typer.Option(4, help="Polynomial degree."),
+    steps: str = typer.Option(
+        "10,20,30", help="Schedule lengths to sample, comma-separated (several widen the fitted range)."
+    ),
 ) -> None:
     """Fit the model's rescale polynomial (TeaCache-style) and store it beside its weights."""
     _quiet_libraries()
@@ -245,10 +248,15 @@ def calibrate(
 
     try:
         lines = _read_prompts(prompts) if prompts else CALIBRATION_PROMPTS
+        schedule = tuple(int(n) for n in steps.split(",") if n.strip())
+        if not schedule or min(schedule) < 2:
+            raise UsageError(f"--steps must list schedule lengths >= 2, got {steps!r}")
         pipe = load_pipeline(model)
+    except ValueError:
+        _fail(f"--steps must be comma-separated integers, got {steps!r}")
     except (UsageError, ModelNotFoundError) as exc:
         _fail(str(exc))
-    record = fit(pipe, lines, degree=degree, num_frames=frames)
+    record = fit(pipe, lines, degree=degree, num_frames=frames, steps=schedule)
     path = save_calibration(record, resolve_model_path(model))
     typer.echo(f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step")
 

@@ -56,10 +56,17 @@ def test_enable_rejects_stock_pipelines():
 
 
 def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
-    record = calibrate(embedded_pipe, ["a red circle moves right"], degree=2, num_frames=17)
-    assert record["samples"] > 10 and len(record["coefficients"]) == 3
+    record = calibrate(embedded_pipe, ["a red circle moves right"], degree=2, num_frames=17, steps=(6, 12))
+    assert record["samples"] > 10 and 1 <= record["degree"] <= 2
+    assert len(record["coefficients"]) == record["degree"] + 1 and record["steps"] == [6, 12]
+    lo, hi = record["x_range"]
+    grid = np.poly1d(record["coefficients"])(np.linspace(lo, hi, 64))
+    assert np.all(np.diff(grid) >= -1e-9)  # never decreasing where it was fitted
     assert np.isfinite(record["coefficients"]).all() and record["y_mean"] > 0
     path = save_calibration(record, tmp_path)
     from motioncache_vllm.policies.calibration import load_model_coefficients
 
     assert load_model_coefficients(tmp_path) == tuple(json.loads(path.read_text())["coefficients"])
+    from motioncache_vllm.policies.calibration import load_model_fit_range
+
+    assert load_model_fit_range(tmp_path) == (lo, hi)

@@ -28,6 +28,22 @@ def test_pareto_quick_writes_table_json_and_plot(tmp_path):
     assert "| policy |" in res.stdout
 
 
+def test_cfg_quick_per_branch_vs_shared_with_and_without_guidance(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "cfg", "--quick", "--frames", "9", "--steps", "6",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "cfg.json").read_text())
+    assert (tmp_path / "cfg.png").stat().st_size > 0
+    policies = {p["policy"] for p in data["points"]}
+    assert {"vanilla g=5", "motion/per_branch g=5", "motion/shared g=5", "vanilla g=1", "motion/per_branch g=1"} <= policies
+    for p in data["points"]:
+        assert p["extra"]["guidance"] in (5.0, 1.0)
+        assert math.isfinite(p["speedup"]) and p["speedup"] > 0 and math.isfinite(p["psnr_db"])
+
+
 def test_unknown_suite_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True,
                          text=True, timeout=120)

@@ -1,5 +1,6 @@
 """Policies and motion scores on synthetic inputs whose answers are known."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,29 @@ def test_motion_weights_slow_static_blocks_in_phase_two():
     # the motion-aware eviction order puts it first
     eta = policy.steps_until_recompute(state)
     assert eta[3] < eta[0] and eta[0] == pytest.approx(eta[1])
+
+
+def test_rescaler_continues_linearly_outside_its_fitted_range():
+    from motioncache_vllm.policies.calibration import Rescaler
+
+    coefficients = (300.0, -50.0, 3.0, 0.0)  # a cubic that explodes beyond x = 0.1
+    inside = Rescaler(coefficients)
+    ranged = Rescaler(coefficients, fit_range=(0.02, 0.1))
+    assert ranged(0.05) == inside(0.05)
+    slope = (inside(0.1) - inside(0.02)) / 0.08
+    assert ranged(0.3) == pytest.approx(inside(0.1) + slope * 0.2)
+    assert ranged(0.3) < inside(0.3) / 10
+    assert ranged(0.0) == pytest.approx(max(inside(0.02) - slope * 0.02, 0.0))
+
+
+def test_monotone_polyfit_drops_degree_until_the_fit_never_decreases():
+    from motioncache_vllm.runtime.calibrate import monotone_polyfit
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, 400)
+    y = np.sqrt(x) + rng.normal(0, 0.2, 400)  # rising, noisy: high degrees wiggle
+    coefficients, degree = monotone_polyfit(x, y, 6)
+    grid = np.poly1d(coefficients)(np.linspace(x.min(), x.max(), 256))
+    assert np.all(np.diff(grid) >= -1e-9) and 1 <= degree <= 6
+    _, exact = monotone_polyfit(x, 2 * x**2 + 1, 2)  # already monotone: kept as asked
+    assert exact == 2

@@ -33,6 +33,7 @@ class BenchSettings:
     steps: int | None = None
     repeats: int = 3
     seed: int = 0
+    guidance: float | None = None  # None: the model's default CFG scale
     model: str = "embedded"  # what the throughput suite serves (the others get a loaded pipeline)
 
 
@@ -78,7 +79,9 @@ def machine_info() -> dict:
 
 def _requests(s: BenchSettings) -> list[GenerationRequest]:
     return [
-        GenerationRequest(prompt=p, num_frames=s.frames, num_inference_steps=s.steps, seed=s.seed + i)
+        GenerationRequest(
+            prompt=p, num_frames=s.frames, num_inference_steps=s.steps, guidance_scale=s.guidance, seed=s.seed + i
+        )
         for i, p in enumerate(s.prompts)
     ]
 
@@ -182,6 +185,8 @@ def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: P
         ]
     elif suite == "overhead":
         return run_overhead(pipe, settings, quick, out_dir)
+    elif suite == "cfg":
+        return run_cfg(pipe, settings, quick, out_dir, progress_bar)
     elif suite in ("cuts", "long"):
         return run_per_chunk(pipe, suite, settings, quick, out_dir)
     elif suite == "throughput":
@@ -217,11 +222,45 @@ def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     out = []
     for label, budget in budgets.items():
         for eviction in ("motion", "lru") if budget is not None else ("motion",):
-            mib = None if budget is None else budget / 2**20
-            c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction)
-            out.append(Candidate(f"motion/{eviction}", f"pool:{label}", None if budget is None else round(budget),
-                                 c.run))
+            # float32 slots (exact residuals), and int8 slots: ~3.9x the blocks per byte
+            for dtype in ("float32", "int8") if budget is not None else ("float32",):
+                mib = None if budget is None else budget / 2**20
+                c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction, pool_dtype=dtype)
+                name = f"motion/{eviction}" + ("" if dtype == "float32" else f"/{dtype}")
+                out.append(Candidate(name, f"pool:{label}", None if budget is None else round(budget), c.run))
     return out
+
+
+def run_cfg(pipe, s: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
+    """CFG: per-branch cache state vs the uncond branch executing the cond branch's
+    decisions (``cfg_shared``), with guidance on (the model's scale) and off (1.0)."""
+    from dataclasses import replace
+
+    thresholds = [0.3] if quick else [0.3, 0.5]
+    points = []
+    for guidance in (None, 1.0):
+        candidates = []
+        for t in thresholds:
+            for shared in (False, True) if guidance is None else (False,):  # one branch: nothing to share
+                c = _cache_candidate("motion", "threshold", t, cfg_shared=shared)
+                candidates.append(Candidate("motion/shared" if shared else "motion/per_branch", "threshold", t, c.run))
+        settings = replace(s, guidance=guidance)
+        if progress_bar is not None:
+            progress_bar.reset(total=len(s.prompts) * s.repeats * (len(candidates) + 2))
+        update = progress_bar.update if progress_bar is not None else (lambda: None)
+        g = guidance if guidance is not None else float(pipe.config.default_guidance_scale)
+        for p in measure(candidates, settings, progress=update):  # vanilla/none of the same guidance included
+            p.extra["guidance"] = g
+            p.policy = f"{p.policy} g={g:g}"
+            points.append(msgspec.to_builtins(p))
+    result = {
+        "suite": "cfg",
+        "points": points,
+        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "repeats": s.repeats, "quick": quick},
+        "machine": machine_info(),
+    }
+    _plot(result, out_dir / "cfg.png")
+    return result
 
 
 def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
@@ -318,7 +357,7 @@ def _plot_curves(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long", "throughput")
+SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long", "throughput", "cfg")
 
 
 def _plot(result: dict, path: Path) -> None:

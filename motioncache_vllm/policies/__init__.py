@@ -61,7 +61,10 @@ get_policy_spec = get_policy_class
 
 
 def make_policy(
-    name: str, overrides: dict[str, Any] | None = None, model_coefficients: tuple[float, ...] | None = None
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    model_coefficients: tuple[float, ...] | None = None,
+    model_fit_range: tuple[float, float] | None = None,
 ) -> CachePolicy:
     """Build a policy from its name and config overrides (validated, unknown keys rejected)."""
     cls = get_policy_class(name)
@@ -70,7 +73,7 @@ def make_policy(
     except msgspec.ValidationError as exc:
         fields = ", ".join(f.name for f in msgspec.structs.fields(cls.config_cls)) or "(none)"
         raise InvalidPolicyConfig(f"policy {name!r}: {exc}; its fields: {fields}") from None
-    return cls(config, model_coefficients=model_coefficients)
+    return cls(config, model_coefficients=model_coefficients, model_fit_range=model_fit_range)
 
 
 def policy_for_config(config: msgspec.Struct) -> str:

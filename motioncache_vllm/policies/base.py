@@ -72,13 +72,24 @@ class CachePolicy(ABC):
     config_cls: ClassVar[type[msgspec.Struct]]
     description: ClassVar[str] = ""
 
-    def __init__(self, config: msgspec.Struct | None = None, model_coefficients: tuple[float, ...] | None = None):
-        """``model_coefficients``: the model's calibrated rescale polynomial, if it has one."""
+    def __init__(
+        self,
+        config: msgspec.Struct | None = None,
+        model_coefficients: tuple[float, ...] | None = None,
+        model_fit_range: tuple[float, float] | None = None,
+    ):
+        """``model_coefficients``: the model's calibrated rescale polynomial, if it has one;
+        ``model_fit_range``: the x range it was fitted on (linear continuation outside)."""
         self.config = config if config is not None else self.config_cls()
         self.model_coefficients = model_coefficients
         # d = poly(relL1(e0)): the policy's own coefficients, else the model's, else identity
-        coefficients = getattr(self.config, "coefficients", None) or model_coefficients or IDENTITY_COEFFICIENTS
-        self.rescale = Rescaler(tuple(coefficients))
+        own = getattr(self.config, "coefficients", None)
+        if own:
+            self.rescale = Rescaler(tuple(own))
+        elif model_coefficients:
+            self.rescale = Rescaler(tuple(model_coefficients), model_fit_range)
+        else:
+            self.rescale = Rescaler(IDENTITY_COEFFICIENTS)
 
     def new_state(self, layout: ChunkLayout) -> PolicyState:
         return PolicyState(layout)

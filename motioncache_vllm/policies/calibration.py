@@ -37,6 +37,17 @@ def load_model_coefficients(model_dir: str | Path | None) -> tuple[float, ...] |
     return tuple(float(c) for c in json.loads(path.read_text())["coefficients"])
 
 
+def load_model_fit_range(model_dir: str | Path | None) -> tuple[float, float] | None:
+    """The x range the stored calibration was fitted on, or None."""
+    if not model_dir:
+        return None
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    lo, hi = json.loads(path.read_text()).get("x_range", (None, None))
+    return None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
+
+
 def model_coefficients(model_dir: str | Path | None, transformer_config) -> tuple[float, ...]:
     """The model's own calibration, else Wan-1.3B's for a 1.3B-shaped Wan/SkyReels
     transformer (30 layers, width 1536), else the identity."""
@@ -55,11 +66,26 @@ class Rescaler:
     The clamp matters: a fitted polynomial can dip below zero outside its fitted range
     (Wan-1.3B's gives -0.05 at x = 0), and a negative distance would make a token's need
     shrink, so that even ``threshold = 0`` would skip work.
+
+    With ``fit_range`` (the x range the polynomial was fitted on) it is continued
+    linearly outside that range, with the secant slope over the range: a degree-4 fit
+    explodes (or turns over) just beyond its data, e.g. for schedules of other lengths.
     """
 
-    def __init__(self, coefficients: tuple[float, ...]) -> None:
+    def __init__(self, coefficients: tuple[float, ...], fit_range: tuple[float, float] | None = None) -> None:
         self.coefficients = tuple(coefficients)
+        self.fit_range = fit_range
         self._poly = np.poly1d(self.coefficients)
+        if fit_range is not None:
+            lo, hi = fit_range
+            self._ends = (float(self._poly(lo)), float(self._poly(hi)))
+            self._slope = max((self._ends[1] - self._ends[0]) / (hi - lo), 0.0)
 
     def __call__(self, rel_l1: float) -> float:
+        if self.fit_range is not None:
+            lo, hi = self.fit_range
+            if rel_l1 > hi:
+                return max(self._ends[1] + self._slope * (rel_l1 - hi), 0.0)
+            if rel_l1 < lo:
+                return max(self._ends[0] - self._slope * (lo - rel_l1), 0.0)
         return max(float(self._poly(rel_l1)), 0.0)

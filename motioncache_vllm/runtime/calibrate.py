@@ -51,15 +51,23 @@ class _RecordingPolicy(NonePolicy):
         state.previous_residual = residual.clone()
 
 
-def calibrate(pipe, prompts: list[str], degree: int = 4, num_frames: int | None = None, seed: int = 0) -> dict:
-    """Run full compute on ``prompts`` and fit the polynomial; returns the calibration record."""
+def calibrate(
+    pipe, prompts: list[str], degree: int = 4, num_frames: int | None = None, seed: int = 0,
+    steps: tuple[int | None, ...] = (None,),
+) -> dict:
+    """Run full compute on ``prompts`` (with each schedule length in ``steps``; None = the
+    model's default) and fit the polynomial; returns the calibration record.
+
+    Several schedule lengths widen the fitted x range: a 10-step schedule changes e0 about
+    three times as much per step as a 30-step one."""
     from motioncache_vllm.runtime.chunked import ChunkedRunner
     from motioncache_vllm.runtime.generate import make_pool, resolve, seeded_generator
     from motioncache_vllm.config import CacheConfig
 
     policy = _RecordingPolicy()
-    for i, prompt in enumerate(prompts):
-        r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, seed=seed + i))
+    jobs = [(i, prompt, n) for n in steps for i, prompt in enumerate(prompts)]
+    for i, prompt, n in jobs:
+        r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_inference_steps=n, seed=seed + i))
         generator = seeded_generator(r.seed)
         pipe._guidance_scale = r.guidance
         cond, uncond = pipe.encode_prompt(
@@ -73,17 +81,31 @@ def calibrate(pipe, prompts: list[str], degree: int = 4, num_frames: int | None 
         embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
         ChunkedRunner(pipe, policy, make_pool(pipe, CacheConfig())).denoise(embeds, latents, r.steps, r.guidance)
     x, y = np.array(policy.samples).T
-    coefficients = np.polyfit(x, y, degree)
+    coefficients, used = monotone_polyfit(x, y, degree)
     fitted = np.poly1d(coefficients)(x)
     return {
         "coefficients": coefficients.tolist(),
-        "degree": degree,
+        "degree": used,
+        "requested_degree": degree,
         "samples": len(x),
         "x_range": [float(x.min()), float(x.max())],
         "y_mean": float(y.mean()),
         "r2": float(1 - ((y - fitted) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)),
         "prompts": prompts,
+        "steps": [r for r in steps],
     }
+
+
+def monotone_polyfit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, int]:
+    """Least-squares polynomial of the highest degree <= ``degree`` that does not decrease
+    over the fitted x range: a policy must never read a larger e0 change as a smaller
+    output change (the embedded model's degree-4 fit turns over twice inside its data)."""
+    grid = np.linspace(x.min(), x.max(), 256)
+    for d in range(degree, 0, -1):
+        coefficients = np.polyfit(x, y, d)
+        if np.all(np.diff(np.poly1d(coefficients)(grid)) >= -1e-9):
+            return coefficients, d
+    return coefficients, 1  # a line fitted to data that falls: keep it, the clamp at 0 applies
 
 
 def save_calibration(record: dict, model_dir: str | Path) -> Path:
