@@ -36,12 +36,9 @@ def test_motion_with_zero_threshold_computes_everything_and_matches_none(tiny_pi
 
 def test_motion_with_alpha_one_is_exactly_flowcache(tiny_pipe):
     cfg = {"threshold": 1.5, "min_update_ratio": 0.0}
-    # with W = 1 all needs rise together; a tight pool forces recomputes of evicted blocks,
-    # which makes needs uneven, so that the comparison also covers partial steps
-    pool = dict(pool_mib=100 * 2 * 64 * 4 / 2**20)
-    flow = run(tiny_pipe, "flowcache", policy_config=cfg, **pool)
-    motion = run(tiny_pipe, "motion", policy_config={**cfg, "alpha": 1.0, "phase1_updates": 0}, **pool)
-    assert flow.stats["partial_steps"] > 0
+    flow = run(tiny_pipe, "flowcache", policy_config=cfg)
+    motion = run(tiny_pipe, "motion", policy_config={**cfg, "alpha": 1.0, "phase1_updates": 0})
+    assert flow.stats["skipped_steps"] > 0
     assert np.array_equal(flow.frames, motion.frames)
     assert flow.stats["token_steps_computed"] == motion.stats["token_steps_computed"]
 
@@ -111,26 +108,59 @@ class _AllTokens:
         return out
 
 
-def test_selective_forward_with_every_token_equals_full_forward(tiny_pipe):
-    transformer = tiny_pipe.transformer
+@pytest.fixture(scope="module")
+def tiny_wan():
+    """A tiny random plain-Wan transformer (``WanTransformer3DModel``: one timestep per
+    sample, no diffusion forcing), text width matching the tiny pipeline's encoder."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(1)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
+        text_dim=64, freq_dim=64, ffn_dim=128, num_layers=2, cross_attn_norm=True, rope_max_seq_len=1024,
+    ).eval()
+
+
+@pytest.mark.parametrize("family", ["skyreels_df", "wan", "wan_per_token"])
+def test_selective_forward_with_every_token_equals_full_forward(tiny_pipe, tiny_wan, family):
+    transformer = tiny_pipe.transformer if family == "skyreels_df" else tiny_wan
     adapter = WanFamilyAdapter(transformer).install()
     x = torch.randn(1, 16, 2, 16, 16)
-    t = torch.full((1, 2), 500, dtype=torch.long)
     text = torch.randn(1, 24, 64)
+    if family == "wan_per_token":  # Wan 2.2 style: a timestep per token, temb (B, N, 6, D)
+        kwargs = {"timestep": torch.full((1, 128), 500, dtype=torch.long)}
+    else:
+        kwargs = adapter.call_kwargs(torch.full((1, 2), 500, dtype=torch.long))
     outs = []
     try:
         for explicit in (False, True):
             adapter.activate(_AllTokens(adapter, 128, explicit))
             with torch.no_grad():
-                outs.append(transformer(x, t, text, enable_diffusion_forcing=True, return_dict=False)[0])
+                outs.append(transformer(x, encoder_hidden_states=text, return_dict=False, **kwargs)[0])
             adapter.activate(None)
     finally:
         adapter.uninstall()
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     # and uninstalling restores the stock model
     with torch.no_grad():
-        plain = transformer(x, t, text, enable_diffusion_forcing=True, return_dict=False)[0]
+        plain = transformer(x, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
     torch.testing.assert_close(plain, outs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_runtime_drives_a_plain_wan_transformer(tiny_pipe, tiny_wan):
+    """The same runner on a non-DF Wan transformer (CausVid-style chunk-by-chunk
+    generation): full compute equals motion at tau = 0, and caching skips work."""
+    import copy
+
+    pipe = copy.copy(tiny_pipe)  # shares modules and config; only the transformer differs
+    object.__setattr__(pipe, "transformer", tiny_wan)  # not DiffusionPipeline.__setattr__: leave the config
+    none = run(pipe)
+    exact = run(pipe, "motion", policy_config={"threshold": 0.0})
+    cached = run(pipe, "motion", policy_config={"threshold": 1.5})
+    assert none.frames.shape == (17, 64, 64, 3)
+    assert np.array_equal(none.frames, exact.frames)
+    assert cached.stats["token_steps_computed"] < cached.stats["token_steps_total"]
+    assert psnr_db(cached.frames, none.frames) > 15
 
 
 def _executed_masks(pipe, monkeypatch, **cache):
@@ -179,3 +209,23 @@ def test_cfg_shared_uncond_branch_executes_the_cond_decisions(tiny_pipe, monkeyp
     # measured: both branches see the same block input and e0, so per-branch decisions
     # coincide and sharing changes no pixel; it only saves the second branch's scoring
     assert np.array_equal(own.frames, shared.frames)
+
+
+def test_a_pool_short_of_the_need_costs_speed_never_quality(embedded_pipe):
+    """Misses escalate to a full step (a partial recompute of only the missing blocks
+    measured 20 dB worse); so a pool too small for both CFG branches is full compute,
+    and float16 slots hold the same blocks in half the bytes."""
+    req = GenerationRequest(prompt="static scene", num_frames=17, num_inference_steps=10, seed=0)
+    reference = generate_video(embedded_pipe, req)
+    cache = dict(policy="motion", policy_config={"threshold": 0.5})
+    need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
+    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig(**cache))
+    short = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, pool_mib=0.9 * need / 2**20))
+    half = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, pool_mib=0.5 * need / 2**20,
+                                                                pool_dtype="float16"))
+    assert short.stats["evictions"] > 0 and short.stats["forced_blocks"] > 0
+    assert short.stats["partial_steps"] == 0
+    assert psnr_db(short.frames, reference.frames) >= psnr_db(unbounded.frames, reference.frames)
+    assert half.stats["evictions"] == 0 and half.stats["pool_peak_bytes"] <= 0.5 * need
+    assert half.stats["token_steps_computed"] == unbounded.stats["token_steps_computed"]
+    assert psnr_db(half.frames, reference.frames) > psnr_db(unbounded.frames, reference.frames) - 0.1

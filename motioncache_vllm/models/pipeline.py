@@ -54,7 +54,9 @@ class MotionCacheSkyReelsPipeline(SkyReelsV2DiffusionForcingPipeline):
 
     @property
     def causal_block_size(self) -> int:
-        return max(int(self.transformer.config.num_frame_per_block), 1)
+        """Latent frames per AR chunk: the transformer's causal block (SkyReels-V2 DF), else
+        3, the chunk of the Wan-based causal models (CausVid, Self-Forcing)."""
+        return max(int(getattr(self.transformer.config, "num_frame_per_block", 0) or 3), 1)
 
     def padded_num_frames(self, num_frames: int) -> int:
         """Smallest ``4k+1 >= num_frames`` whose latent frames fill whole causal blocks."""

@@ -1,11 +1,15 @@
-"""Model adapter for the Wan family (SkyReels-V2 DF, Wan 2.1; diffusers classes).
+"""Model adapter for the Wan family (SkyReels-V2 DF, Wan 2.1/2.2; diffusers classes).
 
 Where things are in these transformers, so that runtime code never copies a forward:
 
 - block stack: ``transformer.blocks``, each called as
   ``block(hidden_states, encoder_hidden_states, temb, rotary_emb[, attention_mask])``;
 - timestep modulation e0 (TeaCache's input): the ``temb`` argument of every block, i.e.
-  ``timestep_proj``, (B, 6, N, D) in diffusion-forcing mode, (B, 6, D) otherwise;
+  ``timestep_proj``: SkyReels-V2 in diffusion-forcing mode (B, 6, N, D), Wan 2.2 with
+  per-token timesteps (B, N, 6, D), one timestep per sample (B, 6, D);
+- calling convention: SkyReels-V2 DF takes a timestep per frame and
+  ``enable_diffusion_forcing=True``; ``WanTransformer3DModel`` takes one timestep per
+  sample (a chunk of the chunked runtime shares one) — see :meth:`WanFamilyAdapter.call_kwargs`;
 - self-attention: ``block.attn1`` with a swappable processor; RoPE: ``transformer.rope``;
 - final norm/head: ``norm_out`` / ``proj_out`` after the last block (left untouched).
 
@@ -24,6 +28,7 @@ While one is active, one transformer call runs a single chunk of frames:
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -146,7 +151,7 @@ class _BlockHook(ModelHook):
             else:
                 tokens = run.tokens
                 hidden_states = hidden_states[:, tokens]
-                run.temb = temb[:, :, tokens] if temb.dim() == 4 else temb
+                run.temb = temb.index_select(adapter.temb_token_dim, tokens) if temb.dim() == 4 else temb
                 run.rope = (cos[:, tokens], sin[:, tokens])
         run = adapter.run
         if run.tokens is False:
@@ -171,6 +176,9 @@ class WanFamilyAdapter:
         self.dim = cfg.num_attention_heads * cfg.attention_head_dim
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.attention_head_dim
         self.num_layers = len(self.blocks)
+        # SkyReels-V2 (diffusion forcing) vs plain Wan: how timesteps go in, where tokens sit in temb
+        self.diffusion_forcing = "enable_diffusion_forcing" in inspect.signature(transformer.forward).parameters
+        self.temb_token_dim = 2 if self.diffusion_forcing else 1
         self.execution: StackExecution | None = None
         self.run: _Run | None = None
         self._rope_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -204,6 +212,16 @@ class WanFamilyAdapter:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
             block.attn1.set_processor(block.attn1.processor.original)
         self._installed = False
+
+    def call_kwargs(self, frame_timesteps: torch.Tensor) -> dict:
+        """Keyword arguments of a transformer call on one chunk whose frames have
+        ``frame_timesteps`` (B, F): per frame in diffusion-forcing mode, else the chunk's
+        (shared) timestep per sample."""
+        if self.diffusion_forcing:
+            return {"timestep": frame_timesteps, "enable_diffusion_forcing": True}
+        if not bool((frame_timesteps == frame_timesteps[:, :1]).all()):
+            raise ValueError(f"{type(self.transformer).__name__} takes one timestep per chunk, got {frame_timesteps}")
+        return {"timestep": frame_timesteps[:, 0]}
 
     # -- geometry ------------------------------------------------------------------------
     def token_grid(self, latent_height: int, latent_width: int) -> tuple[int, int]:

@@ -130,8 +130,13 @@ class ChunkStream:
         else:
             wanted = decision.blocks.clone()
         forced = ~present & ~wanted
-        self.counters.forced_blocks += int(forced.sum()) if decision.mode != "full" else 0
-        wanted |= ~present  # a missing residual can only be recomputed
+        if bool(forced.any()):
+            # a missing residual forces a recompute, and of the whole step: recomputing only
+            # the missing blocks (sparse tokens against stale K/V of the rest) measured
+            # 21.7 dB against full compute where the same run without misses gave 41.4 dB
+            # (17 frames, 10 steps, threshold 0.5, pool at 89% of the need)
+            self.counters.forced_blocks += int(forced.sum())
+            wanted[:] = True
         self.executed = wanted
         self.counters.token_steps_total += lay.num_tokens
         if bool(wanted.all()):
@@ -169,7 +174,7 @@ class ChunkStream:
         cached, _ = self.pool.read(self.owner, all_blocks)  # (blocks, tokens/block, C); all present here
         t1 = time.perf_counter()
         residual = torch.empty_like(h_in[0])
-        residual[self._block_tokens.flatten()] = cached.flatten(0, 1)
+        residual[self._block_tokens.flatten()] = cached.flatten(0, 1).to(residual.dtype)
         if self._mode == "partial":
             tokens = lay.tokens_of(self._blocks)
             residual[tokens] = (hidden_out - h_in[:, tokens])[0]
@@ -276,8 +281,7 @@ class ChunkedRunner:
         self.adapter.activate(stream)
         try:
             return self.pipe.transformer(
-                hidden_states=x, timestep=t, encoder_hidden_states=embeds, enable_diffusion_forcing=True,
-                return_dict=False,
+                hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t)
             )[0]
         finally:
             self.adapter.activate(None)
