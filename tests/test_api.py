@@ -64,9 +64,8 @@ def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
     assert np.all(np.diff(grid) >= -1e-9)  # never decreasing where it was fitted
     assert np.isfinite(record["coefficients"]).all() and record["y_mean"] > 0
     path = save_calibration(record, tmp_path)
-    from motioncache_vllm.policies.calibration import load_model_coefficients
+    from motioncache_vllm.policies.calibration import load_model_calibration
 
-    assert load_model_coefficients(tmp_path) == tuple(json.loads(path.read_text())["coefficients"])
-    from motioncache_vllm.policies.calibration import load_model_fit_range
-
-    assert load_model_fit_range(tmp_path) == (lo, hi)
+    coefficients, fit_range = load_model_calibration(tmp_path)
+    assert coefficients == tuple(json.loads(path.read_text())["coefficients"])
+    assert fit_range == (lo, hi)

@@ -9,15 +9,20 @@ import sys
 import pytest
 
 
-def test_pareto_quick_writes_table_json_and_plot(tmp_path):
+def run_quick(tmp_path, suite: str, *args: str, env: dict | None = None):
+    """`motioncache bench SUITE --quick ARGS --out tmp_path`: it succeeds and writes its JSON and
+    plot; returns the process result and the parsed JSON."""
     res = subprocess.run(
-        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "pareto", "--quick", "--steps", "6",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "motioncache_vllm.cli", "bench", suite, "--quick", *args, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=env,
     )
-    assert res.returncode == 0, res.stderr
-    data = json.loads((tmp_path / "pareto.json").read_text())
-    assert (tmp_path / "pareto.png").stat().st_size > 0
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / f"{suite}.png").stat().st_size > 0
+    return res, json.loads((tmp_path / f"{suite}.json").read_text())
+
+
+def test_pareto_quick_writes_table_json_and_plot(tmp_path):
+    res, data = run_quick(tmp_path, "pareto", "--steps", "6")
     policies = {p["policy"] for p in data["points"]}
     assert {"vanilla", "none", "teacache", "flowcache", "motion"} <= policies
     assert any(p.startswith("diffusers:") for p in policies)
@@ -29,14 +34,7 @@ def test_pareto_quick_writes_table_json_and_plot(tmp_path):
 
 
 def test_cfg_quick_per_branch_vs_shared_with_and_without_guidance(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "cfg", "--quick", "--frames", "9", "--steps", "6",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert res.returncode == 0, res.stderr
-    data = json.loads((tmp_path / "cfg.json").read_text())
-    assert (tmp_path / "cfg.png").stat().st_size > 0
+    _, data = run_quick(tmp_path, "cfg", "--frames", "9", "--steps", "6")
     policies = {p["policy"] for p in data["points"]}
     assert {"vanilla g=5", "motion/per_branch g=5", "motion/shared g=5", "vanilla g=1", "motion/per_branch g=1"} <= policies
     for p in data["points"]:
@@ -55,13 +53,7 @@ def test_throughput_quick_through_vllm(tmp_path):
     """The vLLM throughput suite, quick: a real `motioncache serve`, 1 and 2 concurrent requests."""
     pytest.importorskip("vllm")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the vLLM model folder goes here
-    res = subprocess.run(
-        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "throughput", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads((tmp_path / "throughput.json").read_text())
-    assert (tmp_path / "throughput.png").stat().st_size > 0
+    res, data = run_quick(tmp_path, "throughput", env=env)
     levels = {(r["policy"], r["concurrency"]) for r in data["rows"]}
     assert levels == {(p, n) for p in ("none", "motion") for n in (1, 2)}
     for r in data["rows"]:

@@ -199,11 +199,15 @@ def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: P
     if progress_bar is not None:
         progress_bar.reset(total=total)
     points = measure(candidates, settings, progress=(progress_bar.update if progress_bar else (lambda: None)))
+    return _points_result(suite, points, settings, quick, out_dir)
+
+
+def _points_result(suite: str, points: list[Point], s: BenchSettings, quick: bool, out_dir: Path) -> dict:
+    """The result of a speed/quality suite; plots it to ``out_dir/SUITE.png``."""
     result = {
         "suite": suite,
         "points": [msgspec.to_builtins(p) for p in points],
-        "settings": {"prompts": settings.prompts, "frames": settings.frames, "steps": settings.steps,
-                     "repeats": settings.repeats, "quick": quick},
+        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "repeats": s.repeats, "quick": quick},
         "machine": machine_info(),
     }
     _plot(result, out_dir / f"{suite}.png")
@@ -253,15 +257,8 @@ def run_cfg(pipe, s: BenchSettings, quick: bool, out_dir: Path, progress_bar=Non
         for p in measure(candidates, settings, progress=update):  # vanilla/none of the same guidance included
             p.extra["guidance"] = g
             p.policy = f"{p.policy} g={g:g}"
-            points.append(msgspec.to_builtins(p))
-    result = {
-        "suite": "cfg",
-        "points": points,
-        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "repeats": s.repeats, "quick": quick},
-        "machine": machine_info(),
-    }
-    _plot(result, out_dir / "cfg.png")
-    return result
+            points.append(p)
+    return _points_result("cfg", points, s, quick, out_dir)
 
 
 def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
@@ -339,12 +336,26 @@ def run_per_chunk(pipe, suite: str, s: BenchSettings, quick: bool, out_dir: Path
     return result
 
 
-def _plot_curves(result: dict, path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_curves(result: dict, path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in result["curves"]:
         ax.plot(c["psnr_db_per_chunk"], ".-", label=f"{c['policy']} - {c['prompt'][:28]}")
@@ -353,24 +364,18 @@ def _plot_curves(result: dict, path: Path) -> None:
     ax.set_title(f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long", "throughput", "cfg")
 
 
 def _plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     by_policy: dict[str, list] = {}
     for p in result["points"]:
-        by_policy.setdefault(p["policy"] + ("" if not p["knob"].startswith("pool") else ""), []).append(p)
+        by_policy.setdefault(p["policy"], []).append(p)
     for name, pts in by_policy.items():
         pts = sorted(pts, key=lambda p: p["speedup"])
         ax.plot([p["speedup"] for p in pts], [p["psnr_db"] for p in pts], "o-", label=name)
@@ -379,9 +384,7 @@ def _plot(result: dict, path: Path) -> None:
     ax.set_title(f"{result['suite']} ({result['machine']['date']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def to_table(result: dict) -> str:

@@ -227,11 +227,9 @@ def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, pr
 
 
 def plot_throughput(result: dict, path: Path) -> None:
-    import matplotlib
+    from motioncache_vllm.bench.suites import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for i, policy in enumerate(result["settings"]["policies"]):
         rows = [r for r in result["rows"] if r["policy"] == policy]
@@ -252,6 +250,4 @@ def plot_throughput(result: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"throughput through vLLM: {s['frames']} frames, {s['steps']} steps, "
                  f"{s['torch_threads']} torch thread(s) ({result['machine']['date']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -27,37 +27,34 @@ IDENTITY_COEFFICIENTS: tuple[float, ...] = (1.0, 0.0)
 CALIBRATION_FILE = "motioncache_calibration.json"
 
 
-def load_model_coefficients(model_dir: str | Path | None) -> tuple[float, ...] | None:
-    """Coefficients stored beside a model's weights, or None."""
+Calibration = tuple[tuple[float, ...], tuple[float, float] | None]
+"""(coefficients, fitted x range or None)."""
+
+
+def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
+    """The calibration stored beside a model's weights (one read of the file), or None."""
     if not model_dir:
         return None
     path = Path(model_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
-    return tuple(float(c) for c in json.loads(path.read_text())["coefficients"])
+    record = json.loads(path.read_text())
+    coefficients = tuple(float(c) for c in record["coefficients"])
+    lo, hi = record.get("x_range", (None, None))
+    fit_range = None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
+    return coefficients, fit_range
 
 
-def load_model_fit_range(model_dir: str | Path | None) -> tuple[float, float] | None:
-    """The x range the stored calibration was fitted on, or None."""
-    if not model_dir:
-        return None
-    path = Path(model_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    lo, hi = json.loads(path.read_text()).get("x_range", (None, None))
-    return None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
-
-
-def model_coefficients(model_dir: str | Path | None, transformer_config) -> tuple[float, ...]:
+def model_calibration(model_dir: str | Path | None, transformer_config) -> Calibration:
     """The model's own calibration, else Wan-1.3B's for a 1.3B-shaped Wan/SkyReels
-    transformer (30 layers, width 1536), else the identity."""
-    stored = load_model_coefficients(model_dir)
+    transformer (30 layers, width 1536), else the identity (the last two without a range)."""
+    stored = load_model_calibration(model_dir)
     if stored is not None:
         return stored
     width = transformer_config.num_attention_heads * transformer_config.attention_head_dim
     if transformer_config.num_layers == 30 and width == 1536:
-        return WAN_1_3B_COEFFICIENTS
-    return IDENTITY_COEFFICIENTS
+        return WAN_1_3B_COEFFICIENTS, None
+    return IDENTITY_COEFFICIENTS, None
 
 
 class Rescaler:

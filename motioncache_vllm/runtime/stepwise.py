@@ -53,7 +53,7 @@ class StepwiseGeneration:
         from tqdm.auto import tqdm
 
         from motioncache_vllm.policies import make_policy
-        from motioncache_vllm.policies.calibration import load_model_fit_range, model_coefficients
+        from motioncache_vllm.policies.calibration import model_calibration
         from motioncache_vllm.runtime.chunked import ChunkedRunner
 
         self.pipe = pipe
@@ -62,9 +62,8 @@ class StepwiseGeneration:
         self.request_id = request_id or uuid.uuid4().hex
         self._result: GenerationResult | None = None
         with torch.inference_mode():  # as generate_video (see its docstring)
-            model_dir = getattr(pipe, "name_or_path", None)
-            coefficients = model_coefficients(model_dir, pipe.transformer.config)
-            policy = make_policy(cache.policy, cache.policy_config, coefficients, load_model_fit_range(model_dir))
+            coefficients, fit_range = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+            policy = make_policy(cache.policy, cache.policy_config, coefficients, fit_range)
             self.pool = pool if pool is not None else make_pool(pipe, cache)
             device = pipe._execution_device
             self._t0 = time.perf_counter()
