@@ -83,10 +83,14 @@ def generate(
     tile: int = typer.Option(1, help="Spatial block side in tokens (1 = per-token, as in the paper)."),
     eviction: str = typer.Option("motion", help="Pool eviction order when full: motion or lru."),
     pool_dtype: str = typer.Option(
-        "float32", help="Pool storage: float32 (exact), float16, bfloat16 or int8 (more blocks per MiB)."
+        "float32", help="Pool storage: float32 (exact), float16, bfloat16, int8 or int4 (more blocks per MiB)."
     ),
     cfg_shared: bool = typer.Option(
         False, help="The unconditional CFG branch reuses the conditional branch's cache decisions."
+    ),
+    cfg_delta_dtype: Optional[str] = typer.Option(
+        None, help="With --cfg-shared: one slot per block for both CFG branches, the unconditional one "
+        "stored as its difference from the conditional one in this dtype (e.g. int4).",
     ),
     runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
     recompute_map: Optional[Path] = typer.Option(None, help="Also write a heat-map video of recomputation."),
@@ -101,7 +105,7 @@ def generate(
     try:
         _generate(
             prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-            eviction, pool_dtype, cfg_shared, runtime, recompute_map, compare, out, report, quiet,
+            eviction, pool_dtype, cfg_shared, cfg_delta_dtype, runtime, recompute_map, compare, out, report, quiet,
         )
     except UsageError as exc:
         _fail(str(exc))
@@ -109,7 +113,7 @@ def generate(
 
 def _generate(
     prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-    eviction, pool_dtype, cfg_shared, runtime, recompute_map, compare, out, report, quiet,
+    eviction, pool_dtype, cfg_shared, cfg_delta_dtype, runtime, recompute_map, compare, out, report, quiet,
 ):
     import msgspec
 
@@ -141,6 +145,10 @@ def _generate(
         raise UsageError(f"--tile must be a positive integer, got {tile}")
     if pool_dtype not in POOL_DTYPES:
         raise UsageError(f"unknown --pool-dtype {pool_dtype!r}; valid: {', '.join(POOL_DTYPES)}")
+    if cfg_delta_dtype is not None and cfg_delta_dtype not in POOL_DTYPES:
+        raise UsageError(f"unknown --cfg-delta-dtype {cfg_delta_dtype!r}; valid: {', '.join(POOL_DTYPES)}")
+    if cfg_delta_dtype is not None and not cfg_shared:
+        raise UsageError("--cfg-delta-dtype needs --cfg-shared (both branches must recompute the same blocks)")
     if eviction not in EVICTION_ORDERS:
         raise UsageError(f"unknown --eviction {eviction!r}; valid: {', '.join(sorted(EVICTION_ORDERS))}")
     if runtime not in ("chunked", "vanilla"):
@@ -179,7 +187,7 @@ def _generate(
     )
     cache = CacheConfig(
         policy=cache_policy, policy_config=overrides, tile=tile, pool_mib=pool_mib, eviction=eviction,
-        pool_dtype=pool_dtype, cfg_shared=cfg_shared,
+        pool_dtype=pool_dtype, cfg_shared=cfg_shared, cfg_delta_dtype=cfg_delta_dtype,
     )
     result = generate_video(pipe, request, progress=show_progress, runtime=runtime, cache=cache)
     fields = dict(

@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-POOL_DTYPES = ("float32", "float16", "bfloat16", "int8")
-PoolDtype = Literal["float32", "float16", "bfloat16", "int8"]
+POOL_DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
+PoolDtype = Literal["float32", "float16", "bfloat16", "int8", "int4"]
 
 
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,7 +83,19 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Eviction order when the pool is full: ``motion`` (expected reuse) or ``lru``."""
     pool_dtype: PoolDtype = "float32"
     """Storage of cached residuals: float32 is exact; float16/bfloat16 halve the bytes per
-    block, int8 (per-token-row scale) about quarters them, so a budget holds more blocks."""
+    block, int8 / int4 (Hadamard-rotated rows, one scale per row) about a quarter / an eighth,
+    so a budget holds more blocks."""
     cfg_shared: bool = False
     """The unconditional CFG branch reuses the conditional branch's decision of the same
     step (no scoring of its own) instead of keeping per-branch state."""
+    cfg_delta_dtype: PoolDtype | None = None
+    """With ``cfg_shared``: keep both CFG branches of a block in one slot, the conditional
+    residual (``pool_dtype``) and the unconditional one as its difference from it (this
+    dtype). The difference is ~12% of the residual's size here, so it takes coarse storage
+    well, and a lossy slot's error is no longer multiplied by the guidance scale (the
+    branches' errors were independent; CFG adds them up ~6x). Both branches' blocks are
+    then held or evicted together. None: one slot per branch."""
+
+    def __post_init__(self) -> None:
+        if self.cfg_delta_dtype is not None and not self.cfg_shared:
+            raise ValueError("cfg_delta_dtype needs cfg_shared (both branches must recompute the same blocks)")

@@ -1,9 +1,11 @@
 """The activation pool: free queue pointers, budget, eviction orders (incl. property tests)."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from motioncache_vllm.blocks.codec import SlotCodec
 from motioncache_vllm.blocks.eviction import LRUOrder, MotionAwareOrder
 from motioncache_vllm.blocks.free_queue import NULL, FreeSlotQueue
 from motioncache_vllm.blocks.layout import ChunkLayout
@@ -89,13 +91,15 @@ ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(
     ops=ops, budget_slots=st.integers(0, 12), eviction=st.sampled_from(["motion", "lru"]),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.int8]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.int8, "int4"]),
+    pair=st.sampled_from([None, "int4"]),
 )
-def test_budget_never_exceeded_and_tables_consistent(ops, budget_slots, eviction, dtype):
+def test_budget_never_exceeded_and_tables_consistent(ops, budget_slots, eviction, dtype, pair):
     order = MotionAwareOrder() if eviction == "motion" else LRUOrder()
     tokens, dim = 2, 3
     budget = budget_slots * tokens * dim * 4
-    pool = ActivationPool(tokens, dim, budget_bytes=budget, eviction=order, dtype=dtype)
+    pool = ActivationPool(tokens, dim, budget_bytes=budget, eviction=order, dtype=dtype, pair_dtype=pair)
+    tokens = tokens * (2 if pair else 1)  # rows per slot
     truth: dict[tuple, float] = {}
     for op, owner, blocks, prio in ops:
         idx = torch.tensor(blocks)
@@ -112,7 +116,8 @@ def test_budget_never_exceeded_and_tables_consistent(ops, budget_slots, eviction
         else:
             vals, hit = pool.read(owner, idx)
             for b, v, h in zip(blocks, vals, hit.tolist()):
-                if h:  # whatever is present holds what was written for it (int8: up to rounding)
+                if h:  # whatever is present holds what was written for it (constant rows: exact
+                    # in every format up to the rounding of the scale)
                     assert torch.allclose(v.float(), torch.full((tokens, dim), truth[(owner, b)]), rtol=1e-6, atol=0)
         assert pool.stats.in_use_bytes <= budget and pool.allocated_bytes <= budget
         slots = torch.cat([t[t >= 0] for t in pool.tables.values()]) if pool.tables else torch.tensor([])
@@ -134,3 +139,38 @@ def test_int8_pool_holds_four_times_the_blocks_within_a_percent():
     assert hit.all() and got.dtype == torch.float32
     error = (got - values).norm() / values.norm()
     assert 0 < error < 0.01  # absmax int8 per token row: about 0.5% relative error
+
+
+@pytest.mark.parametrize(
+    "sections, max_error",
+    [([(3, "float32")], 0.0), ([(3, "float16")], 1e-3), ([(3, "int8")], 0.01), ([(3, "int4")], 0.2),
+     ([(3, "int8"), (3, "int4")], 0.2)],
+)
+def test_slot_codec_round_trip(sections, max_error):
+    codec = SlotCodec(sections, 256)
+    torch.manual_seed(0)
+    values = torch.randn(8, codec.rows, 256) * torch.rand(8, codec.rows, 1) * 5
+    data = codec.encode(values)
+    assert data.dtype == torch.uint8 and data.shape == (8, codec.slot_bytes)
+    back = codec.decode(data)
+    error = float((back - values).norm() / values.norm())
+    assert error <= max_error and (error == 0.0) == (max_error == 0.0)
+    if len(sections) == 2:  # one half decodes alone to the same values
+        assert torch.equal(codec.decode(data, 1), back[:, sections[0][0]:])
+
+
+def test_rotation_keeps_an_outlier_channel_from_setting_every_scale():
+    """Residual streams have a few huge channels; rotated rows spread them before int8."""
+    torch.manual_seed(0)
+    values = torch.randn(8, 3, 256)
+    values[..., 7] *= 40.0  # one outlier channel
+    rotated = SlotCodec([(3, "int8")], 256)
+    plain = SlotCodec([(3, "int8")], 255)  # 255 is not a power of two: no rotation
+    err = lambda c, v: float((c.decode(c.encode(v)) - v).norm() / v.norm())  # noqa: E731
+    assert err(rotated, values) < err(plain, values[..., :255]) / 2
+
+
+def test_paired_int4_pool_holds_both_cfg_branches_in_a_fifth_of_the_bytes():
+    exact = ActivationPool(3, 256)
+    paired = ActivationPool(3, 256, dtype="int8", pair_dtype="int4")
+    assert paired.codec.rows == 6 and paired.slot_bytes / (2 * exact.slot_bytes) < 0.2

@@ -59,6 +59,8 @@ def test_gif_output(tmp_path):
         (["--out", "/proc/v.mp4"], "cannot write"),
         (["--out", "v.avi"], "unsupported format"),
         (["--guidance", "-1"], "--guidance must be >= 0"),
+        (["--pool-dtype", "int3"], "unknown --pool-dtype 'int3'"),
+        (["--cfg-delta-dtype", "int4"], "--cfg-delta-dtype needs --cfg-shared"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):

@@ -1,6 +1,7 @@
 """Chunked runtime and policies on a tiny random SkyReels-V2 config (not the shipped
 weights: a config nobody tuned) and on the embedded model."""
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -229,3 +230,33 @@ def test_a_pool_short_of_the_need_costs_speed_never_quality(embedded_pipe):
     assert half.stats["evictions"] == 0 and half.stats["pool_peak_bytes"] <= 0.5 * need
     assert half.stats["token_steps_computed"] == unbounded.stats["token_steps_computed"]
     assert psnr_db(half.frames, reference.frames) > psnr_db(unbounded.frames, reference.frames) - 0.1
+
+
+def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
+    """Both CFG branches in one slot, the unconditional one as its difference from the
+    conditional one (int8 + int4): a pool of 25% of the float32 need holds every block, so
+    the run skips exactly as much as with an unbounded float32 pool, at nearly its quality."""
+    req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=10, seed=0)
+    reference = generate_video(embedded_pipe, req)
+    cache = dict(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True)
+    need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
+    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig(**cache))
+    exact_pair = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, cfg_delta_dtype="float32"))
+    quarter = generate_video(embedded_pipe, req, cache=CacheConfig(
+        **cache, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.25 * need / 2**20))
+    assert quarter.stats["forced_blocks"] == quarter.stats["evictions"] == 0
+    assert quarter.stats["pool_peak_bytes"] <= 0.25 * need
+    assert quarter.stats["token_steps_computed"] == unbounded.stats["token_steps_computed"]
+    assert unbounded.stats["token_steps_computed"] < unbounded.stats["token_steps_total"]
+    assert psnr_db(quarter.frames, reference.frames) > psnr_db(unbounded.frames, reference.frames) - 0.5
+    # float32 pairs differ from per-branch slots by float rounding of (u - c) + c only
+    assert psnr_db(exact_pair.frames, unbounded.frames) > 50
+    # one branch (no guidance): the pair's second half is unused, caching still works
+    single = generate_video(embedded_pipe, msgspec.structs.replace(req, guidance_scale=1.0),
+                            cache=CacheConfig(**cache, cfg_delta_dtype="int4"))
+    assert single.stats["token_steps_computed"] < single.stats["token_steps_total"]
+
+
+def test_cfg_delta_needs_shared_decisions():
+    with pytest.raises(ValueError, match="needs cfg_shared"):
+        CacheConfig(policy="motion", cfg_delta_dtype="int4")

@@ -223,15 +223,18 @@ def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     budgets = {"unbounded": None, "50%": peak * 0.5, "25%": peak * 0.25, "10%": peak * 0.1, "one_chunk": chunk_bytes}
     if quick:
         budgets = {k: budgets[k] for k in ("unbounded", "25%")}
+    # slot formats: float32 (exact), float16 (half the bytes, measured lossless), and both
+    # CFG branches per slot with the uncond one as an int4 difference from an int8 cond
+    # residual (cfg_shared; 19% of float32's bytes)
+    formats = {"float32": {}, "float16": {"pool_dtype": "float16"},
+               "int8+int4cfg": {"pool_dtype": "int8", "cfg_delta_dtype": "int4", "cfg_shared": True}}
     out = []
     for label, budget in budgets.items():
         for eviction in ("motion", "lru") if budget is not None else ("motion",):
-            # float32 slots (exact residuals) and float16 slots (twice the blocks per byte,
-            # measured lossless here; int8 measured ~10 dB worse, so it is not swept)
-            for dtype in ("float32", "float16") if budget is not None else ("float32",):
+            for fmt, storage in formats.items() if budget is not None else [("float32", {})]:
                 mib = None if budget is None else budget / 2**20
-                c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction, pool_dtype=dtype)
-                name = f"motion/{eviction}" + ("" if dtype == "float32" else f"/{dtype}")
+                c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction, **storage)
+                name = f"motion/{eviction}" + ("" if fmt == "float32" else f"/{fmt}")
                 out.append(Candidate(name, f"pool:{label}", None if budget is None else round(budget), c.run))
     return out
 

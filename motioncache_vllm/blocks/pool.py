@@ -11,10 +11,12 @@ exceeded; when no slot is free a victim is chosen by the :class:`EvictionOrder`.
 block that cannot be stored is simply absent: the runtime recomputes it (a miss costs
 time, never correctness). Without a budget the storage grows by doubling.
 
-Storage dtype: float32 (exact), float16/bfloat16 (half the bytes), or int8 with one
-float32 scale per token row (absmax / 127; about a quarter of the bytes), as vLLM
-stores K/V in fp8: under a tight budget, more blocks held coarser beat fewer held exactly
-(the benchmark's memory suite measures both).
+Storage format (see :mod:`.codec`): float32 (exact), float16/bfloat16 (half the bytes),
+int8 or int4 with one float32 scale per Hadamard-rotated token row (about a quarter and an
+eighth of the bytes), as vLLM stores K/V in fp8: under a tight budget, more blocks held
+coarser beat fewer held exactly (the benchmark's memory suite measures both). A *paired*
+pool (``pair_dtype``) holds the two CFG branches of a block in one slot: the conditional
+residual, then the unconditional one's difference from it (see ``CacheConfig.cfg_delta_dtype``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Hashable
 
 import torch
 
+from motioncache_vllm.blocks.codec import SlotCodec
 from motioncache_vllm.blocks.eviction import EvictionOrder, MotionAwareOrder
 from motioncache_vllm.blocks.free_queue import FreeSlotQueue
 
@@ -56,20 +59,23 @@ class ActivationPool:
         dim: int,
         budget_bytes: int | None = None,
         eviction: EvictionOrder | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "float32",
         device: torch.device | str = "cpu",
+        pair_dtype: str | None = None,
     ) -> None:
-        self.tokens_per_block, self.dim, self.dtype, self.device = tokens_per_block, dim, dtype, torch.device(device)
-        self.quantized = dtype == torch.int8
-        # reads return float32 for int8 storage (dequantised), the storage dtype otherwise
-        self.read_dtype = torch.float32 if self.quantized else dtype
-        self.slot_bytes = tokens_per_block * dim * torch.empty((), dtype=dtype).element_size()
-        if self.quantized:
-            self.slot_bytes += tokens_per_block * 4  # the float32 scale of each token row
+        """``tokens_per_block`` rows of ``dim`` values per block; ``dtype`` their storage format;
+        ``pair_dtype``: slots hold a second section of as many rows in this format."""
+        self.tokens_per_block, self.dim, self.device = tokens_per_block, dim, torch.device(device)
+        self.dtype = str(dtype).removeprefix("torch.")
+        sections = [(tokens_per_block, self.dtype)]
+        if pair_dtype is not None:
+            sections.append((tokens_per_block, pair_dtype))
+        self.codec = SlotCodec(sections, dim)
+        self.paired = pair_dtype is not None
+        self.slot_bytes = self.codec.slot_bytes
         self.budget_bytes = budget_bytes
         capacity = 0 if budget_bytes is None else max(budget_bytes, 0) // self.slot_bytes
-        self.storage = torch.empty((capacity, tokens_per_block, dim), dtype=dtype, device=self.device)
-        self.scales = torch.empty((capacity if self.quantized else 0, tokens_per_block), device=self.device)
+        self.storage = torch.empty((capacity, self.slot_bytes), dtype=torch.uint8, device=self.device)
         self.free = FreeSlotQueue(capacity)
         self.eviction = eviction if eviction is not None else MotionAwareOrder()
         self._slot_owner: list[tuple[Owner, int] | None] = [None] * capacity
@@ -95,26 +101,28 @@ class ActivationPool:
             self._free_slot(slot)
 
     # -- data ----------------------------------------------------------------------------
-    def read(self, owner: Owner, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values of ``blocks`` (long ids) and which of them are present; absent rows are zero."""
+    def read(
+        self, owner: Owner, blocks: torch.Tensor, section: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 values of ``blocks`` (long ids) and which of them are present; absent rows
+        are zero. ``section``: of a paired pool, only that half of each slot (0 or 1)."""
         table = self.tables.get(owner)
         slots = table[blocks] if table is not None else torch.full_like(blocks, -1)
         hit = slots >= 0
-        out = torch.zeros((len(blocks), self.tokens_per_block, self.dim), dtype=self.read_dtype, device=self.device)
+        rows = self.codec.rows if section is None else self.codec.sections[section].rows
+        out = torch.zeros((len(blocks), rows, self.dim), dtype=torch.float32, device=self.device)
         if hit.any():
             held = slots[hit]
-            if self.quantized:
-                out[hit] = self.storage[held].float() * self.scales[held].unsqueeze(-1)
-            else:
-                out[hit] = self.storage[held]
-            for slot in slots[hit].tolist():
+            out[hit] = self.codec.decode(self.storage[held], section)
+            for slot in held.tolist():
                 self.eviction.touch(slot)
         return out, hit
 
     def write(
         self, owner: Owner, num_blocks: int, blocks: torch.Tensor, values: torch.Tensor, priorities: torch.Tensor
     ) -> torch.Tensor:
-        """Store ``values[i]`` for block ``blocks[i]``; returns which were stored.
+        """Store ``values[i]`` ((rows, dim), every section's rows) for block ``blocks[i]``;
+        returns which were stored.
 
         Slots of the blocks being written are pinned, so a write never evicts its own
         data. A block that finds no slot is left absent (and counted in ``dropped_writes``).
@@ -122,6 +130,7 @@ class ActivationPool:
         table = self.table(owner, num_blocks)
         stored = torch.zeros(len(blocks), dtype=torch.bool)
         pinned = {int(s) for s in table[blocks].tolist() if s >= 0}
+        written: list[int] = []
         for i, (block, priority) in enumerate(zip(blocks.tolist(), priorities.tolist())):
             slot = int(table[block])
             if slot < 0:
@@ -135,13 +144,10 @@ class ActivationPool:
                 pinned.add(slot)
             else:
                 self.eviction.touch(slot, priority)
-            if self.quantized:
-                scale = values[i].abs().amax(-1).clamp_min(1e-12) / 127.0
-                self.storage[slot] = torch.round(values[i] / scale.unsqueeze(-1)).to(torch.int8)
-                self.scales[slot] = scale
-            else:
-                self.storage[slot] = values[i]
+            written.append(slot)
             stored[i] = True
+        if written:
+            self.storage[torch.tensor(written)] = self.codec.encode(values[stored])
         return stored
 
     def reprioritise(self, owner: Owner, priorities: torch.Tensor) -> None:
@@ -181,13 +187,9 @@ class ActivationPool:
     def _grow(self) -> None:
         old = self.storage.shape[0]
         new = max(64, 2 * old)
-        grown = torch.empty((new, self.tokens_per_block, self.dim), dtype=self.dtype, device=self.device)
+        grown = torch.empty((new, self.slot_bytes), dtype=torch.uint8, device=self.device)
         grown[:old] = self.storage
         self.storage = grown
-        if self.quantized:
-            scales = torch.empty((new, self.tokens_per_block), device=self.device)
-            scales[:old] = self.scales
-            self.scales = scales
         self._slot_owner.extend([None] * (new - old))
         self.free.grow(new)
         self.stats.capacity_slots = new
@@ -195,4 +197,4 @@ class ActivationPool:
     @property
     def allocated_bytes(self) -> int:
         """Bytes of the preallocated storage (never above the budget when one is set)."""
-        return self.storage.numel() * self.storage.element_size() + self.scales.numel() * self.scales.element_size()
+        return self.storage.numel()

@@ -86,8 +86,12 @@ class ChunkStream:
         self.kv, self.start, self.end, self.rope = kv, start, start + layout.num_tokens, rope
         self.counters, self.recompute_counts = counters, recompute_counts
         self.previous_last_frame: torch.Tensor | None = None
-        # cfg_shared: the stream whose executed decision this one copies (cond for uncond)
+        # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
+        # and the reverse link; in a paired pool the follower stores both branches' blocks
         self.leader: ChunkStream | None = None
+        self.follower: ChunkStream | None = None
+        self.paired = pool.paired
+        self.residual: torch.Tensor | None = None  # (N, C) residual of the last step
         self.executed: torch.Tensor | None = None  # blocks computed at the last step (bool)
         self.commit = False
         self.last_input: torch.Tensor | None = None
@@ -163,7 +167,7 @@ class ChunkStream:
         lay, timings = self.layout, self.counters.timings
         all_blocks = torch.arange(lay.num_blocks)
         if self._mode == "full":
-            residual = (hidden_out - h_in)[0]
+            residual = self.residual = (hidden_out - h_in)[0]
             self.policy.observe_residual(self.state, residual)
             self._store(all_blocks, residual)
             t0 = time.perf_counter()
@@ -171,13 +175,19 @@ class ChunkStream:
             timings["policy_s"] += time.perf_counter() - t0
             return hidden_out
         t0 = time.perf_counter()
-        cached, _ = self.pool.read(self.owner, all_blocks)  # (blocks, tokens/block, C); all present here
+        # (blocks, tokens/block, C); all present here. Paired: the leader's half, or the
+        # follower's difference from the leader's residual of this step
+        section = None if not self.paired else (1 if self.leader is not None else 0)
+        cached, _ = self.pool.read(self.owner, all_blocks, section)
         t1 = time.perf_counter()
         residual = torch.empty_like(h_in[0])
         residual[self._block_tokens.flatten()] = cached.flatten(0, 1).to(residual.dtype)
+        if section == 1:
+            residual += self.leader.residual
         if self._mode == "partial":
             tokens = lay.tokens_of(self._blocks)
             residual[tokens] = (hidden_out - h_in[:, tokens])[0]
+        self.residual = residual
         out = h_in + residual.unsqueeze(0)
         timings["pool_s"] += t1 - t0
         timings["scatter_s"] += time.perf_counter() - t1
@@ -192,7 +202,9 @@ class ChunkStream:
         timings = self.counters.timings
         t0 = time.perf_counter()
         self.policy.end_step(self.state)
-        priorities = self.policy.steps_until_recompute((self.leader or self).state)
+        priorities = None
+        if not (self.paired and self.follower is not None):  # paired: the follower does it
+            priorities = self.policy.steps_until_recompute((self.leader or self).state)
         t1 = time.perf_counter()
         if priorities is not None:
             self.pool.reprioritise(self.owner, priorities)
@@ -201,6 +213,8 @@ class ChunkStream:
 
     # -- helpers ---------------------------------------------------------------------------
     def _store(self, blocks: torch.Tensor, residual: torch.Tensor) -> None:
+        if self.paired and self.follower is not None:
+            return  # the follower writes this step's pair (it runs after the leader)
         timings = self.counters.timings
         t0 = time.perf_counter()
         priorities = self.policy.steps_until_recompute((self.leader or self).state)
@@ -208,6 +222,9 @@ class ChunkStream:
             priorities = torch.zeros(self.layout.num_blocks)
         t1 = time.perf_counter()
         values = residual[self._block_tokens[blocks]]  # (n, tokens/block, C)
+        if self.paired:  # [leader's residual | this branch's difference from it] per block
+            base = self.leader.residual[self._block_tokens[blocks]] if self.leader is not None else values
+            values = torch.cat([base, values - base], 1)
         self.pool.write(self.owner, self.layout.num_blocks, blocks, values, priorities[blocks])
         timings["policy_s"] += t1 - t0
         timings["pool_s"] += time.perf_counter() - t1
@@ -244,6 +261,8 @@ class ChunkedRunner:
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
         self.cfg_shared = cfg_shared  # uncond copies cond's decision each step (see CacheConfig)
+        if pool.paired and not cfg_shared:
+            raise ValueError("a paired pool (cfg_delta_dtype) stores both CFG branches per slot and needs cfg_shared")
         self.adapter = shared_adapter(pipe.transformer)
 
     def start(
@@ -368,14 +387,16 @@ class DenoiseRun:
         self.streams = {}
         for b in self.branches:
             state = self.policy.new_state(lay)
+            owner = (self.request_id, c, "cfg" if self.pool.paired else b)  # paired: one slot, both branches
             self.streams[b] = ChunkStream(
-                (self.request_id, c, b), lay, self.policy, state, self.pool, self.kv[b],
+                owner, lay, self.policy, state, self.pool, self.kv[b],
                 lo * lay.tokens_per_frame, ad.rope_rows(lo, self.block, self.grid), self.counters,
                 self._recompute_counts,
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
         if self.runner.cfg_shared and "uncond" in self.streams:
             self.streams["uncond"].leader = self.streams["cond"]
+            self.streams["cond"].follower = self.streams["uncond"]
         self._scheduler = copy.deepcopy(self._scheduler_template)
 
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:

@@ -69,7 +69,7 @@ def make_pool(pipe, cache: CacheConfig, latent_frames_per_chunk: int | None = No
     budget = None if cache.pool_mib is None else int(cache.pool_mib * 2**20)
     return ActivationPool(
         frames * cache.tile * cache.tile, dim, budget, make_eviction_order(cache.eviction),
-        dtype=getattr(torch, cache.pool_dtype),
+        dtype=cache.pool_dtype, pair_dtype=cache.cfg_delta_dtype,
     )
 
 

@@ -39,9 +39,11 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     cache_eviction: str = "motion"
     """Pool eviction order: ``motion`` or ``lru``."""
     cache_pool_dtype: PoolDtype = "float32"
-    """Storage of the pool: float32, float16, bfloat16 or int8 (see CacheConfig)."""
+    """Storage of the pool: float32, float16, bfloat16, int8 or int4 (see CacheConfig)."""
     cache_cfg_shared: bool = False
     """The unconditional CFG branch reuses the conditional branch's decisions."""
+    cache_cfg_delta_dtype: PoolDtype | None = None
+    """With cache_cfg_shared: both branches in one slot, uncond as a difference (see CacheConfig)."""
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "EngineCacheSettings":
@@ -68,7 +70,7 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
         return CacheConfig(
             policy=policy, policy_config=dict(policy_config), tile=self.cache_tile, pool_mib=self.cache_pool_mib,
             eviction=self.cache_eviction, pool_dtype=self.cache_pool_dtype,
-            cfg_shared=self.cache_cfg_shared,
+            cfg_shared=self.cache_cfg_shared, cfg_delta_dtype=self.cache_cfg_delta_dtype,
         )
 
 
