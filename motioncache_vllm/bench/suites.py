@@ -11,6 +11,7 @@ run time, which these machines cannot do.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -119,7 +120,7 @@ def measure(candidates: list[Candidate], s: BenchSettings, progress) -> list[Poi
         total = sum(walls[id(c)])
         ideal_values = [v for v in ideal[id(c)] if v is not None]
         ideal_mean = statistics.mean(ideal_values) if ideal_values else None
-        cache_speedup = chunk / total if c.policy not in ("vanilla",) and not c.policy.startswith("diffusers") else None
+        cache_speedup = chunk / total if c.policy != "vanilla" and ":" not in c.policy else None  # not on the stock loop
         points.append(Point(
             policy=c.policy, knob=c.knob, value=c.value, speedup=round(base / total, 4),
             psnr_db=_finite(statistics.mean(q[0] for q in quality[id(c)])),
@@ -151,8 +152,10 @@ def _diffusers_candidate(name: str, knob: str, value, make_config) -> Candidate:
     return Candidate(f"diffusers:{name}", knob, value, run)
 
 
-def pareto_candidates(quick: bool) -> list[Candidate]:
-    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
+    from diffusers.hooks import (
+        FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
+    )
 
     thresholds = [0.2, 0.5] if quick else [0.1, 0.2, 0.3, 0.5, 0.8]
     out = [_cache_candidate("none", "-", None)]
@@ -169,13 +172,101 @@ def pareto_candidates(quick: bool) -> list[Candidate]:
         )
         for k in ([3] if quick else [2, 3, 5])
     ]
+    # PAB: self-attention outputs reused for k - 1 of every k calls while the active chunk's
+    # timestep is inside (100, 800) (its default range)
+    out += [
+        _diffusers_candidate(
+            "pab", "spatial_skip_range", k,
+            lambda v: PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=int(v), current_timestep_callback=lambda: _active_timestep(pipe),
+            ),
+        )
+        for k in ([2] if quick else [2, 3, 5])
+    ]
+    calls, ratios = magcache_ratios(pipe, s)
+    out += [
+        _diffusers_candidate(
+            "magcache", "threshold", t,
+            lambda v: MagCacheConfig(threshold=v, num_inference_steps=calls, mag_ratios=ratios),
+        )
+        for t in ([0.12] if quick else [0.06, 0.12, 0.24, 0.5])
+    ]
+    out += dbcache_candidates(quick)
     return out
+
+
+def _active_timestep(pipe) -> int:
+    """The timestep of the chunk being denoised: the stock loop's current row holds 0 for
+    finished frames and the active chunk's t for the rest of its window."""
+    t = pipe.current_timestep
+    if t is None:
+        return 0
+    active = t[t > 0] if torch.is_tensor(t) else torch.tensor([t])
+    return int(active.min()) if len(active) else 0
+
+
+CALIBRATION_CAPTION = "a red circle moves right"  # a training-style caption, not a held-out prompt
+
+
+def magcache_ratios(pipe, s: BenchSettings) -> tuple[int, list[float]]:
+    """MagCache's magnitude ratios for this model and schedule: per transformer call of the
+    conditional branch, mean over tokens of |residual_i| / |residual_{i-1}| of the block
+    stack (diffusers' calibrate formula), from one full-compute run of the stock loop on a
+    caption outside the held-out set. Returns (calls per branch, ratios)."""
+    blocks = pipe.transformer.blocks
+    norms: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
+    pre = blocks[0].register_forward_pre_hook(lambda m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    post = blocks[-1].register_forward_hook(
+        lambda m, args, output: norms.append(torch.linalg.norm((output - inputs[-1]).float(), dim=-1))
+    )
+    try:
+        req = GenerationRequest(prompt=CALIBRATION_CAPTION, num_frames=s.frames, num_inference_steps=s.steps,
+                                guidance_scale=s.guidance, seed=s.seed)
+        generate_video(pipe, req, runtime="vanilla")
+    finally:
+        pre.remove()
+        post.remove()
+    cond = norms[0::2] if len(norms) % 2 == 0 else norms  # the loop calls cond then uncond
+    ratios = [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(cond, cond[1:])]
+    return len(cond), ratios
+
+
+def dbcache_candidates(quick: bool) -> list[Candidate]:
+    """cache-dit's DBCache (F1B0: first block always computed, none at the back) on the
+    stock loop; absent when cache-dit is not installed (``pip install cache-dit``)."""
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # it logs every enable/disable at info
+    try:
+        import cache_dit
+        from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
+    except ImportError:
+        return []
+
+    def make(threshold: float) -> Candidate:
+        def run(req: GenerationRequest) -> GenerationResult:
+            pipe = _PIPE[0]
+            # cache-dit's own SkyReelsV2 adapter settings; it matches pipelines by class name,
+            # and ours is a subclass under another name
+            adapter = BlockAdapter(
+                pipe=pipe, transformer=pipe.transformer, blocks=pipe.transformer.blocks,
+                forward_pattern=ForwardPattern.Pattern_3, check_forward_pattern=True, has_separate_cfg=True,
+            )
+            cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold))
+            try:
+                return generate_video(pipe, req, runtime="vanilla")
+            finally:
+                cache_dit.disable_cache(adapter)
+
+        return Candidate("cache-dit:dbcache", "threshold", threshold, run)
+
+    return [make(t) for t in ([0.2] if quick else [0.05, 0.1, 0.2, 0.4])]
 
 
 def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
     _PIPE[:] = [pipe]
     if suite == "pareto":
-        candidates = pareto_candidates(quick)
+        candidates = pareto_candidates(pipe, settings, quick)
     elif suite == "memory":
         candidates = memory_candidates(pipe, settings, quick)
     elif suite == "granularity":
@@ -219,8 +310,8 @@ def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     req = _requests(s)[0]
     probe = generate_video(pipe, req, cache=CacheConfig(policy="motion", policy_config={"threshold": 0.5}))
     peak = max(probe.stats["pool_peak_bytes"], 1)
-    chunk_bytes = peak / 2  # the unbounded peak holds one chunk per CFG branch
-    budgets = {"unbounded": None, "50%": peak * 0.5, "25%": peak * 0.25, "10%": peak * 0.1, "one_chunk": chunk_bytes}
+    # the unbounded peak holds one chunk per CFG branch: "one chunk" (of one branch) is the 50% row
+    budgets = {"unbounded": None, "50%=one_chunk": peak * 0.5, "25%": peak * 0.25, "10%": peak * 0.1}
     if quick:
         budgets = {k: budgets[k] for k in ("unbounded", "25%")}
     # slot formats: float32 (exact), float16 (half the bytes, measured lossless), and both

@@ -203,7 +203,7 @@ class ChunkStream:
         t0 = time.perf_counter()
         self.policy.end_step(self.state)
         priorities = None
-        if not (self.paired and self.follower is not None):  # paired: the follower does it
+        if self.pool.evicts and not (self.paired and self.follower is not None):  # paired: the follower does it
             priorities = self.policy.steps_until_recompute((self.leader or self).state)
         t1 = time.perf_counter()
         if priorities is not None:
@@ -217,7 +217,9 @@ class ChunkStream:
             return  # the follower writes this step's pair (it runs after the leader)
         timings = self.counters.timings
         t0 = time.perf_counter()
-        priorities = self.policy.steps_until_recompute((self.leader or self).state)
+        priorities = None
+        if self.pool.evicts:
+            priorities = self.policy.steps_until_recompute((self.leader or self).state)
         if priorities is None:
             priorities = torch.zeros(self.layout.num_blocks)
         t1 = time.perf_counter()
