@@ -91,6 +91,22 @@ def test_cache_policy_flag_lands_in_additional_config():
     assert list(action.choices) == policy_names()
 
 
+def test_engine_cache_settings_carry_the_pool_layout_and_reject_bad_ones():
+    from motioncache_vllm.vllm_plugin.messages import CacheOverrides
+    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+
+    settings = EngineCacheSettings.from_additional_config({
+        "cache_policy": "motion", "cache_pool_mib": 1, "cache_pool_dtype": "int8",
+        "cache_cfg_shared": True, "cache_cfg_delta_dtype": "int4", "unrelated_key": 1,
+    })
+    cache = settings.cache_config(CacheOverrides())
+    assert (cache.pool_dtype, cache.cfg_shared, cache.cfg_delta_dtype) == ("int8", True, "int4")
+    with pytest.raises(ValueError, match="needs cfg_shared"):
+        EngineCacheSettings.from_additional_config({"cache_cfg_delta_dtype": "int4"})
+    with pytest.raises(ValueError, match="cache_pool_dtype"):
+        EngineCacheSettings.from_additional_config({"cache_pool_dtype": "int3"})
+
+
 def test_register_is_idempotent():
     from vllm import ModelRegistry
     from vllm.engine.arg_utils import EngineArgs

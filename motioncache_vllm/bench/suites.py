@@ -168,7 +168,12 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     out += [
         _diffusers_candidate(
             "taylorseer", "cache_interval", k,
-            lambda v: TaylorSeerCacheConfig(cache_interval=int(v), taylor_factors_dtype=torch.float32),
+            lambda v: TaylorSeerCacheConfig(
+                cache_interval=int(v), taylor_factors_dtype=torch.float32,
+                # its default patterns ("^blocks.*attn", fullmatch) miss "blocks.0.attn1", so
+                # it never engaged on SkyReels-V2: name the blocks' attention and FFN modules
+                cache_identifiers=TAYLORSEER_SKYREELS_MODULES,
+            ),
         )
         for k in ([3] if quick else [2, 3, 5])
     ]
@@ -193,6 +198,9 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     ]
     out += dbcache_candidates(quick)
     return out
+
+
+TAYLORSEER_SKYREELS_MODULES = [r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"]
 
 
 def _active_timestep(pipe) -> int:
