@@ -75,7 +75,7 @@ def generate(
     steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk. Default: the model's."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale. Default: the model's."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same video."),
-    cache_policy: str = typer.Option("none", help="Cache policy: none, teacache, flowcache, motion."),
+    cache_policy: str = typer.Option("none", help="Cache policy: none, teacache, flowcache, motion, magcache."),
     policy_config: list[str] = typer.Option(
         [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6."
     ),
@@ -402,7 +402,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (default: loopback only)."),
     port: int = typer.Option(8000, help="TCP port."),
     cache_policy: Optional[str] = typer.Option(
-        None, help="Default cache policy of requests: none, teacache, flowcache, motion (default: motion)."
+        None, help="Default cache policy of requests: none, teacache, flowcache, motion, magcache (default: motion)."
     ),
     cache_pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
 ) -> None:

@@ -72,7 +72,7 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How the runtime caches: which policy, at what granularity, in how much memory."""
 
     policy: str = "none"
-    """Registered policy name (``none``, ``teacache``, ``flowcache``, ``motion``)."""
+    """Registered policy name (``none``, ``teacache``, ``flowcache``, ``motion``, ``magcache``)."""
     policy_config: dict = msgspec.field(default_factory=dict)
     """Overrides of the policy's config fields (validated by the policy)."""
     tile: PositiveInt = 1

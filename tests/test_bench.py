@@ -24,7 +24,7 @@ def run_quick(tmp_path, suite: str, *args: str, env: dict | None = None):
 def test_pareto_quick_writes_table_json_and_plot(tmp_path):
     res, data = run_quick(tmp_path, "pareto", "--steps", "6")
     policies = {p["policy"] for p in data["points"]}
-    assert {"vanilla", "none", "teacache", "flowcache", "motion"} <= policies
+    assert {"vanilla", "none", "teacache", "flowcache", "motion", "magcache"} <= policies
     assert {"diffusers:first_block_cache", "diffusers:taylorseer", "diffusers:pab", "diffusers:magcache"} <= policies
     assert "cache-dit:dbcache" in policies  # cache-dit is a test dependency
     for p in data["points"]:
@@ -32,6 +32,15 @@ def test_pareto_quick_writes_table_json_and_plot(tmp_path):
         assert math.isfinite(p["speedup"]) and p["speedup"] > 0
         assert math.isfinite(p["psnr_db"]) and 0 <= p["ssim"] <= 1.0001
     assert "| policy |" in res.stdout
+
+
+def test_overhead_quick_splits_a_step_and_plots_it(tmp_path):
+    _, data = run_quick(tmp_path, "overhead", "--frames", "9", "--steps", "10")
+    (row,) = data["rows"]
+    for key in ("policy_share", "pool_share", "scatter_share", "skipped_call_share"):
+        assert math.isfinite(row[key]) and row[key] >= 0
+    # a skipped call contains the bookkeeping, so it cannot cost less than it
+    assert row["skipped_call_share"] > 0 and row["ideal_speedup"] >= 1
 
 
 def test_cfg_quick_per_branch_vs_shared_with_and_without_guidance(tmp_path):

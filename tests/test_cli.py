@@ -50,7 +50,7 @@ def test_gif_output(tmp_path):
         (["--steps", "0"], "--steps must be a positive integer"),
         (["--height", "60"], "divisible by 8"),
         (["--width", "100"], "divisible by 8"),
-        (["--cache-policy", "nope"], "valid policies: flowcache, motion, none, teacache"),
+        (["--cache-policy", "nope"], "valid policies: flowcache, magcache, motion, none, teacache"),
         (["--cache-policy", "motion", "--policy-config", "bogus=1"], "unknown field `bogus`"),
         (["--cache-policy", "motion", "--policy-config", "alpha"], "key=value"),
         (["--tile", "3"], "must divide the token grid"),

@@ -19,8 +19,8 @@ def obs(e0_value: float, hidden=None, previous=None):
 
 
 def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
-    assert policy_names() == ["flowcache", "motion", "none", "teacache"]
-    with pytest.raises(UnknownPolicyError, match="valid policies: flowcache, motion, none, teacache"):
+    assert policy_names() == ["flowcache", "magcache", "motion", "none", "teacache"]
+    with pytest.raises(UnknownPolicyError, match="valid policies: flowcache, magcache, motion, none, teacache"):
         make_policy("lru")
     with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
         make_policy("motion", {"tau": 0.1})
@@ -114,3 +114,45 @@ def test_monotone_polyfit_drops_degree_until_the_fit_never_decreases():
     assert np.all(np.diff(grid) >= -1e-9) and 1 <= degree <= 6
     _, exact = monotone_polyfit(x, 2 * x**2 + 1, 2)  # already monotone: kept as asked
     assert exact == 2
+
+
+def test_magcache_skips_while_the_ratio_error_is_small_and_at_most_k_in_a_row():
+    from motioncache_vllm.policies import make_policy
+
+    policy = make_policy("magcache", {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2,
+                                      "mag_ratios": [1.0] * 8 + [0.99] * 12 + [0.8] * 10})
+    state = policy.new_state(ChunkLayout(frames=1, height=2, width=2))
+    modes = []
+    for _ in range(30):
+        obs = StepObservation(e0=torch.zeros(4), hidden=torch.zeros(1, 4, 8), previous_last_frame=None, num_steps=30)
+        decision = policy.decide(state, obs)
+        modes.append(decision.mode)
+        policy.on_computed(state, None) if decision.mode == "full" else None
+        policy.end_step(state)
+    assert modes[:6] == ["full"] * 6  # retention: 20% of 30 steps
+    assert "skip" in modes[6:20]
+    runs = "".join("s" if m == "skip" else "f" for m in modes).split("f")
+    assert max(len(r) for r in runs) <= 2  # never more than max_skip_steps in a row
+    # where the magnitude drops 20% per step, one step's error already exceeds the threshold
+    assert modes[21:] == ["full"] * 9
+    # resampled to a 10-step schedule, and nothing calibrated means full compute
+    short = policy.new_state(ChunkLayout(frames=1, height=2, width=2))
+    obs = StepObservation(e0=torch.zeros(4), hidden=torch.zeros(1, 4, 8), previous_last_frame=None, num_steps=10)
+    assert policy.decide(short, obs).mode == "full"
+    blind = make_policy("magcache")
+    blind_state = blind.new_state(ChunkLayout(frames=1, height=2, width=2))
+    blind_state.step = 10
+    assert blind.decide(blind_state, obs).mode == "full"
+
+
+def test_magcache_on_the_chunked_runtime_uses_the_shipped_ratios(embedded_pipe):
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.metrics import psnr_db
+    from motioncache_vllm.runtime.generate import generate_video
+
+    req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=9, num_inference_steps=20, seed=0)
+    full = generate_video(embedded_pipe, req)
+    cached = generate_video(embedded_pipe, req, cache=CacheConfig(policy="magcache", policy_config={"threshold": 0.24}))
+    assert 0 < cached.stats["skipped_steps"] and cached.stats["partial_steps"] == 0
+    assert cached.stats["token_steps_computed"] < cached.stats["token_steps_total"]
+    assert psnr_db(cached.frames, full.frames) > 30

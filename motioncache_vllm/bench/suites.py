@@ -161,6 +161,8 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     out = [_cache_candidate("none", "-", None)]
     for policy in ("teacache", "flowcache", "motion"):
         out += [_cache_candidate(policy, "threshold", t) for t in thresholds]
+    # MagCache's rule on the chunked runtime (whole steps, calibrated ratios)
+    out += [_cache_candidate("magcache", "threshold", t) for t in ([0.24] if quick else [0.03, 0.06, 0.12, 0.24])]
     out += [
         _diffusers_candidate("first_block_cache", "threshold", t, lambda v: FirstBlockCacheConfig(threshold=v))
         for t in ([0.2] if quick else [0.05, 0.1, 0.2, 0.4])
@@ -309,8 +311,35 @@ def _points_result(suite: str, points: list[Point], s: BenchSettings, quick: boo
         "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "repeats": s.repeats, "quick": quick},
         "machine": machine_info(),
     }
-    _plot(result, out_dir / f"{suite}.png")
+    (_plot_memory if suite == "memory" else _plot)(result, out_dir / f"{suite}.png")
     return result
+
+
+def _plot_memory(result: dict, path: Path) -> None:
+    """Speedup per pool budget, one line per slot format and eviction order (PSNR labelled)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    points = result["points"]
+    unbounded = [p for p in points if p["knob"] == "pool:unbounded"]
+    budgets = list(dict.fromkeys(p["knob"] for p in points if p["knob"].startswith("pool:") and p["knob"] != "pool:unbounded"))
+    for name in dict.fromkeys(p["policy"] for p in points if p["knob"].startswith("pool:") and p not in unbounded):
+        pts = {p["knob"]: p for p in points if p["policy"] == name}
+        xs = [i for i, b in enumerate(budgets) if b in pts]
+        ax.plot(xs, [pts[budgets[i]]["speedup"] for i in xs], "o-", label=name)
+        for i in xs:
+            ax.annotate(f"{pts[budgets[i]]['psnr_db']:.1f} dB", (i, pts[budgets[i]]["speedup"]), fontsize=5)
+    for p in unbounded:
+        ax.axhline(p["speedup"], color="k", ls="--", lw=0.8, label=f"unbounded ({p['psnr_db']:.1f} dB)")
+    for p in points:
+        if p["policy"] == "none":
+            ax.axhline(p["speedup"], color="grey", ls=":", lw=0.8, label="chunked full compute")
+    ax.set_xticks(range(len(budgets)), [b.removeprefix("pool:") for b in budgets])
+    ax.set_xlabel("pool budget (share of the unbounded float32 peak)")
+    ax.set_ylabel("speedup vs vanilla pipeline")
+    ax.set_title(f"memory ({result['machine']['date']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    save_figure(fig, path)
 
 
 def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
@@ -384,9 +413,35 @@ def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
                 "policy_share": round(t["policy_s"] / steps / full_step_s, 5),
                 "pool_share": round(t["pool_s"] / steps / full_step_s, 5),
                 "scatter_share": round(t["scatter_s"] / steps / full_step_s, 5),
+                # a whole skipped call (embeddings + head + the above) against a full call
+                "skipped_call_share": round(t["skip_call_s"] / max(res.stats["skipped_steps"], 1) / full_step_s, 5),
             })
     result = {"suite": "overhead", "rows": rows, "machine": machine_info()}
+    _plot_overhead(result, out_dir / "overhead.png")
     return result
+
+
+def _plot_overhead(result: dict, path: Path) -> None:
+    plt = pyplot()
+    rows = result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [f"{r['threshold']} {r['prompt'][:14]}" for r in rows]
+    x = range(len(rows))
+    bottom = [0.0] * len(rows)
+    for key in ("policy_share", "pool_share", "scatter_share"):
+        values = [100 * r[key] for r in rows]
+        left.bar(x, values, bottom=bottom, label=key.removesuffix("_share"))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    left.plot(x, [100 * r["skipped_call_share"] for r in rows], "k_", markersize=14, label="whole skipped call")
+    left.set_ylabel("% of one full step, per step")
+    left.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=6)
+    left.legend(fontsize=7)
+    right.plot(x, [r["realised_over_ideal"] for r in rows], "o")
+    right.axhline(0.85, color="grey", ls="--", lw=0.8)
+    right.set_ylabel("realised / ideal speedup")
+    right.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=6)
+    fig.suptitle("overhead (motion policy; threshold, prompt)")
+    save_figure(fig, path)
 
 
 def chunk_pixel_ranges(num_frames: int, latent_per_chunk: int, temporal: int = 4) -> list[tuple[int, int]]:

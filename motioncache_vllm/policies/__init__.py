@@ -12,6 +12,7 @@ import msgspec
 
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
 from motioncache_vllm.policies.flowcache import FlowCacheConfig, FlowCachePolicy
+from motioncache_vllm.policies.magcache import MagCacheConfig, MagCachePolicy
 from motioncache_vllm.policies.motion import MotionConfig, MotionPolicy
 from motioncache_vllm.policies.none import NoneConfig, NonePolicy
 from motioncache_vllm.policies.teacache import TeaCacheConfig, TeaCachePolicy
@@ -41,7 +42,7 @@ def register_policy(cls: type[CachePolicy]) -> type[CachePolicy]:
     return cls
 
 
-for _cls in (NonePolicy, TeaCachePolicy, FlowCachePolicy, MotionPolicy):
+for _cls in (NonePolicy, TeaCachePolicy, FlowCachePolicy, MotionPolicy, MagCachePolicy):
     register_policy(_cls)
 
 
@@ -65,6 +66,7 @@ def make_policy(
     overrides: dict[str, Any] | None = None,
     model_coefficients: tuple[float, ...] | None = None,
     model_fit_range: tuple[float, float] | None = None,
+    model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
 ) -> CachePolicy:
     """Build a policy from its name and config overrides (validated, unknown keys rejected)."""
     cls = get_policy_class(name)
@@ -73,7 +75,8 @@ def make_policy(
     except msgspec.ValidationError as exc:
         fields = ", ".join(f.name for f in msgspec.structs.fields(cls.config_cls)) or "(none)"
         raise InvalidPolicyConfig(f"policy {name!r}: {exc}; its fields: {fields}") from None
-    return cls(config, model_coefficients=model_coefficients, model_fit_range=model_fit_range)
+    return cls(config, model_coefficients=model_coefficients, model_fit_range=model_fit_range,
+               model_mag_ratios=model_mag_ratios)
 
 
 def policy_for_config(config: msgspec.Struct) -> str:

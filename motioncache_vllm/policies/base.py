@@ -30,11 +30,13 @@ class StepObservation:
         e0: timestep modulation of the chunk (the blocks' ``temb``), any shape.
         hidden: (F, P, C) block-stack input of the chunk (after patch embedding).
         previous_last_frame: (P, C) input of the previous chunk's last frame, or None.
+        num_steps: the chunk's number of denoising steps (step index = the state's ``step``).
     """
 
     e0: torch.Tensor
     hidden: torch.Tensor
     previous_last_frame: torch.Tensor | None
+    num_steps: int | None = None  # denoising steps of this chunk's schedule
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,14 @@ class CachePolicy(ABC):
         config: msgspec.Struct | None = None,
         model_coefficients: tuple[float, ...] | None = None,
         model_fit_range: tuple[float, float] | None = None,
+        model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
     ):
         """``model_coefficients``: the model's calibrated rescale polynomial, if it has one;
-        ``model_fit_range``: the x range it was fitted on (linear continuation outside)."""
+        ``model_fit_range``: the x range it was fitted on (linear continuation outside);
+        ``model_mag_ratios``: its MagCache ratios per schedule length (see policies/magcache.py)."""
         self.config = config if config is not None else self.config_cls()
         self.model_coefficients = model_coefficients
+        self.model_mag_ratios = model_mag_ratios
         # d = poly(relL1(e0)): the policy's own coefficients, else the model's, else identity
         own = getattr(self.config, "coefficients", None)
         if own:

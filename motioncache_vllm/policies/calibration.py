@@ -27,8 +27,23 @@ IDENTITY_COEFFICIENTS: tuple[float, ...] = (1.0, 0.0)
 CALIBRATION_FILE = "motioncache_calibration.json"
 
 
-Calibration = tuple[tuple[float, ...], tuple[float, float] | None]
-"""(coefficients, fitted x range or None)."""
+MagRatios = dict[int, tuple[float, ...]]
+"""MagCache magnitude ratios per schedule length (steps per chunk), step by step."""
+
+Calibration = tuple[tuple[float, ...], tuple[float, float] | None, MagRatios | None]
+"""(coefficients, fitted x range or None, MagCache ratios or None)."""
+
+
+def ratios_for(mag_ratios: MagRatios, steps: int) -> tuple[float, ...]:
+    """Ratios for a ``steps``-long schedule: the stored one of that length, else the longest
+    stored one resampled by nearest index (as diffusers' MagCacheConfig does)."""
+    if steps in mag_ratios:
+        return mag_ratios[steps]
+    source = mag_ratios[max(mag_ratios)]
+    if steps == 1:
+        return source[-1:]
+    scale = (len(source) - 1) / (steps - 1)
+    return tuple(source[round(i * scale)] for i in range(steps))
 
 
 def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
@@ -42,7 +57,9 @@ def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
     coefficients = tuple(float(c) for c in record["coefficients"])
     lo, hi = record.get("x_range", (None, None))
     fit_range = None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
-    return coefficients, fit_range
+    stored = record.get("mag_ratios")
+    mag_ratios = {int(n): tuple(float(r) for r in ratios) for n, ratios in stored.items()} if stored else None
+    return coefficients, fit_range, mag_ratios
 
 
 def model_calibration(model_dir: str | Path | None, transformer_config) -> Calibration:
@@ -53,8 +70,8 @@ def model_calibration(model_dir: str | Path | None, transformer_config) -> Calib
         return stored
     width = transformer_config.num_attention_heads * transformer_config.attention_head_dim
     if transformer_config.num_layers == 30 and width == 1536:
-        return WAN_1_3B_COEFFICIENTS, None
-    return IDENTITY_COEFFICIENTS, None
+        return WAN_1_3B_COEFFICIENTS, None, None
+    return IDENTITY_COEFFICIENTS, None, None
 
 
 class Rescaler:

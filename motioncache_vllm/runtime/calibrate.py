@@ -1,10 +1,13 @@
-"""Fit the TeaCache-style rescale polynomial of a model (``motioncache calibrate``).
+"""Fit the TeaCache-style rescale polynomial of a model (``motioncache calibrate``), and
+record MagCache's magnitude ratios.
 
 Over full-compute trajectories of a few prompts, per (chunk, branch) and step, record
 ``x = relL1(e0_t, e0_{t-1})`` (what the policies can see before computing) and
 ``y = relL1(R_t, R_{t-1})`` (how much the block-stack residual really changed), then
-fit ``y ~ poly(x)`` by least squares, as TeaCache does. The result is stored beside the
-model's weights as ``motioncache_calibration.json`` and picked up automatically.
+fit ``y ~ poly(x)`` by least squares, as TeaCache does. From the same runs, per schedule
+length and step i, MagCache's ratio ``mean_tokens(|R_i| / |R_{i-1}|)`` averaged over chunks,
+branches and prompts. The result is stored beside the model's weights as
+``motioncache_calibration.json`` and picked up automatically.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class _RecordingState(PolicyState):
     previous_residual: torch.Tensor | None = None
     pending_x: float | None = None
     samples: list = field(default_factory=list)
+    norms: list = field(default_factory=list)  # per step: |R| of every token
 
 
 class _RecordingPolicy(NonePolicy):
@@ -36,9 +40,12 @@ class _RecordingPolicy(NonePolicy):
     def __init__(self) -> None:
         super().__init__()
         self.samples: list[tuple[float, float]] = []
+        self.finished_norms: list[list[torch.Tensor]] = []  # one list per (chunk, branch)
 
     def new_state(self, layout) -> _RecordingState:
-        return _RecordingState(layout)
+        state = _RecordingState(layout)
+        self.finished_norms.append(state.norms)
+        return state
 
     def decide(self, state: _RecordingState, obs):
         state.pending_x = None if state.previous_e0 is None else relative_l1(obs.e0, state.previous_e0)
@@ -49,6 +56,7 @@ class _RecordingPolicy(NonePolicy):
         if state.pending_x is not None and state.previous_residual is not None:
             self.samples.append((state.pending_x, relative_l1(residual, state.previous_residual)))
         state.previous_residual = residual.clone()
+        state.norms.append(torch.linalg.norm(residual.float(), dim=-1))
 
 
 def calibrate(
@@ -66,6 +74,7 @@ def calibrate(
 
     policy = _RecordingPolicy()
     jobs = [(i, prompt, n) for n in steps for i, prompt in enumerate(prompts)]
+    ratios_by_length: dict[int, list[list[float]]] = {}
     for i, prompt, n in jobs:
         r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_inference_steps=n, seed=seed + i))
         generator = seeded_generator(r.seed)
@@ -79,7 +88,12 @@ def calibrate(
             torch.float32, pipe._execution_device, generator,
         )[0]
         embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
+        policy.finished_norms.clear()
         ChunkedRunner(pipe, policy, make_pool(pipe, CacheConfig())).denoise(embeds, latents, r.steps, r.guidance)
+        for norms in policy.finished_norms:  # one (chunk, branch) stream: r.steps residuals
+            ratios_by_length.setdefault(r.steps, []).append(
+                [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(norms, norms[1:])]
+            )
     x, y = np.array(policy.samples).T
     coefficients, used = monotone_polyfit(x, y, degree)
     fitted = np.poly1d(coefficients)(x)
@@ -93,6 +107,7 @@ def calibrate(
         "r2": float(1 - ((y - fitted) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)),
         "prompts": prompts,
         "steps": [r for r in steps],
+        "mag_ratios": {str(n): np.mean(rows, axis=0).round(5).tolist() for n, rows in sorted(ratios_by_length.items())},
     }
 
 

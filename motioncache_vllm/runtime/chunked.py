@@ -62,8 +62,11 @@ class CacheCounters:
     forced_blocks: int = 0  # recomputed only because their cached residual was missing
     recompute_map: list = field(default_factory=list)  # per chunk: (F, H, W) recompute counts
     # seconds: whole transformer calls of denoising steps; policy decisions and bookkeeping;
-    # pool operations; assembling residuals (scatter)
-    timings: dict = field(default_factory=lambda: dict(step_s=0.0, policy_s=0.0, pool_s=0.0, scatter_s=0.0))
+    # pool operations; assembling residuals (scatter); the skipped calls alone (what a call
+    # costs with no block run: embeddings, output head, and the three above)
+    timings: dict = field(
+        default_factory=lambda: dict(step_s=0.0, policy_s=0.0, pool_s=0.0, scatter_s=0.0, skip_call_s=0.0)
+    )
 
 
 class ChunkStream:
@@ -81,10 +84,12 @@ class ChunkStream:
         rope: tuple[torch.Tensor, torch.Tensor],
         counters: CacheCounters,
         recompute_counts: torch.Tensor,
+        num_steps: int | None = None,
     ) -> None:
         self.owner, self.layout, self.policy, self.state, self.pool = owner, layout, policy, state, pool
         self.kv, self.start, self.end, self.rope = kv, start, start + layout.num_tokens, rope
         self.counters, self.recompute_counts = counters, recompute_counts
+        self.num_steps = num_steps
         self.previous_last_frame: torch.Tensor | None = None
         # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
         # and the reverse link; in a paired pool the follower stores both branches' blocks
@@ -114,7 +119,7 @@ class ChunkStream:
         lay = self.layout
         obs = StepObservation(
             e0=temb, hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
-            previous_last_frame=self.previous_last_frame,
+            previous_last_frame=self.previous_last_frame, num_steps=self.num_steps,
         )
         timings = self.counters.timings
         t0 = time.perf_counter()
@@ -300,12 +305,15 @@ class ChunkedRunner:
 
     def _call(self, stream: ChunkStream, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         self.adapter.activate(stream)
+        t0 = time.perf_counter()
         try:
             return self.pipe.transformer(
                 hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t)
             )[0]
         finally:
             self.adapter.activate(None)
+            if stream._mode == "skip" and not stream.commit:
+                stream.counters.timings["skip_call_s"] += time.perf_counter() - t0
 
 
 class DenoiseRun:
@@ -393,7 +401,7 @@ class DenoiseRun:
             self.streams[b] = ChunkStream(
                 owner, lay, self.policy, state, self.pool, self.kv[b],
                 lo * lay.tokens_per_frame, ad.rope_rows(lo, self.block, self.grid), self.counters,
-                self._recompute_counts,
+                self._recompute_counts, len(self.timesteps),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
         if self.runner.cfg_shared and "uncond" in self.streams:

@@ -62,8 +62,10 @@ class StepwiseGeneration:
         self.request_id = request_id or uuid.uuid4().hex
         self._result: GenerationResult | None = None
         with torch.inference_mode():  # as generate_video (see its docstring)
-            coefficients, fit_range = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
-            policy = make_policy(cache.policy, cache.policy_config, coefficients, fit_range)
+            coefficients, fit_range, mag_ratios = model_calibration(
+                getattr(pipe, "name_or_path", None), pipe.transformer.config
+            )
+            policy = make_policy(cache.policy, cache.policy_config, coefficients, fit_range, mag_ratios)
             self.pool = pool if pool is not None else make_pool(pipe, cache)
             device = pipe._execution_device
             self._t0 = time.perf_counter()
