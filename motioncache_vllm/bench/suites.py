@@ -334,11 +334,8 @@ def _plot_memory(result: dict, path: Path) -> None:
         if p["policy"] == "none":
             ax.axhline(p["speedup"], color="grey", ls=":", lw=0.8, label="chunked full compute")
     ax.set_xticks(range(len(budgets)), [b.removeprefix("pool:") for b in budgets])
-    ax.set_xlabel("pool budget (share of the unbounded float32 peak)")
-    ax.set_ylabel("speedup vs vanilla pipeline")
-    ax.set_title(f"memory ({result['machine']['date']})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    label_axes(ax, "pool budget (share of the unbounded float32 peak)", "speedup vs vanilla pipeline",
+               f"memory ({result['machine']['date']})", legend_size=6)
     save_figure(fig, path)
 
 
@@ -503,6 +500,14 @@ def pyplot():
     return plt
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -536,11 +541,8 @@ def _plot(result: dict, path: Path) -> None:
     for name, pts in by_policy.items():
         pts = sorted(pts, key=lambda p: p["speedup"])
         ax.plot([p["speedup"] for p in pts], [p["psnr_db"] for p in pts], "o-", label=name)
-    ax.set_xlabel("speedup vs vanilla pipeline (wall clock)")
-    ax.set_ylabel("PSNR vs vanilla output (dB)")
-    ax.set_title(f"{result['suite']} ({result['machine']['date']})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    label_axes(ax, "speedup vs vanilla pipeline (wall clock)", "PSNR vs vanilla output (dB)",
+               f"{result['suite']} ({result['machine']['date']})")
     save_figure(fig, path)
 
 

@@ -20,7 +20,7 @@ from motioncache_vllm.policies.teacache import TeaCacheConfig, TeaCachePolicy
 __all__ = [
     "CachePolicy", "Decision", "PolicyState", "StepObservation", "UnknownPolicyError", "InvalidPolicyConfig",
     "register_policy", "policy_names", "policy_for_config", "get_policy_class", "make_policy", "parse_overrides",
-    "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig",
+    "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig", "MagCacheConfig",
 ]
 
 
