@@ -81,7 +81,7 @@ def generate(
     ),
     pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
     tile: int = typer.Option(1, help="Spatial block side in tokens (1 = per-token, as in the paper)."),
-    eviction: str = typer.Option("motion", help="Pool eviction order when full: motion or lru."),
+    eviction: str = typer.Option("motion", help="When the pool is full: evict by motion or lru, or admit (a chunk cached whole or not at all)."),
     pool_dtype: str = typer.Option(
         "float32", help="Pool storage: float32 (exact), float16, bfloat16, int8 or int4 (more blocks per MiB)."
     ),

@@ -80,7 +80,8 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_mib: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
     """Activation pool budget in MiB; None = unbounded."""
     eviction: str = "motion"
-    """Eviction order when the pool is full: ``motion`` (expected reuse) or ``lru``."""
+    """When the pool is full: evict by ``motion`` (expected reuse) or ``lru``, or ``admit``
+    (no eviction: a chunk is cached whole or not at all; for pools shared by many requests)."""
     pool_dtype: PoolDtype = "float32"
     """Storage of cached residuals: float32 is exact; float16/bfloat16 halve the bytes per
     block, int8 / int4 (Hadamard-rotated rows, one scale per row) about a quarter / an eighth,

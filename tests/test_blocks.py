@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from motioncache_vllm.blocks.codec import SlotCodec
-from motioncache_vllm.blocks.eviction import LRUOrder, MotionAwareOrder
+from motioncache_vllm.blocks.eviction import AdmitWholeOrder, LRUOrder, MotionAwareOrder
 from motioncache_vllm.blocks.free_queue import NULL, FreeSlotQueue
 from motioncache_vllm.blocks.layout import ChunkLayout
 from motioncache_vllm.blocks.pool import ActivationPool
@@ -90,12 +90,12 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    ops=ops, budget_slots=st.integers(0, 12), eviction=st.sampled_from(["motion", "lru"]),
+    ops=ops, budget_slots=st.integers(0, 12), eviction=st.sampled_from(["motion", "lru", "admit"]),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.int8, "int4"]),
     pair=st.sampled_from([None, "int4"]),
 )
 def test_budget_never_exceeded_and_tables_consistent(ops, budget_slots, eviction, dtype, pair):
-    order = MotionAwareOrder() if eviction == "motion" else LRUOrder()
+    order = {"motion": MotionAwareOrder, "lru": LRUOrder, "admit": AdmitWholeOrder}[eviction]()
     tokens, dim = 2, 3
     budget = budget_slots * tokens * dim * 4
     pool = ActivationPool(tokens, dim, budget_bytes=budget, eviction=order, dtype=dtype, pair_dtype=pair)
@@ -174,3 +174,18 @@ def test_paired_int4_pool_holds_both_cfg_branches_in_a_fifth_of_the_bytes():
     exact = ActivationPool(3, 256)
     paired = ActivationPool(3, 256, dtype="int8", pair_dtype="int4")
     assert paired.codec.rows == 6 and paired.slot_bytes / (2 * exact.slot_bytes) < 0.2
+
+
+def test_admission_control_caches_a_chunk_whole_or_not_at_all():
+    """``admit``: no owner's blocks are evicted for another's; a write needing more new slots
+    than are free is refused whole, and succeeds once a finished chunk releases its slots."""
+    pool = ActivationPool(2, 3, budget_bytes=8 * 2 * 3 * 4, eviction=AdmitWholeOrder())  # 8 slots
+    four = torch.arange(4)
+    assert pool.write("a", 4, four, _values(4), torch.zeros(4)).all()
+    assert pool.write("b", 4, four, _values(4), torch.zeros(4)).all()
+    assert not pool.write("c", 4, four, _values(4), torch.zeros(4)).any()  # refused, nothing evicted
+    assert pool.present("a", 4).all() and pool.present("b", 4).all() and not pool.present("c", 4).any()
+    assert pool.stats.evictions == 0 and pool.stats.dropped_writes == 4
+    assert pool.write("a", 4, torch.tensor([1, 3]), _values(2, fill=2.0), torch.zeros(2)).all()  # rewrites fit
+    pool.release("a")
+    assert pool.write("c", 4, four, _values(4), torch.zeros(4)).all()

@@ -260,3 +260,30 @@ def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
 def test_cfg_delta_needs_shared_decisions():
     with pytest.raises(ValueError, match="needs cfg_shared"):
         CacheConfig(policy="motion", cfg_delta_dtype="int4")
+
+
+def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
+    """Three requests interleaved unit by unit on one pool that holds one request's chunk:
+    evicting thrashes (each miss makes a step full), admitting chunks whole does not."""
+    from motioncache_vllm.runtime.generate import make_pool
+    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+
+    requests = [GenerationRequest(prompt=p, num_frames=9, num_inference_steps=10, seed=i)
+                for i, p in enumerate(["static scene", "a red circle moves right slowly", "a blue square bounces up"])]
+    need = 2 * 64 * 3 * 256 * 4  # one request's chunk, both branches, float32
+    computed = {}
+    for eviction in ("lru", "admit"):
+        cache = CacheConfig(policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction)
+        pool = make_pool(embedded_pipe, cache)
+        gens = [StepwiseGeneration(embedded_pipe, r, cache=cache, pool=pool, request_id=f"r{i}")
+                for i, r in enumerate(requests)]
+        while not all(g.done for g in gens):
+            for g in gens:
+                if not g.done:
+                    g.step()
+        stats = [g.result().stats for g in gens]
+        computed[eviction] = sum(s["token_steps_computed"] for s in stats) / sum(s["token_steps_total"] for s in stats)
+        if eviction == "admit":
+            assert pool.stats.evictions == 0
+    # measured: lru 1.00 (every step full), admit 0.83 (one request cached whole, two uncached)
+    assert computed["lru"] > 0.95 and computed["admit"] < 0.9

@@ -8,6 +8,11 @@ and priorities. Two orders:
   least reuse left. Priorities are "expected steps until recompute" from
   :meth:`CachePolicy.steps_until_recompute`; a min-heap with lazy invalidation.
 - ``lru``: least recently used first, for comparison.
+- ``admit``: no eviction; admission control instead. A write that needs more new slots
+  than are free is refused whole, so a request's chunk is cached completely or not at all
+  and never evicts another's blocks. Since a missing block makes the whole step full, a
+  shared pool too small for every live request otherwise thrashes (measured: 4 interleaved
+  requests computed 97-100% of their token-steps with motion-aware or LRU eviction).
 """
 
 from __future__ import annotations
@@ -104,7 +109,26 @@ class MotionAwareOrder(EvictionOrder):
         return found
 
 
-EVICTION_ORDERS: dict[str, type[EvictionOrder]] = {"motion": MotionAwareOrder, "lru": LRUOrder}
+class AdmitWholeOrder(EvictionOrder):
+    """Never evicts; tells the pool to admit an owner's new blocks all together or not at all."""
+
+    name = "admit"
+    admits_whole = True
+
+    def insert(self, slot: int, priority: float) -> None:
+        pass
+
+    def touch(self, slot: int, priority: float | None = None) -> None:
+        pass
+
+    def remove(self, slot: int) -> None:
+        pass
+
+    def victim(self, pinned: set[int]) -> int | None:
+        return None
+
+
+EVICTION_ORDERS: dict[str, type[EvictionOrder]] = {"motion": MotionAwareOrder, "lru": LRUOrder, "admit": AdmitWholeOrder}
 
 
 def make_eviction_order(name: str) -> EvictionOrder:

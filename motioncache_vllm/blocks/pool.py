@@ -133,6 +133,11 @@ class ActivationPool:
         """
         table = self.table(owner, num_blocks)
         stored = torch.zeros(len(blocks), dtype=torch.bool)
+        if getattr(self.eviction, "admits_whole", False) and self.budget_bytes is not None:
+            new = int((table[blocks] < 0).sum())
+            if new > len(self.free):  # admission control: all of it or none of it
+                self.stats.dropped_writes += new
+                return stored
         pinned = {int(s) for s in table[blocks].tolist() if s >= 0}
         written: list[int] = []
         for i, (block, priority) in enumerate(zip(blocks.tolist(), priorities.tolist())):

@@ -37,7 +37,7 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     cache_tile: int = 1
     """Spatial block side in tokens; engine-wide because it fixes the pool's slot size."""
     cache_eviction: str = "motion"
-    """Pool eviction order: ``motion`` or ``lru``."""
+    """Pool eviction order: ``motion``, ``lru`` or ``admit`` (see CacheConfig.eviction)."""
     cache_pool_dtype: PoolDtype = "float32"
     """Storage of the pool: float32, float16, bfloat16, int8 or int4 (see CacheConfig)."""
     cache_cfg_shared: bool = False
