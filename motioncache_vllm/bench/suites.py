@@ -24,6 +24,7 @@ import torch
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.metrics import psnr_db, ssim
+from motioncache_vllm.policies.calibration import magnitude_ratios
 from motioncache_vllm.runtime.generate import GenerationResult, generate_video
 
 
@@ -238,8 +239,7 @@ def magcache_ratios(pipe, s: BenchSettings) -> tuple[int, list[float]]:
         pre.remove()
         post.remove()
     cond = norms[0::2] if len(norms) % 2 == 0 else norms  # the loop calls cond then uncond
-    ratios = [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(cond, cond[1:])]
-    return len(cond), ratios
+    return len(cond), magnitude_ratios(cond)
 
 
 def dbcache_candidates(quick: bool) -> list[Candidate]:
@@ -521,11 +521,8 @@ def _plot_curves(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in result["curves"]:
         ax.plot(c["psnr_db_per_chunk"], ".-", label=f"{c['policy']} - {c['prompt'][:28]}")
-    ax.set_xlabel("chunk")
-    ax.set_ylabel(f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)")
-    ax.set_title(f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    label_axes(ax, "chunk", f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)",
+               f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)", legend_size=6)
     save_figure(fig, path)
 
 

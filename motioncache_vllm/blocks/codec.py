@@ -67,10 +67,6 @@ class SlotCodec:
         self.rows = sum(s.rows for s in self.sections)
         self._rotation = _hadamard(dim)
 
-    @property
-    def lossless(self) -> bool:
-        return all(s.fmt == "float32" for s in self.sections)
-
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """(n, rows, dim) floats -> (n, slot_bytes) uint8."""
         n = values.shape[0]

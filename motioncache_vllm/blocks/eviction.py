@@ -25,6 +25,7 @@ from collections import OrderedDict
 
 class EvictionOrder(ABC):
     name: str
+    admits_whole: bool = False  # the pool refuses a write it cannot hold whole (see AdmitWholeOrder)
 
     @abstractmethod
     def insert(self, slot: int, priority: float) -> None: ...

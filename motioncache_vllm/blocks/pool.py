@@ -133,7 +133,7 @@ class ActivationPool:
         """
         table = self.table(owner, num_blocks)
         stored = torch.zeros(len(blocks), dtype=torch.bool)
-        if getattr(self.eviction, "admits_whole", False) and self.budget_bytes is not None:
+        if self.eviction.admits_whole and self.budget_bytes is not None:
             new = int((table[blocks] < 0).sum())
             if new > len(self.free):  # admission control: all of it or none of it
                 self.stats.dropped_writes += new

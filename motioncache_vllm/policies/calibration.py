@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 # TeaCache's Wan2.1 T2V 1.3B fit (TeaCache4Wan2.1, also used by FlowCache/MotionCache
 # for SkyReels-V2 1.3B), highest power first.
@@ -32,6 +33,12 @@ MagRatios = dict[int, tuple[float, ...]]
 
 Calibration = tuple[tuple[float, ...], tuple[float, float] | None, MagRatios | None]
 """(coefficients, fitted x range or None, MagCache ratios or None)."""
+
+
+def magnitude_ratios(norms: list[torch.Tensor]) -> list[float]:
+    """MagCache's calibration formula over consecutive residuals' per-token norms:
+    ``[1, mean(|R_1| / |R_0|), mean(|R_2| / |R_1|), ...]``."""
+    return [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(norms, norms[1:])]
 
 
 def ratios_for(mag_ratios: MagRatios, steps: int) -> tuple[float, ...]:

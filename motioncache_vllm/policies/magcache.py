@@ -40,6 +40,10 @@ class MagState(PolicyState):
 
     def reset(self) -> None:
         super().reset()
+        self.restart()
+
+    def restart(self) -> None:
+        """A computed step: the cached residual is fresh again."""
         self.acc_ratio, self.acc_error, self.acc_steps = 1.0, 0.0, 0
 
 
@@ -52,6 +56,7 @@ class MagCachePolicy(CachePolicy):
         super().__init__(*args, **kwargs)
         own = self.config.mag_ratios
         self.mag_ratios: MagRatios | None = {len(own): tuple(own)} if own else self.model_mag_ratios
+        self._resampled: dict[int, tuple[float, ...]] = {}  # per schedule length, built once
 
     def new_state(self, layout) -> MagState:
         return MagState(layout)
@@ -63,15 +68,17 @@ class MagCachePolicy(CachePolicy):
             return Decision.full()  # nothing calibrated: never guess
         if state.step < int(cfg.retention_ratio * steps + 0.5) or state.step == 0:
             return Decision.full()
-        ratios = ratios_for(self.mag_ratios, steps)
+        ratios = self._resampled.get(steps)
+        if ratios is None:
+            ratios = self._resampled[steps] = ratios_for(self.mag_ratios, steps)
         state.acc_ratio *= ratios[min(state.step, len(ratios) - 1)]
         state.acc_steps += 1
         state.acc_error += abs(1.0 - state.acc_ratio)
         if state.acc_error <= cfg.threshold and state.acc_steps <= cfg.max_skip_steps:
             return Decision.skip()
-        state.acc_ratio, state.acc_error, state.acc_steps = 1.0, 0.0, 0
+        state.restart()
         return Decision.full()
 
     def on_computed(self, state: MagState, blocks) -> None:
-        if blocks is None:  # a full step (also one forced by a pool miss) refreshes the residual
-            state.acc_ratio, state.acc_error, state.acc_steps = 1.0, 0.0, 0
+        if blocks is None:  # a full step forced by a pool miss refreshes the residual too
+            state.restart()

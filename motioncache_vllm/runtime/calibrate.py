@@ -22,7 +22,7 @@ import torch
 from motioncache_vllm.config import GenerationRequest
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import PolicyState
-from motioncache_vllm.policies.calibration import CALIBRATION_FILE
+from motioncache_vllm.policies.calibration import CALIBRATION_FILE, magnitude_ratios
 from motioncache_vllm.policies.none import NonePolicy
 
 
@@ -91,9 +91,7 @@ def calibrate(
         policy.finished_norms.clear()
         ChunkedRunner(pipe, policy, make_pool(pipe, CacheConfig())).denoise(embeds, latents, r.steps, r.guidance)
         for norms in policy.finished_norms:  # one (chunk, branch) stream: r.steps residuals
-            ratios_by_length.setdefault(r.steps, []).append(
-                [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(norms, norms[1:])]
-            )
+            ratios_by_length.setdefault(r.steps, []).append(magnitude_ratios(norms))
     x, y = np.array(policy.samples).T
     coefficients, used = monotone_polyfit(x, y, degree)
     fitted = np.poly1d(coefficients)(x)
