@@ -1,6 +1,6 @@
 """Probe (README/RESULTS pool-format figures): one 17-frame video under each pool format and
 budget, PSNR against the stock loop. Run: python benchmarks/probes/pool_formats.py"""
-import torch, time, sys
+import torch, sys
 from motioncache_vllm.models.loading import load_pipeline
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.runtime.generate import generate_video
