@@ -391,6 +391,62 @@ class DenoiseRun:
             self.close()
         return kind
 
+    # -- snapshots (see runtime/snapshot.py) ------------------------------------------------
+    @property
+    def chunks_done(self) -> int:
+        return self.units_done // self.units_per_chunk
+
+    def context_kv(self) -> dict[str, list[torch.Tensor]]:
+        """Per CFG branch ``[K0, V0, K1, V1, ...]`` over the finished chunks' tokens (views)."""
+        end = self.chunks_done * self.block * self.layout.tokens_per_frame
+        return {
+            b: [t[:, :end] for layer in range(self.adapter.num_layers) for t in (kv.keys(layer), kv.values(layer))]
+            for b, kv in self.kv.items()
+        }
+
+    @torch.no_grad()
+    def skip_to(
+        self,
+        chunks_done: int,
+        kv: dict[str, list[torch.Tensor]] | None = None,
+        previous_last: dict[str, torch.Tensor | None] | None = None,
+        chunk_embeds=None,
+    ) -> None:
+        """Start after ``chunks_done`` chunks whose final latents are already in ``latents``.
+
+        Their context is either given (``kv`` as :meth:`context_kv` returns it, and
+        ``previous_last``) or recomputed: one commit pass per chunk and branch, in order,
+        with ``chunk_embeds(c)`` (the prompt embeddings chunk ``c`` was made with), i.e. the
+        very calls the original run made, so the K/V come out bit-identical.
+        """
+        if self.units_done or self._closed:
+            raise RuntimeError("skip_to must come before the first unit")
+        if not 0 <= chunks_done <= self.num_chunks:
+            raise ValueError(f"{chunks_done} finished chunks of a {self.num_chunks}-chunk video")
+        if kv is not None:
+            for b in self.branches:
+                if b not in kv:
+                    raise ValueError(f"the snapshot has no K/V of CFG branch {b!r} (guidance differs?)")
+                for layer in range(self.adapter.num_layers):
+                    k, v = kv[b][2 * layer], kv[b][2 * layer + 1]
+                    self.kv[b].keys(layer)[:, : k.shape[1]] = k
+                    self.kv[b].values(layer)[:, : v.shape[1]] = v
+            for b in self.branches:
+                self.previous_last[b] = None if not previous_last or previous_last.get(b) is None else previous_last[b]
+        else:
+            own = self.prompt_embeds
+            try:
+                for c in range(chunks_done):
+                    self.prompt_embeds = chunk_embeds(c) if chunk_embeds is not None else own
+                    lo = c * self.block
+                    self._begin_chunk(c, lo)
+                    self._commit(c, lo, lo + self.block)
+            finally:
+                self.prompt_embeds = own
+        self.units_done = chunks_done * self.units_per_chunk
+        if self.done:
+            self.close()
+
     def _begin_chunk(self, c: int, lo: int) -> None:
         lay, ad = self.layout, self.adapter
         self._recompute_counts = torch.zeros(lay.num_blocks, dtype=torch.int32)

@@ -35,6 +35,7 @@ from motioncache_vllm.runtime.generate import (
     resolve,
     seeded_generator,
 )
+from motioncache_vllm.runtime.snapshot import CountersData, GenerationSnapshot, TensorData, VideoPlan, chunks_of
 
 
 class StepwiseGeneration:
@@ -50,45 +51,168 @@ class StepwiseGeneration:
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> None:
+        r = request if isinstance(request, ResolvedRequest) else resolve(pipe, request)
+        with torch.inference_mode():  # as generate_video (see its docstring)
+            t0 = time.perf_counter()
+            generator = generator if generator is not None else seeded_generator(r.seed)
+            padded = pipe.padded_num_frames(r.num_frames)
+            latents = pipe.prepare_latents(
+                1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32,
+                pipe._execution_device, generator,
+            )[0]
+        self._setup(pipe, VideoPlan.of(r), latents, cache, pool, request_id, progress, t0)
+
+    # -- snapshots (runtime/snapshot.py) ---------------------------------------------------
+    @classmethod
+    def resume(
+        cls,
+        pipe,
+        snapshot: GenerationSnapshot,
+        cache: CacheConfig | None = None,
+        pool: ActivationPool | None = None,
+        request_id: str | None = None,
+        progress: bool = False,
+    ) -> "StepwiseGeneration":
+        """Continue the generation ``snapshot`` was taken from: the same frames as the run
+        that was never interrupted (same plan, same units from the next chunk on)."""
+        gen = cls.__new__(cls)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            latents = snapshot.latents.tensor()
+        gen._setup(pipe, snapshot.plan, latents, cache, pool, request_id, progress, t0, restore=snapshot)
+        return gen
+
+    @classmethod
+    def extend(
+        cls,
+        pipe,
+        snapshot: GenerationSnapshot,
+        prompt: str,
+        num_frames: int,
+        seed: int = 0,
+        cache: CacheConfig | None = None,
+        pool: ActivationPool | None = None,
+        request_id: str | None = None,
+        progress: bool = False,
+    ) -> "StepwiseGeneration":
+        """Continue a finished video to ``num_frames`` pixel frames in all, the new chunks
+        denoised for ``prompt`` from noise of ``seed``; the finished chunks are kept as they
+        are (so the first frames of the result equal the original's) and serve as context."""
+        if not snapshot.done:
+            raise ValueError(
+                f"only a finished video can be extended ({snapshot.chunks_done}/{snapshot.num_chunks} chunks "
+                "done): resume it first"
+            )
+        plan = snapshot.plan.extended(prompt, num_frames, seed)
+        gen = cls.__new__(cls)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            old = snapshot.latents.tensor()
+            new_frames = (pipe.padded_num_frames(num_frames) - 1) // pipe.vae_scale_factor_temporal + 1 - old.shape[2]
+            generator = seeded_generator(seed)
+            noise = torch.randn((*old.shape[:2], max(new_frames, 0), *old.shape[3:]), generator=generator,
+                                dtype=old.dtype)
+            latents = torch.cat([old, noise], dim=2)
+        gen._setup(pipe, plan, latents, cache, pool, request_id, progress, t0, restore=snapshot)
+        return gen
+
+    def snapshot(self, include_kv: bool = True) -> GenerationSnapshot:
+        """The state after the last finished chunk; only between chunks (right after a
+        commit unit, before any unit, or when done). ``include_kv=False``: without the
+        context K/V (recomputed on resume; a much smaller snapshot)."""
+        run = self.run
+        if run.position[1] != 0:
+            c, i = run.position
+            raise RuntimeError(f"a snapshot is taken between chunks; chunk {c} is at unit {i}")
+        kv = previous = None
+        with torch.inference_mode():
+            if include_kv:
+                kv = {b: [TensorData.of(t) for t in ts] for b, ts in run.context_kv().items()}
+                previous = {b: TensorData.of(t) for b, t in run.previous_last.items() if t is not None}
+            return GenerationSnapshot(
+                plan=self.plan, chunks_done=run.chunks_done, num_chunks=run.num_chunks,
+                latents=TensorData.of(run.latents), kv=kv, previous_last=previous,
+                counters=CountersData.of(run.counters),
+            )
+
+    @property
+    def resumed_chunks(self) -> int:
+        """Chunks this object did not denoise itself (taken from a snapshot)."""
+        return self._resumed_chunks
+
+    def _setup(self, pipe, plan: VideoPlan, latents, cache, pool, request_id, progress, t0,
+               restore: GenerationSnapshot | None = None) -> None:
         from tqdm.auto import tqdm
 
         from motioncache_vllm.policies import make_policy
         from motioncache_vllm.policies.calibration import model_calibration
         from motioncache_vllm.runtime.chunked import ChunkedRunner
 
-        self.pipe = pipe
+        self.pipe, self.plan = pipe, plan
         self.cache = cache = cache or CacheConfig()
-        r = self.request = request if isinstance(request, ResolvedRequest) else resolve(pipe, request)
+        r = self.request = plan.resolved()
         self.request_id = request_id or uuid.uuid4().hex
         self._result: GenerationResult | None = None
-        with torch.inference_mode():  # as generate_video (see its docstring)
+        self._t0 = t0
+        with torch.inference_mode():
             coefficients, fit_range, mag_ratios = model_calibration(
                 getattr(pipe, "name_or_path", None), pipe.transformer.config
             )
             policy = make_policy(cache.policy, cache.policy_config, coefficients, fit_range, mag_ratios)
             self.pool = pool if pool is not None else make_pool(pipe, cache)
-            device = pipe._execution_device
-            self._t0 = time.perf_counter()
-            generator = generator if generator is not None else seeded_generator(r.seed)
-            pipe._guidance_scale = r.guidance
-            cond, uncond = pipe.encode_prompt(
-                r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
-                max_sequence_length=r.max_sequence_length, device=device,
-            )
-            padded = pipe.padded_num_frames(r.num_frames)
-            latents = pipe.prepare_latents(
-                1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32, device, generator
-            )[0]
+            pipe._guidance_scale = plan.guidance
+            embeds = self._embeds(plan.prompt)
             self.runner = ChunkedRunner(pipe, policy, self.pool, tile=cache.tile, cfg_shared=cache.cfg_shared)
             chunks = latents.shape[2] // pipe.causal_block_size
-            self._bar = tqdm(total=chunks * r.steps, disable=not progress, leave=False, desc=cache.policy)
-            embeds = {"cond": cond.to(pipe.transformer.dtype)}
-            if uncond is not None:
-                embeds["uncond"] = uncond.to(pipe.transformer.dtype)
+            done = restore.chunks_done if restore is not None else 0
+            self._resumed_chunks = done
+            self._bar = tqdm(total=(chunks - done) * r.steps, disable=not progress, leave=False, desc=cache.policy)
             self._latent_shape = latents.shape
             self.run = self.runner.start(
                 embeds, latents, r.steps, r.guidance, request_id=self.request_id, progress=self._bar
             )
+            if restore is not None:
+                self._restore(restore)
+
+    def _embeds(self, prompt: str) -> dict[str, torch.Tensor]:
+        pipe, plan = self.pipe, self.plan
+        cond, uncond = pipe.encode_prompt(
+            prompt, None, do_classifier_free_guidance=plan.guidance > 1.0, num_videos_per_prompt=1,
+            max_sequence_length=plan.max_sequence_length, device=pipe._execution_device,
+        )
+        embeds = {"cond": cond.to(pipe.transformer.dtype)}
+        if uncond is not None:
+            embeds["uncond"] = uncond.to(pipe.transformer.dtype)
+        return embeds
+
+    def _restore(self, snap: GenerationSnapshot) -> None:
+        run = self.run
+        try:
+            if snap.kv is not None:
+                kv = {b: [t.tensor() for t in ts] for b, ts in snap.kv.items()}
+                previous = {b: t.tensor() for b, t in (snap.previous_last or {}).items()}
+                run.skip_to(snap.chunks_done, kv, previous)
+            else:
+                run.skip_to(snap.chunks_done, chunk_embeds=self._chunk_embeds(snap.plan))
+            snap.counters.restore(run.counters)
+        except BaseException:
+            self.close()
+            raise
+
+    def _chunk_embeds(self, plan: VideoPlan):
+        """chunk index -> the prompt embeddings its segment of ``plan`` was denoised with."""
+        pipe = self.pipe
+        ends, cache = [], {}
+        for seg in plan.segments:
+            ends.append(chunks_of(seg.num_frames, pipe.vae_scale_factor_temporal, pipe.causal_block_size))
+
+        def embeds(c: int) -> dict[str, torch.Tensor]:
+            prompt = next(seg.prompt for seg, end in zip(plan.segments, ends) if c < end)
+            if prompt not in cache:
+                cache[prompt] = self._embeds(prompt)
+            return cache[prompt]
+
+        return embeds
 
     # -- progress ------------------------------------------------------------------------
     @property
@@ -160,8 +284,97 @@ class StepwiseGeneration:
             kv_cache_bytes=result.kv_bytes,
             timings={k: round(v, 4) for k, v in c.timings.items()},
         )
+        if self._resumed_chunks:  # the figures cover the whole video, these chunks' work included
+            stats["resumed_chunks"] = self._resumed_chunks
         self._result = GenerationResult(
             frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
             recompute_map=recompute_map_frames(c, grid, cache.tile),
         )
         return self._result
+
+
+class PlanGeneration:
+    """A whole :class:`VideoPlan` (a request and its extensions) as one steppable generation.
+
+    Starts from ``snapshot`` (of the plan itself or of a prefix of it: an interrupted
+    generation is resumed, a finished one extended) or, without one, from nothing; then
+    runs the remaining segments in turn, each extending the one before. This is how a
+    server continues a stored session, or regenerates a lost one from its plan, with the
+    same frames either way. Same interface as :class:`StepwiseGeneration` (``step``,
+    ``done``, ``steps_done``/``total_steps``, ``result``, ``snapshot``, ``close``).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        plan: VideoPlan,
+        snapshot: GenerationSnapshot | None = None,
+        cache: CacheConfig | None = None,
+        pool: ActivationPool | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.pipe, self.plan, self.cache, self.pool = pipe, plan, cache, pool
+        self.request_id = request_id or uuid.uuid4().hex
+        start = 0
+        if snapshot is not None:
+            n = len(snapshot.plan.segments)
+            if snapshot.plan.prefix(n) != plan.prefix(n) or n > len(plan.segments):
+                raise ValueError("the snapshot is not of this video (its plan is not a prefix of the plan)")
+            start = snapshot.chunks_done
+        t, block = pipe.vae_scale_factor_temporal, pipe.causal_block_size
+        self.total_steps = (chunks_of(plan.num_frames, t, block) - start) * (plan.steps + 1)
+        self.steps_done = 0
+        self._segment = len(snapshot.plan.segments) if snapshot is not None else 1
+        self._last = snapshot
+        if snapshot is None:
+            self.gen = StepwiseGeneration(pipe, plan.prefix(1).resolved(), cache, pool, self.request_id)
+        elif not snapshot.done or self._segment == len(plan.segments):
+            self.gen = StepwiseGeneration.resume(pipe, snapshot, cache, pool, self.request_id)
+        else:
+            self.gen = None
+        self.resumed_chunks = start
+        self._advance_segments()
+
+    @property
+    def done(self) -> bool:
+        return self.gen.done and self._segment >= len(self.plan.segments)
+
+    def _advance_segments(self) -> None:
+        # a finished segment with more to come: extend it (an extension that adds no chunk,
+        # e.g. frames the padding already holds, is done as soon as it is made)
+        while (self.gen is None or self.gen.done) and self._segment < len(self.plan.segments):
+            snap = self._last if self.gen is None else self.gen.snapshot()
+            if self.gen is not None:
+                self.gen.close()
+            seg = self.plan.segments[self._segment]
+            self._segment += 1
+            self.gen = StepwiseGeneration.extend(
+                self.pipe, snap, seg.prompt, seg.num_frames, seg.seed, self.cache, self.pool, self.request_id
+            )
+
+    def step(self) -> str:
+        """One unit (see :meth:`StepwiseGeneration.step`); ``"commit"`` ends a chunk."""
+        kind = self.gen.step()
+        self.steps_done += 1
+        self._advance_segments()
+        return kind
+
+    @property
+    def chunks_done(self) -> int:
+        return self.gen.run.chunks_done
+
+    def snapshot(self, include_kv: bool = True) -> GenerationSnapshot:
+        return self.gen.snapshot(include_kv)
+
+    def close(self) -> None:
+        self.gen.close()
+
+    def result(self) -> GenerationResult:
+        if not self.done:
+            raise RuntimeError(f"generation unfinished: {self.steps_done}/{self.total_steps} units")
+        result = self.gen.result()
+        if self.resumed_chunks:
+            result.stats["resumed_chunks"] = self.resumed_chunks
+        else:
+            result.stats.pop("resumed_chunks", None)  # regenerated from nothing: every chunk computed here
+        return result
