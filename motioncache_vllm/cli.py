@@ -405,6 +405,15 @@ def serve(
         None, help="Default cache policy of requests: none, teacache, flowcache, motion, magcache (default: motion)."
     ),
     cache_pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
+    workers: int = typer.Option(
+        0, help="Serve with a Ray fleet of this many engine workers behind one API (0: one vLLM server)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, help="With --workers: join this Ray cluster ('auto' or HOST:PORT) instead of starting a local one."
+    ),
+    fleet_config: Optional[str] = typer.Option(
+        None, help="With --workers: JSON of fleet settings (FleetConfig: max_attempts, cpus_per_worker, ...)."
+    ),
 ) -> None:
     """Serve the video model over HTTP with vLLM (POST /v1/videos, POST /pooling, GET /metrics)."""
     import json
@@ -463,6 +472,19 @@ def serve(
         except ModelNotFoundError as exc:
             _fail(str(exc))
     ready = f"motioncache: serving {model} on http://{launcher.probe_host(host)}:{port} (cache policy {policy})"
+    if workers < 0:
+        _fail(f"--workers must be >= 0, got {workers}")
+    if (ray_address is not None or fleet_config is not None) and not workers:
+        _fail("--ray-address and --fleet-config need --workers N")
+    if workers:
+        from motioncache_vllm.fleet.cli import serve_fleet
+
+        serve_fleet(
+            str(model_dir), host=host, port=port, served_model_name=model, extra=extra, cache_policy=policy,
+            pass_policy=pass_policy, cache_pool_mib=cache_pool_mib, settings=settings, workers=workers,
+            ray_address=ray_address, fleet_config=fleet_config, ready_line=ready.replace("(cache policy", f"with {workers} Ray workers (cache policy"),
+        )
+        return
     launcher.launch(
         str(model_dir), host=host, port=port, served_model_name=model, extra=extra,
         cache_policy=policy if pass_policy else None, cache_pool_mib=cache_pool_mib, ready_line=ready,

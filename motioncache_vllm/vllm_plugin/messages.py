@@ -60,6 +60,9 @@ class VideoRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omi
     guidance_scale: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     cache: CacheOverrides = msgspec.field(default_factory=CacheOverrides)
+    ticket: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    """Opaque id of a serving layer above the engine (the Ray fleet sets it to find a
+    request's per-chunk checkpoints); handed to ``VideoWorker``'s hooks, never interpreted."""
 
     def generation_request(self) -> GenerationRequest:
         return GenerationRequest(

@@ -24,13 +24,17 @@ from vllm.pooling_params import PoolingParams
 from vllm.renderers import BaseRenderer
 
 from motioncache_vllm.vllm_plugin.messages import (
-    InvalidVideoRequest,
     VideoGenerationError,
     VideoRequest,
     VideoResponse,
-    decode_request,
 )
-from motioncache_vllm.vllm_plugin.worker import FILLER_TOKEN, EngineCacheSettings, tensor_to_payload, work_units
+from motioncache_vllm.vllm_plugin.worker import (
+    FILLER_TOKEN,
+    EngineCacheSettings,
+    tensor_to_payload,
+    validate_request,
+    work_units,
+)
 
 VIDEO_FPS = 16
 
@@ -74,20 +78,7 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         self.work_defaults = pipeline_work_defaults(vllm_config)
 
     def parse_data(self, data: object) -> VideoRequest:
-        from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
-
-        request = decode_request(data)
-        if request.num_frames is not None and (request.num_frames - 1) % 4:
-            lo = (request.num_frames - 1) // 4 * 4 + 1
-            raise InvalidVideoRequest(
-                f"invalid video request: num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), "
-                f"got {request.num_frames}"
-            )
-        try:
-            self.settings.cache_config(request.cache)
-        except (UnknownPolicyError, InvalidPolicyConfig) as exc:
-            raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
-        return request
+        return validate_request(data, self.settings)
 
     def merge_pooling_params(self, params: PoolingParams | None = None) -> PoolingParams:
         params = params or PoolingParams()

@@ -10,14 +10,20 @@ import hashlib
 import logging
 import uuid
 import weakref
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import msgspec
 import numpy as np
 import torch
 
 from motioncache_vllm.config import CacheConfig, PoolDtype
-from motioncache_vllm.vllm_plugin.messages import CacheOverrides, VideoPayload, VideoRequest
+from motioncache_vllm.vllm_plugin.messages import (
+    CacheOverrides,
+    InvalidVideoRequest,
+    VideoPayload,
+    VideoRequest,
+    decode_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +80,26 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
         )
 
 
+def validate_request(data: object, settings: EngineCacheSettings) -> VideoRequest:
+    """A client's request data -> :class:`VideoRequest`, checked as the engine would check it
+    (frames of the form 4k+1, a known policy with a valid config); raises InvalidVideoRequest.
+    The IO processor's ``parse_data`` and the Ray fleet's front both call it."""
+    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
+
+    request = decode_request(data)
+    if request.num_frames is not None and (request.num_frames - 1) % 4:
+        lo = (request.num_frames - 1) // 4 * 4 + 1
+        raise InvalidVideoRequest(
+            f"invalid video request: num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), "
+            f"got {request.num_frames}"
+        )
+    try:
+        settings.cache_config(request.cache)
+    except (UnknownPolicyError, InvalidPolicyConfig) as exc:
+        raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
+    return request
+
+
 def payload_to_tensor(payload: VideoPayload) -> torch.Tensor:
     """A pooler output must be a tensor: the msgpack bytes as uint8."""
     return torch.frombuffer(bytearray(msgspec.msgpack.encode(payload)), dtype=torch.uint8)
@@ -116,8 +142,11 @@ def request_from_token_ids(token_ids: torch.Tensor) -> VideoRequest:
 class VideoJob:
     """One engine request on the worker: its stepwise generation, or the error that ended it."""
 
-    def __init__(self, request_id: str, gen=None, cache: CacheConfig | None = None, error: str | None = None):
-        self.request_id, self.gen, self.cache, self.error = request_id, gen, cache, error
+    def __init__(
+        self, request_id: str, gen=None, cache: CacheConfig | None = None, error: str | None = None,
+        request: VideoRequest | None = None,
+    ):
+        self.request_id, self.gen, self.cache, self.error, self.request = request_id, gen, cache, error, request
         self.engine_steps: list[int] = []  # engine step index of each unit, in order
 
     @property
@@ -146,6 +175,12 @@ class VideoWorker:
         self.pool = make_pool(self.pipe, self.settings.cache_config(CacheOverrides()))
         self.engine_steps = 0
         self.records: list[tuple[int, str, int]] = []
+        # listeners of a serving layer above the engine (the Ray fleet's per-chunk checkpoints),
+        # called in the engine's thread: after a job's generation is set up (a listener may
+        # replace ``job.gen``, e.g. by one resumed from a snapshot), and after every chunk
+        # commit (``chunks`` = the job's finished chunks; the generation is between chunks)
+        self.start_listeners: list[Callable[[VideoJob], None]] = []
+        self.chunk_listeners: list[Callable[[VideoJob, int], None]] = []
 
     # -- per engine step -------------------------------------------------------------------
     def engine_step(self, states: list, prompts: list[torch.Tensor], finished: list[bool]) -> list:
@@ -192,7 +227,15 @@ class VideoWorker:
         except Exception as exc:  # noqa: BLE001  (reported to the client, the engine keeps serving)
             logger.exception("video request failed")
             return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}")
-        return VideoJob(request_id, gen=gen, cache=cache)
+        job = VideoJob(request_id, gen=gen, cache=cache, request=request)
+        try:
+            for listener in self.start_listeners:
+                listener(job)
+        except Exception as exc:  # noqa: BLE001  (e.g. an unusable snapshot: this request fails)
+            logger.exception("video request failed")
+            job.gen.close()
+            return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}", request=request)
+        return job
 
     def _advance(self, job: VideoJob, step: int) -> None:
         unit = job.gen.steps_done
@@ -205,6 +248,9 @@ class VideoWorker:
             return
         job.engine_steps.append(step)
         self.records.append((step, job.request_id, unit))
+        if self.chunk_listeners and job.gen.position[1] == 0:  # the unit was a commit
+            for listener in self.chunk_listeners:
+                listener(job, job.gen.position[0])
         if len(self.records) > self.MAX_RECORDS:
             del self.records[: len(self.records) - self.MAX_RECORDS]
 

@@ -1,0 +1,177 @@
+"""``motioncache serve --workers 2`` on a real local Ray cluster of separate processes.
+
+One cluster for the module (``ray.cluster_utils.Cluster``: a head node with no CPUs and two
+worker nodes of one CPU each, so the two engine workers land on two simulated nodes), one
+fleet server joined to it (``--ray-address``). Faults are real: the test ``kill -9``s the
+pid that ``GET /v1/workers`` shows, mid-request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("vllm")
+
+from motioncache_vllm.vllm_plugin.server_process import (  # noqa: E402
+    ServerError,
+    ServerProcess,
+    get_text,
+    post_json,
+)
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT_S = 420
+POOL_MIB = 4
+# 17 frames = 2 chunks of the embedded model; per-request policy "none": exact against generate_video
+BASE = dict(num_frames=17, num_inference_steps=2, cache={"policy": "none"})
+
+
+def get_json(url: str):
+    return json.loads(get_text(url))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, object_store_memory=80 * 2**20))
+    for _ in range(2):
+        c.add_node(num_cpus=1, object_store_memory=120 * 2**20)
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("fleet") / "fleet.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    try:
+        server = ServerProcess.start(
+            ["--workers", "2", "--ray-address", cluster.address, "--cache-pool-mib", str(POOL_MIB),
+             "--fleet-config", json.dumps({"max_attempts": 2, "info_interval_s": 0.2})],
+            log_path, env=env, ready_timeout_s=READY_TIMEOUT_S,
+        )
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    try:
+        assert "with 2 Ray workers" in server.ready_line
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_workers_listed_on_two_nodes(fleet):
+    rows = get_json(f"{fleet}/v1/workers")["data"]
+    assert [r["id"] for r in rows] == [0, 1]
+    assert all(r["state"] == "ready" for r in rows)
+    assert len({r["pid"] for r in rows}) == 2 and all(r["pid"] != os.getpid() for r in rows)
+    assert len({r["node_id"] for r in rows}) == 2  # one worker per simulated node (1 CPU each)
+    for r in rows:
+        assert r["torch_threads"] == 1  # num_cpus=1 -> one pinned torch thread
+        assert r["pool_budget_bytes"] == POOL_MIB * 2**20
+        assert r["gpus"] == []  # no GPU here: the num_gpus=1 placement is not exercised
+    health = get_json(f"{fleet}/health")
+    assert health == {"ready_workers": 2, "workers": 2}
+
+
+def test_concurrent_requests_all_finish_with_single_engine_frames(fleet, embedded_pipe):
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.runtime.generate import generate_video
+
+    requests = [dict(BASE, prompt=p, seed=s) for s, p in enumerate(
+        ["a red circle moves right", "a blue square moves left", "two dots bounce",
+         "a green bar slides down", "a static grey scene", "a yellow ball falls"])]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=600), requests))
+    assert all(status == 200 for status, _ in answers), answers
+    workers = {body["stats"]["fleet"]["worker"] for _, body in answers}
+    assert workers == {0, 1}  # routed to both
+    for request, (_, body) in zip(requests, answers):
+        gen = {k: v for k, v in request.items() if k != "cache"}
+        ref = generate_video(embedded_pipe, GenerationRequest(**gen), cache=CacheConfig(policy="none"))
+        assert body["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest(), request["prompt"]
+        assert body["num_frames"] == 17 and body["stats"]["fleet"]["attempts"] == 1
+
+
+def test_bad_requests_get_4xx_and_the_fleet_keeps_serving(fleet):
+    bad = [
+        ({"prompt": "x", "num_frames": 16}, 400, "4k+1"),
+        ({"prompt": "x", "cache": {"policy": "nope"}}, 400, "nope"),
+        ({"prompt": "x", "colour": "red"}, 400, "colour"),
+        ({"num_frames": 17}, 400, "prompt"),
+        (b"{not json", 400, "not JSON"),
+        ([1, 2], 400, "JSON object"),
+        ({"prompt": "x", "model": "other"}, 404, "other"),
+    ]
+    for body, status, needle in bad:
+        got, answer = post_json(f"{fleet}/v1/videos", body)
+        assert got == status, (body, answer)
+        assert needle in answer["error"]["message"] and answer["error"]["code"] == status
+    status, body = post_json(f"{fleet}/v1/videos", dict(BASE, prompt="still serving", num_frames=9))
+    assert status == 200 and body["num_frames"] == 9
+
+
+def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
+    requests = [dict(prompt=f"shape {i} moves", num_frames=9, num_inference_steps=1, seed=i) for i in range(24)]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=900), requests))
+    assert all(status == 200 for status, _ in answers), [b for s, b in answers if s != 200][:2]
+    budget = POOL_MIB * 2**20
+    for _, body in answers:
+        assert body["stats"]["policy"] == "motion"  # the server's default policy, pooled
+        assert body["stats"]["pool_budget_bytes"] == budget and body["stats"]["pool_peak_bytes"] <= budget
+    rows = get_json(f"{fleet}/v1/workers")["data"]
+    assert all(r["pool_peak_bytes"] <= budget for r in rows)
+    assert sum(r["videos_done"] for r in rows) >= len(requests)
+
+
+def _kill_when_checkpointed(fleet: str, request_id_holder: dict, min_chunks: int = 1) -> dict:
+    """Poll /v1/workers; kill -9 the worker running the request once it has a checkpoint."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for row in get_json(f"{fleet}/v1/workers")["data"]:
+            for req in row["requests"]:
+                if req["chunks"] >= min_chunks:
+                    os.kill(row["pid"], signal.SIGKILL)
+                    request_id_holder.update(worker=row["id"], pid=row["pid"], chunks=req["chunks"],
+                                             killed_at=time.monotonic())
+                    return request_id_holder
+        time.sleep(0.05)
+    raise AssertionError("the request never reached a checkpoint")
+
+
+def test_killed_worker_request_resumes_elsewhere_with_equal_frames(fleet):
+    request = dict(BASE, prompt="a red circle moves right slowly", num_frames=33, num_inference_steps=4, seed=7)
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_when_checkpointed, args=(fleet, killed))
+    killer.start()
+    t0 = time.monotonic()
+    status, body = post_json(f"{fleet}/v1/videos", request, timeout=900)
+    killer.join()
+    assert status == 200, body
+    info = body["stats"]["fleet"]
+    print("killed", killed, "fleet stats", info, f"request took {time.monotonic() - t0:.1f}s")
+    assert info["attempts"] == 2 and info["worker"] != killed["worker"]
+    assert info["resumed_at_chunk"] and info["resumed_at_chunk"][0] >= 1  # not from scratch
+    assert len(info["recovery_s"]) == 1
+    # the no-fault run of the same request on the surviving worker: the same frames
+    status, again = post_json(f"{fleet}/v1/videos", request, timeout=900)
+    assert status == 200 and again["stats"]["fleet"]["attempts"] == 1
+    assert again["frames_sha256"] == body["frames_sha256"]
+    rows = {r["id"]: r for r in get_json(f"{fleet}/v1/workers")["data"]}
+    assert rows[killed["worker"]]["deaths"] == 1
+    metrics = get_text(f"{fleet}/metrics")
+    assert "motioncache_fleet_resumed_from_checkpoint_total 1.0" in metrics
