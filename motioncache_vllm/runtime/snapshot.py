@@ -28,17 +28,18 @@ same calls), trading a few transformer calls for a much smaller snapshot.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SNAPSHOT_FORMAT = 1
 
-_DTYPES = {
-    name: getattr(torch, name)
-    for name in ("float32", "float16", "bfloat16", "float64", "int8", "int32", "int64", "uint8", "bool")
-}
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "int32", "int64", "uint8", "bool")
+"""Tensor dtypes a snapshot holds (torch is imported only when tensors are converted, so
+the message types stay importable where torch is not needed)."""
 
 
 class TensorData(msgspec.Struct, array_like=True, gc=False):
@@ -50,6 +51,8 @@ class TensorData(msgspec.Struct, array_like=True, gc=False):
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> "TensorData":
+        import torch
+
         t = tensor.detach().to("cpu").contiguous()
         name = str(t.dtype).removeprefix("torch.")
         if name not in _DTYPES:
@@ -58,10 +61,11 @@ class TensorData(msgspec.Struct, array_like=True, gc=False):
 
     def tensor(self) -> torch.Tensor:
         """A fresh tensor (owns its memory; the snapshot can be dropped)."""
-        try:
-            dtype = _DTYPES[self.dtype]
-        except KeyError:
-            raise ValueError(f"snapshot tensor of unknown dtype {self.dtype!r}") from None
+        import torch
+
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"snapshot tensor of unknown dtype {self.dtype!r}")
+        dtype = getattr(torch, self.dtype)
         flat = torch.frombuffer(bytearray(self.data), dtype=torch.uint8) if self.data else torch.empty(0, dtype=torch.uint8)
         return flat.view(dtype).reshape(self.shape)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import numpy as np
 import torch
 
 from motioncache_vllm.blocks.pool import ActivationPool
@@ -233,6 +234,14 @@ class StepwiseGeneration:
         """(chunk, unit in chunk) of the next unit; unit == steps is the chunk's commit."""
         return self.run.position
 
+    @property
+    def chunks_done(self) -> int:
+        return self.run.chunks_done
+
+    @property
+    def num_chunks(self) -> int:
+        return self.run.num_chunks
+
     def step(self) -> str:
         """Advance by one unit: ``"denoise"`` (one step, every CFG branch) or ``"commit"``.
         On an error the generation is closed (its pool blocks freed) and the error raised."""
@@ -253,6 +262,18 @@ class StepwiseGeneration:
         self._bar.close()
 
     # -- output --------------------------------------------------------------------------
+    def frames_so_far(self) -> np.ndarray:
+        """The decoded frames of the finished chunks, trimmed to the request (what a stream
+        sends as the video is made). For a causal VAE (Wan's; the embedded linear code)
+        they are the first frames of the final video, bit for bit."""
+        run, pipe = self.run, self.pipe
+        latent = run.chunks_done * run.block
+        if latent == 0:
+            return np.zeros((0, self.request.height, self.request.width, 3), dtype=np.uint8)
+        n = min((latent - 1) * pipe.vae_scale_factor_temporal + 1, self.request.num_frames)
+        with torch.inference_mode():
+            return decode_latents(pipe, run.latents[:, :, :latent], n)
+
     def result(self) -> GenerationResult:
         """The decoded video and stats (decoded on the first call)."""
         if self._result is not None:
@@ -362,6 +383,18 @@ class PlanGeneration:
     @property
     def chunks_done(self) -> int:
         return self.gen.run.chunks_done
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(chunk, unit in chunk) of the next unit, as :attr:`StepwiseGeneration.position`."""
+        return self.gen.position
+
+    @property
+    def num_chunks(self) -> int:
+        return chunks_of(self.plan.num_frames, self.pipe.vae_scale_factor_temporal, self.pipe.causal_block_size)
+
+    def frames_so_far(self) -> np.ndarray:
+        return self.gen.frames_so_far()
 
     def snapshot(self, include_kv: bool = True) -> GenerationSnapshot:
         return self.gen.snapshot(include_kv)

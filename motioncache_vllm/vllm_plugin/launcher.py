@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -108,10 +109,16 @@ def plugin_allowlist(current: str | None) -> str:
     return ",".join(dict.fromkeys(names))
 
 
+CHANNEL_ENV = "MOTIONCACHE_CHANNEL"
+"""= ``events.CHANNEL_ENV``: the worker -> API server event channel (progress, streamed frames)."""
+
+
 def prepare_environment(environ: os._Environ | dict = os.environ) -> None:
     for key, value in ENV_DEFAULTS.items():
         environ.setdefault(key, value)
     environ["VLLM_PLUGINS"] = plugin_allowlist(environ.get("VLLM_PLUGINS"))
+    # every process vLLM spawns inherits it: the API server binds there, the worker connects
+    environ.setdefault(CHANNEL_ENV, f"ipc://{tempfile.gettempdir()}/motioncache-{os.getpid()}")
 
 
 def _flag(arg: str) -> str | None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 
 from motioncache_vllm.config import GenerationRequest
+from motioncache_vllm.runtime.snapshot import VideoPlan
 
 MAX_PROMPT_CHARS = 1000
 """Captions longer than this are refused: the request must fit the prompt window of the
@@ -48,6 +49,16 @@ class CacheOverrides(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, o
     """Policy config overrides; replace the engine's ``cache_policy_config`` when given."""
 
 
+class Continuation(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Make ``plan`` starting from the worker's stored session ``session`` (a snapshot of
+    ``plan`` or of a prefix of it): an extension of a finished video, or the rest of an
+    interrupted one. A session the worker no longer holds (evicted, another worker, a
+    restart) is regenerated from ``plan``: slower, never an error."""
+
+    session: str
+    plan: VideoPlan
+
+
 class VideoRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """The ``data`` of a ``motioncache_video`` request; unset fields take the model's defaults."""
 
@@ -63,6 +74,14 @@ class VideoRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omi
     ticket: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     """Opaque id of a serving layer above the engine (the Ray fleet sets it to find a
     request's per-chunk checkpoints); handed to ``VideoWorker``'s hooks, never interpreted."""
+    job: str | None = None
+    """Set by the server's /v1/videos routes: the worker reports progress under this id and
+    keeps the finished video's state (for extensions) under it."""
+    stream: bool = False
+    """Send each finished chunk's frames as soon as they exist (over the event channel)."""
+    continue_from: Continuation | None = None
+    """Continue a stored video (extension) instead of starting from noise; ``prompt``,
+    ``num_frames`` and ``seed`` then are the new segment's (the plan's last)."""
 
     def generation_request(self) -> GenerationRequest:
         return GenerationRequest(
@@ -81,6 +100,8 @@ class VideoPayload(msgspec.Struct, array_like=True, omit_defaults=True, gc=False
     stats: dict[str, Any] = msgspec.field(default_factory=dict)
     error: str | None = None
     """Set instead of the frames when the worker could not generate the request."""
+    plan: VideoPlan | None = None
+    """What the video is made of (the request and its extensions, resolved)."""
 
 
 class VideoResponse(msgspec.Struct, kw_only=True):
@@ -97,6 +118,10 @@ class VideoResponse(msgspec.Struct, kw_only=True):
     frames_sha256: str
     """SHA-256 of the raw uint8 frames (F, H, W, 3) before encoding: compare exactly
     against ``hashlib.sha256(generate_video(...).frames.tobytes())``."""
+    frame_sha256: list[str] = msgspec.field(default_factory=list)
+    """SHA-256 of each frame: an extension's first frames can be checked against the original's."""
+    plan: VideoPlan | None = None
+    """What the video is made of (its request resolved, then each extension)."""
 
 
 def decode_request(data: object) -> VideoRequest:

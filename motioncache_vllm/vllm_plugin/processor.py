@@ -92,7 +92,12 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         ids = list(msgspec.json.encode(prompt))
         if self.work_defaults is not None:
             num_frames, steps, per_chunk = self.work_defaults
-            work = work_units(prompt.num_frames or num_frames, prompt.num_inference_steps or steps, per_chunk)
+            steps = prompt.num_inference_steps or steps
+            work = work_units(prompt.num_frames or num_frames, steps, per_chunk)
+            if prompt.continue_from is not None and len(prompt.continue_from.plan.segments) > 1:
+                # an extension: the units of its new segment (a lost session regenerates more,
+                # which then finishes in the last step)
+                work -= work_units(prompt.continue_from.plan.segments[-2].num_frames, steps, per_chunk)
             ids += [FILLER_TOKEN] * max(work - len(ids), 0)
         return {"prompt_token_ids": ids}
 
@@ -118,5 +123,7 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
             height=int(frames.shape[1]),
             width=int(frames.shape[2]),
             frames_sha256=hashlib.sha256(payload.frames).hexdigest(),
+            frame_sha256=[hashlib.sha256(frame.tobytes()).hexdigest() for frame in frames],
+            plan=payload.plan,
         )
         return msgspec.to_builtins(response)

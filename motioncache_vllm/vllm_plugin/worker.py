@@ -50,6 +50,8 @@ class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """The unconditional CFG branch reuses the conditional branch's decisions."""
     cache_cfg_delta_dtype: PoolDtype | None = None
     """With cache_cfg_shared: both branches in one slot, uncond as a difference (see CacheConfig)."""
+    cache_session_mib: float | None = 512.0
+    """Budget of finished videos' stored state (for extensions; LRU past it; None: unbounded)."""
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "EngineCacheSettings":
@@ -140,7 +142,8 @@ def request_from_token_ids(token_ids: torch.Tensor) -> VideoRequest:
 
 
 class VideoJob:
-    """One engine request on the worker: its stepwise generation, or the error that ended it."""
+    """One engine request on the worker: its generation (a ``runtime.stepwise.PlanGeneration``),
+    or the error that ended it."""
 
     def __init__(
         self, request_id: str, gen=None, cache: CacheConfig | None = None, error: str | None = None,
@@ -148,6 +151,7 @@ class VideoJob:
     ):
         self.request_id, self.gen, self.cache, self.error, self.request = request_id, gen, cache, error, request
         self.engine_steps: list[int] = []  # engine step index of each unit, in order
+        self.frames_sent = 0  # streaming: frames already published
 
     @property
     def done(self) -> bool:
@@ -169,6 +173,9 @@ class VideoWorker:
         from motioncache_vllm.models.loading import load_pipeline
         from motioncache_vllm.runtime.generate import make_pool
 
+        from motioncache_vllm.blocks.sessions import SessionStore
+        from motioncache_vllm.vllm_plugin.events import WorkerChannel
+
         self.settings = EngineCacheSettings.from_additional_config(additional_config)
         self.pipe = load_pipeline(pipeline)
         # one memory budget for the whole worker, whatever the number of requests
@@ -181,6 +188,11 @@ class VideoWorker:
         # commit (``chunks`` = the job's finished chunks; the generation is between chunks)
         self.start_listeners: list[Callable[[VideoJob], None]] = []
         self.chunk_listeners: list[Callable[[VideoJob, int], None]] = []
+        mib = self.settings.cache_session_mib
+        # finished videos' state (GenerationSnapshot), by job id: what an extension continues
+        self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20))
+        # progress / streamed frames to the API server; its commands (None: no server listening)
+        self.channel = WorkerChannel.from_env(self._command)
 
     # -- per engine step -------------------------------------------------------------------
     def engine_step(self, states: list, prompts: list[torch.Tensor], finished: list[bool]) -> list:
@@ -211,7 +223,7 @@ class VideoWorker:
 
     def start(self, token_ids: torch.Tensor) -> VideoJob:
         """Decode the request and set up its generation (prompt encoding, initial noise)."""
-        from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+        from motioncache_vllm.runtime.stepwise import PlanGeneration
 
         request_id = uuid.uuid4().hex
         try:
@@ -221,12 +233,11 @@ class VideoWorker:
             return VideoJob(request_id, error=f"undecodable video request: {exc}")
         try:
             cache = self.settings.cache_config(request.cache)
-            gen = StepwiseGeneration(
-                self.pipe, request.generation_request(), cache=cache, pool=self.pool, request_id=request_id
-            )
+            plan, snapshot = self._plan(request)
+            gen = PlanGeneration(self.pipe, plan, snapshot, cache=cache, pool=self.pool, request_id=request_id)
         except Exception as exc:  # noqa: BLE001  (reported to the client, the engine keeps serving)
             logger.exception("video request failed")
-            return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}")
+            return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}", request=request)
         job = VideoJob(request_id, gen=gen, cache=cache, request=request)
         try:
             for listener in self.start_listeners:
@@ -237,10 +248,49 @@ class VideoWorker:
             return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}", request=request)
         return job
 
+    def _plan(self, request: VideoRequest):
+        """(plan, stored snapshot to start from or None) of a request."""
+        from motioncache_vllm.runtime.generate import resolve
+        from motioncache_vllm.runtime.snapshot import VideoPlan
+
+        if request.continue_from is None:
+            return VideoPlan.of(resolve(self.pipe, request.generation_request())), None
+        plan = request.continue_from.plan
+        snapshot = self.sessions.get(request.continue_from.session)
+        if snapshot is not None:
+            n = len(snapshot.plan.segments)
+            if n > len(plan.segments) or snapshot.plan.prefix(n) != plan.prefix(n):
+                logger.warning("session %s does not match the request's plan: regenerating", request.continue_from.session)
+                snapshot = None
+        return plan, snapshot
+
+    def _command(self, command) -> None:
+        if command.drop_session is not None:
+            self.sessions.pop(command.drop_session)
+
+    def _publish(self, job: VideoJob, chunk_done: bool) -> None:
+        """Progress of ``job`` to the API server; with ``stream``, the frames of a finished chunk."""
+        job_id = job.request.job if job.request is not None else None
+        if self.channel is None or job_id is None:
+            return
+        from motioncache_vllm.vllm_plugin.events import VideoEvent
+
+        gen = job.gen
+        event = VideoEvent(job=job_id, units_done=gen.steps_done, units_total=gen.total_steps,
+                           chunks_done=gen.chunks_done, chunks_total=gen.num_chunks)
+        if chunk_done and job.request.stream:
+            frames = np.ascontiguousarray(gen.frames_so_far(), dtype=np.uint8)
+            new = frames[job.frames_sent :]
+            if len(new):
+                event.frame_start, event.frames, event.shape = job.frames_sent, new.tobytes(), new.shape
+                job.frames_sent = len(frames)
+        self.channel.publish(event)
+
     def _advance(self, job: VideoJob, step: int) -> None:
         unit = job.gen.steps_done
         try:
-            job.gen.step()  # closes the generation (frees its blocks) on an error
+            kind = job.gen.step()  # closes the generation (frees its blocks) on an error
+            self._publish(job, kind == "commit")
         except Exception as exc:  # noqa: BLE001  (raising would fail every running request)
             logger.exception("video request failed")
             job.error = f"{type(exc).__name__}: {exc}"
@@ -263,6 +313,12 @@ class VideoWorker:
                 job.error = f"{type(exc).__name__}: {exc}"
         if job.error is not None:
             return VideoPayload(error=job.error)
+        if job.request is not None and job.request.job is not None and self.sessions.budget_bytes != 0:
+            try:  # the finished video's state, for extensions (a store too small just keeps nothing)
+                snapshot = job.gen.snapshot()
+                self.sessions.put(job.request.job, snapshot, snapshot.nbytes)
+            except Exception:  # noqa: BLE001  (an extension then regenerates; the video is fine)
+                logger.exception("could not keep the state of video %s", job.request.job)
         frames = np.ascontiguousarray(result.frames, dtype=np.uint8)
         stats = dict(result.stats, policy=job.cache.policy, wall_s=round(result.wall_s, 4), steps=result.steps,
                      guidance=result.guidance, engine_steps=list(job.engine_steps))
@@ -270,7 +326,7 @@ class VideoWorker:
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
         # the CPU worker pins its torch threads; a fair library-path comparison needs the number
         stats["torch_threads"] = torch.get_num_threads()
-        return VideoPayload(frames=frames.tobytes(), shape=frames.shape, stats=stats)
+        return VideoPayload(frames=frames.tobytes(), shape=frames.shape, stats=stats, plan=job.gen.plan)
 
     def run(self, token_ids: torch.Tensor) -> VideoPayload:
         """Generate the request encoded in ``token_ids`` to the end (all in one call)."""
