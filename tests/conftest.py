@@ -67,3 +67,28 @@ def in_process_engine(root, **llm_kwargs):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+SERVER_POOL_MIB = 64
+SERVER_READY_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="session")
+def video_server(tmp_path_factory):
+    """One real ``motioncache serve`` (vLLM API server + engine-core process) for every test
+    module that talks HTTP to it; started on first use, stopped at the end of the session."""
+    pytest.importorskip("vllm")
+    from motioncache_vllm.vllm_plugin.server_process import ServerError, ServerProcess
+
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+    try:
+        proc = ServerProcess.start(
+            ["--cache-pool-mib", str(SERVER_POOL_MIB)], log_path, env=env, ready_timeout_s=SERVER_READY_TIMEOUT_S
+        )
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield proc
+    finally:
+        proc.stop()

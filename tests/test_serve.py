@@ -1,6 +1,6 @@
 """``motioncache serve``: the real vLLM server in a subprocess (started once for this module).
 
-Checks the HTTP surface end to end: ``POST /v1/videos`` (endpoint plugin), ``POST /pooling``
+Checks the HTTP surface end to end: ``POST /v1/videos/generations`` (the synchronous form of the endpoint plugin), ``POST /pooling``
 (IO processor), 4xx answers for bad requests with the server still serving afterwards,
 and the cache figures on ``/metrics``.
 """
@@ -18,8 +18,6 @@ import pytest
 pytest.importorskip("vllm")
 
 from motioncache_vllm.vllm_plugin.server_process import (  # noqa: E402
-    ServerError,
-    ServerProcess,
     get_text,
     motioncache_command,
     post_json as post,
@@ -27,27 +25,16 @@ from motioncache_vllm.vllm_plugin.server_process import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-READY_TIMEOUT_S = 180
-POOL_MIB = 64
+POOL_MIB = 64  # = conftest.SERVER_POOL_MIB
+SYNC = "/v1/videos/generations"  # the synchronous one-call form (the OpenAI flow is tests/test_videos_api.py)
 REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
-    try:
-        proc = ServerProcess.start(
-            ["--cache-pool-mib", str(POOL_MIB)], log_path, env=env, ready_timeout_s=READY_TIMEOUT_S
-        )
-    except ServerError as exc:
-        pytest.fail(str(exc))
-    try:
-        assert proc.ready_line == f"motioncache: serving embedded on {proc.url} (cache policy motion)"
-        yield proc.url
-    finally:
-        proc.stop()
-    assert sum(line.startswith("motioncache: serving") for line in proc.log_lines()) == 1
+def server(video_server):
+    assert video_server.ready_line == f"motioncache: serving embedded on {video_server.url} (cache policy motion)"
+    assert sum(line.startswith("motioncache: serving") for line in video_server.log_lines()) == 1
+    return video_server.url
 
 
 def decode_mp4(b64: str) -> np.ndarray:
@@ -57,7 +44,7 @@ def decode_mp4(b64: str) -> np.ndarray:
 
 
 def test_videos_endpoint_returns_mp4_and_stats(server):
-    status, body = post(f"{server}/v1/videos", REQUEST)
+    status, body = post(f"{server}{SYNC}", REQUEST)
     assert status == 200, body
     assert {"id", "video", "stats"} <= body.keys()
     video = decode_mp4(body["video"])
@@ -69,7 +56,7 @@ def test_videos_endpoint_returns_mp4_and_stats(server):
 
 
 def test_pooling_endpoint_same_video(server):
-    _, direct = post(f"{server}/v1/videos", REQUEST)
+    _, direct = post(f"{server}{SYNC}", REQUEST)
     status, body = post(f"{server}/pooling", {"model": "embedded", "data": REQUEST})
     assert status == 200, body
     data = body["data"]
@@ -91,7 +78,7 @@ def test_pooling_endpoint_same_video(server):
     ],
 )
 def test_bad_request_is_4xx_with_message(server, body, message):
-    status, answer = post(f"{server}/v1/videos", body)
+    status, answer = post(f"{server}{SYNC}", body)
     assert 400 <= status < 500
     assert message in answer["error"]["message"]
 
@@ -102,15 +89,15 @@ def test_bad_pooling_request_is_4xx(server):
 
 
 def test_server_keeps_serving_after_bad_requests(server):
-    assert post(f"{server}/v1/videos", {**REQUEST, "fps": 8})[0] == 400
-    status, body = post(f"{server}/v1/videos", {**REQUEST, "seed": 4, "cache": {"policy": "none"}})
+    assert post(f"{server}{SYNC}", {**REQUEST, "fps": 8})[0] == 400
+    status, body = post(f"{server}{SYNC}", {**REQUEST, "seed": 4, "cache": {"policy": "none"}})
     assert status == 200, body
     assert body["stats"]["policy"] == "none"
     assert decode_mp4(body["video"]).shape[0] == 17
 
 
 def test_metrics_show_cache_figures(server):
-    _, body = post(f"{server}/v1/videos", REQUEST)
+    _, body = post(f"{server}{SYNC}", REQUEST)
     text = get_text(f"{server}/metrics")
     values = {
         line.split()[0]: float(line.split()[1])

@@ -169,7 +169,7 @@ async def read_body(request: Request) -> dict[str, Any]:
             parts = re.findall(r"[^\[\]]+", key) or [key]
             if not isinstance(value, str):
                 raise ApiError(
-                    f"`{parts[0]}`: file uploads are not supported by this model (no image or video conditioning)",
+                    f"`{parts[0]}`: file uploads are not supported: this model has no image conditioning",
                     param=parts[0],
                 )
             node = body
@@ -583,7 +583,7 @@ def videos_router(service_of: Callable[[Request], VideoService]) -> APIRouter:
         if job.status != "completed":
             status = HTTPStatus.BAD_REQUEST if job.error["code"] == "invalid_request" else HTTPStatus.INTERNAL_SERVER_ERROR
             raise ApiError(job.error["message"], status)
-        answer = {"id": job.id, "video": base64.b64encode(job.mp4).decode("ascii"), **job.result}
+        answer = {**job.result, "id": job.id, "video": base64.b64encode(job.mp4).decode("ascii")}
         return JSONResponse(answer)
 
     add = router.add_api_route
