@@ -99,6 +99,13 @@ def validate_request(data: object, settings: EngineCacheSettings) -> VideoReques
         settings.cache_config(request.cache)
     except (UnknownPolicyError, InvalidPolicyConfig) as exc:
         raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
+    if request.continue_from is not None:
+        plan = request.continue_from.plan
+        last = plan.segments[-1] if plan.segments else None
+        if last is None or (request.prompt, request.num_frames, request.seed) != (last.prompt, last.num_frames, last.seed):
+            raise InvalidVideoRequest(
+                "invalid video request: continue_from.plan must end with this request's prompt, num_frames and seed"
+            )
     return request
 
 
