@@ -191,6 +191,8 @@ def test_stream_sends_chunks_as_they_finish(video_server, client):
     chunks = [d for k, d, _ in events if k == "video.chunk"]
     assert len(chunks) == 3  # 33 frames = 9 latent frames = 3 chunks of 3
     assert [c["frame_start"] for c in chunks] == [0, 9, 21] and sum(c["num_frames"] for c in chunks) == 33
+    # each chunk is sent when it is denoised, not at the end (the job's progress when it left)
+    assert chunks[0]["progress"] < 50 < chunks[1]["progress"] < 99
     frames = b"".join(base64.b64decode(c["frames"]) for c in chunks)
     final = events[-1][1]
     # the streamed raw frames are the final video's, exactly

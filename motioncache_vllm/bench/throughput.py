@@ -1,9 +1,9 @@
 """``throughput`` suite: videos per minute and per-request latency through a real vLLM server.
 
 One ``motioncache serve`` child process (vLLM's API server + engine-core process) serves
-every measurement. Requests are ``POST /v1/videos``, sent from a thread pool and timed by
-the client: HTTP, engine, worker and the API process's mp4 encoding, i.e. what a user waits
-for. Every request names its cache policy in its ``cache`` field, so one engine serves both.
+every measurement. Each request is the standard Videos API flow of the ``openai`` client
+(create, poll, download the MP4), sent from a thread pool and timed by the client: HTTP,
+engine, worker and the API process's mp4 encoding, i.e. what a user waits for. Every request names its cache policy in its ``cache`` field, so one engine serves both.
 
 For each cache policy and each concurrency N, on the same N request bodies::
 
@@ -77,14 +77,44 @@ def request_bodies(settings: BenchSettings, n: int, policy: str) -> list[dict]:
 
 
 def timed_request(url: str, body: dict) -> Answer:
-    from motioncache_vllm.vllm_plugin.server_process import ServerError, post_json
+    """One video the way a user of the ``openai`` client makes it: create the job, poll it
+    (every 50 ms) until completed, download the MP4; the latency covers all three."""
+    import warnings
 
-    t0 = time.perf_counter()
-    status, answer = post_json(f"{url}/v1/videos", body, timeout=REQUEST_TIMEOUT_S)
-    latency = time.perf_counter() - t0
-    if status != 200:
-        raise ServerError(f"HTTP {status} for {body}: {answer.get('error', {}).get('message', answer)}")
-    return Answer(latency, answer["stats"], answer["frames_sha256"])
+    import openai
+
+    from motioncache_vllm.vllm_plugin.server_process import ServerError
+
+    client = _client(url)
+    extra = {k: v for k, v in body.items() if k != "prompt"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the client marks the Videos API deprecated
+        t0 = time.perf_counter()
+        try:
+            video = client.videos.poll(client.videos.create(prompt=body["prompt"], extra_body=extra).id,
+                                       poll_interval_ms=50)
+            if video.status != "completed":
+                raise ServerError(f"video {video.id} {video.status} for {body}: {video.error}")
+            client.videos.download_content(video.id).read()
+        except openai.APIError as exc:
+            raise ServerError(f"{exc} for {body}") from None
+        latency = time.perf_counter() - t0
+        client.videos.delete(video.id)  # keep the server's content store flat over a long run
+    extra = video.model_extra["motioncache"]
+    return Answer(latency, extra["stats"], extra["frames_sha256"])
+
+
+_CLIENTS: dict = {}
+
+
+def _client(url: str):
+    """One ``openai`` client per server (thread-safe; shared by the concurrent requests)."""
+    if url not in _CLIENTS:
+        import openai
+
+        _CLIENTS[url] = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("OPENAI_API_KEY", "unused"),
+                                      max_retries=0, timeout=REQUEST_TIMEOUT_S)
+    return _CLIENTS[url]
 
 
 def run_sequential(url: str, bodies: list[dict], progress: Callable[[], None]) -> list[Answer]:
