@@ -53,11 +53,19 @@ def register_diffusers_block_metadata() -> None:
 
 
 class KVStore(Protocol):
-    """Per-layer K/V of one (request, branch) over all its frames, (1, tokens, heads, head_dim)."""
+    """Per-layer K/V of one (request, branch), (1, rows, heads, head_dim): rows before the
+    active chunk's are the context it attends to (every finished frame, or those a budgeted
+    store kept)."""
+
+    wants_attention: bool  # call observe_attention with each call's attention weights
 
     def keys(self, layer: int) -> torch.Tensor: ...
 
     def values(self, layer: int) -> torch.Tensor: ...
+
+    def attention_bias(self, layer: int) -> torch.Tensor | None: ...
+
+    def observe_attention(self, layer: int, weights: torch.Tensor) -> None: ...
 
 
 class StackExecution(Protocol):
@@ -123,9 +131,14 @@ class CachedSelfAttnProcessor:
             index = run.tokens + ex.start
             keys.index_copy_(1, index, k)
             values.index_copy_(1, index, v)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys[:, : ex.end].transpose(1, 2), values[:, : ex.end].transpose(1, 2)
-        )
+        q, keys, values = q.transpose(1, 2), keys[:, : ex.end].transpose(1, 2), values[:, : ex.end].transpose(1, 2)
+        bias = ex.kv.attention_bias(self.layer)  # None unless the store merged tokens
+        if bias is not None:
+            bias = bias[..., : ex.end].to(q.dtype)
+        if ex.kv.wants_attention:  # research stores score context tokens by attention received
+            logits = (q @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            ex.kv.observe_attention(self.layer, torch.softmax(logits if bias is None else logits + bias, -1))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -20,6 +20,7 @@ import copy
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,19 +33,57 @@ from motioncache_vllm.policies import CachePolicy, Decision, PolicyState, StepOb
 BRANCHES = ("cond", "uncond")
 
 
+@dataclass(frozen=True)
+class KVGeometry:
+    """Shape of one (request, branch) K/V stream: what a context store is built from."""
+
+    layers: int
+    tokens: int  # every latent frame of the video
+    heads: int
+    head_dim: int
+    tokens_per_frame: int
+    frames_per_chunk: int
+
+
 class StreamKV:
-    """K/V of one (request, branch) for every latent frame, preallocated per layer."""
+    """K/V of one (request, branch) for every latent frame, preallocated per layer.
+
+    The context-store hooks (``chunk_start``, ``committed``, ``attention_bias``,
+    ``wants_attention``/``observe_attention``) keep every finished frame; a store with a
+    budget (e.g. ``motioncache_vllm.research.kv``) overrides them to evict context tokens.
+    """
+
+    wants_attention = False  # True: the attention calls its observe_attention with weights
 
     def __init__(self, layers: int, tokens: int, heads: int, head_dim: int, dtype=torch.float32) -> None:
         shape = (1, tokens, heads, head_dim)
         self._k = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
         self._v = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
 
+    @classmethod
+    def for_geometry(cls, g: KVGeometry) -> StreamKV:
+        return cls(g.layers, g.tokens, g.heads, g.head_dim)
+
     def keys(self, layer: int) -> torch.Tensor:
         return self._k[layer]
 
     def values(self, layer: int) -> torch.Tensor:
         return self._v[layer]
+
+    def chunk_start(self, first_token: int) -> int:
+        """Row where the chunk starting at video token ``first_token`` keeps its K/V; every
+        row before it is context the chunk attends to."""
+        return first_token
+
+    def committed(self, first_token: int, tokens: int) -> None:
+        """The chunk's final K/V (its commit pass) now sit at its rows: it is context from now on."""
+
+    def attention_bias(self, layer: int) -> torch.Tensor | None:
+        """Additive logit bias (1, 1, 1, rows) over the rows (e.g. log counts of merged tokens), or None."""
+        return None
+
+    def observe_attention(self, layer: int, weights: torch.Tensor) -> None:
+        """Attention weights (1, heads, queries, rows) of one call, when ``wants_attention``."""
 
     @property
     def nbytes(self) -> int:
@@ -260,7 +299,10 @@ def shared_adapter(transformer: torch.nn.Module) -> WanFamilyAdapter:
 class ChunkedRunner:
     """Runs a pipeline's transformer chunk by chunk with a cache policy and a shared pool."""
 
-    def __init__(self, pipe, policy: CachePolicy, pool: ActivationPool, tile: int = 1, cfg_shared: bool = False) -> None:
+    def __init__(
+        self, pipe, policy: CachePolicy, pool: ActivationPool, tile: int = 1, cfg_shared: bool = False,
+        kv_factory: Callable[[str, KVGeometry], StreamKV] | None = None,
+    ) -> None:
         if getattr(pipe.transformer, "is_cache_enabled", False):
             raise ValueError(
                 "a diffusers cache is enabled on this transformer; call pipe.transformer.disable_cache() "
@@ -268,6 +310,8 @@ class ChunkedRunner:
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
         self.cfg_shared = cfg_shared  # uncond copies cond's decision each step (see CacheConfig)
+        # (branch, geometry) -> the K/V store of one branch; default: keep every finished frame
+        self.kv_factory = kv_factory or (lambda branch, geometry: StreamKV.for_geometry(geometry))
         if pool.paired and not cfg_shared:
             raise ValueError("a paired pool (cfg_delta_dtype) stores both CFG branches per slot and needs cfg_shared")
         self.adapter = shared_adapter(pipe.transformer)
@@ -342,7 +386,8 @@ class DenoiseRun:
         self.layout = ChunkLayout(block, self.grid[0], self.grid[1], runner.tile)
         self.branches = BRANCHES if guidance_scale > 1.0 else BRANCHES[:1]
         tokens = frames * self.layout.tokens_per_frame
-        self.kv = {b: StreamKV(ad.num_layers, tokens, ad.heads, ad.head_dim) for b in self.branches}
+        geometry = KVGeometry(ad.num_layers, tokens, ad.heads, ad.head_dim, self.layout.tokens_per_frame, block)
+        self.kv = {b: runner.kv_factory(b, geometry) for b in self.branches}
         self.counters = CacheCounters()
         pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         # the stock pipeline feeds integer timesteps (its step matrix is int64)
@@ -456,7 +501,7 @@ class DenoiseRun:
             owner = (self.request_id, c, "cfg" if self.pool.paired else b)  # paired: one slot, both branches
             self.streams[b] = ChunkStream(
                 owner, lay, self.policy, state, self.pool, self.kv[b],
-                lo * lay.tokens_per_frame, ad.rope_rows(lo, self.block, self.grid), self.counters,
+                self.kv[b].chunk_start(lo * lay.tokens_per_frame), ad.rope_rows(lo, self.block, self.grid), self.counters,
                 self._recompute_counts, len(self.timesteps),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
@@ -493,6 +538,7 @@ class DenoiseRun:
             h = stream.last_input[0].view(block, lay.tokens_per_frame, -1)
             self.previous_last[b] = h[-1].clone()
             self.pool.release(stream.owner)
+            self.kv[b].committed(lo * lay.tokens_per_frame, lay.num_tokens)
         self.streams = {}
         # a block spans all frames of its chunk: the same count in every frame
         self.counters.recompute_map.append(self._recompute_counts.view(1, -1).repeat(block, 1))

@@ -51,7 +51,10 @@ class StepwiseGeneration:
         request_id: str | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        kv_factory=None,
     ) -> None:
+        """``kv_factory``: (branch, KVGeometry) -> the context K/V store of a CFG branch
+        (see ``ChunkedRunner``); default: every finished frame kept."""
         r = request if isinstance(request, ResolvedRequest) else resolve(pipe, request)
         with torch.inference_mode():  # as generate_video (see its docstring)
             t0 = time.perf_counter()
@@ -61,7 +64,7 @@ class StepwiseGeneration:
                 1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32,
                 pipe._execution_device, generator,
             )[0]
-        self._setup(pipe, VideoPlan.of(r), latents, cache, pool, request_id, progress, t0)
+        self._setup(pipe, VideoPlan.of(r), latents, cache, pool, request_id, progress, t0, kv_factory=kv_factory)
 
     # -- snapshots (runtime/snapshot.py) ---------------------------------------------------
     @classmethod
@@ -142,7 +145,7 @@ class StepwiseGeneration:
         return self._resumed_chunks
 
     def _setup(self, pipe, plan: VideoPlan, latents, cache, pool, request_id, progress, t0,
-               restore: GenerationSnapshot | None = None) -> None:
+               restore: GenerationSnapshot | None = None, kv_factory=None) -> None:
         from tqdm.auto import tqdm
 
         from motioncache_vllm.policies import make_policy
@@ -163,7 +166,9 @@ class StepwiseGeneration:
             self.pool = pool if pool is not None else make_pool(pipe, cache)
             pipe._guidance_scale = plan.guidance
             embeds = self._embeds(plan.prompt)
-            self.runner = ChunkedRunner(pipe, policy, self.pool, tile=cache.tile, cfg_shared=cache.cfg_shared)
+            self.runner = ChunkedRunner(
+                pipe, policy, self.pool, tile=cache.tile, cfg_shared=cache.cfg_shared, kv_factory=kv_factory
+            )
             chunks = latents.shape[2] // pipe.causal_block_size
             done = restore.chunks_done if restore is not None else 0
             self._resumed_chunks = done

@@ -1,0 +1,1 @@
+"""Research harnesses built on the runtime (imports it, never the reverse)."""
