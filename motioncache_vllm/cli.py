@@ -491,6 +491,55 @@ def serve(
     )
 
 
+research_app = typer.Typer(no_args_is_help=True, help="Research harnesses built on the runtime.")
+app.add_typer(research_app, name="research")
+
+
+@research_app.command("kv")
+def research_kv(
+    suite: str = typer.Argument(..., help="video (one long video), scenes (static/pan/cut prompts) or text (tiny LM)."),
+    quick: bool = typer.Option(False, help="Minutes: 1 prompt, 3 chunks, 2 steps, budgets 50/25% (text: fewer samples)."),
+    prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (video suites)."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Directory for kv_SUITE.json and kv_SUITE.png."),
+    chunks: Optional[int] = typer.Option(None, help="AR chunks per video (default: video 40, scenes 8)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk (default 4)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG scale (default: the model's; 1 = one branch)."),
+    model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder."),
+) -> None:
+    """K/V eviction under a budget: writes OUT/kv_SUITE.json and a plot, prints a table."""
+    import msgspec
+
+    from motioncache_vllm.research.kv.suites import SUITES, default_settings, run_suite, to_table
+
+    if suite not in SUITES:
+        _fail(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    for name, value in (("--chunks", chunks), ("--steps", steps)):
+        if value is not None and value <= 0:
+            _fail(f"{name} must be a positive integer, got {value}")
+    try:
+        lines = _read_prompts(prompts) if prompts else None
+        out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out / f"kv_{suite}.json", "--out")
+    except (OSError, UsageError) as exc:
+        _fail(str(exc))
+    _quiet_libraries()
+    settings = default_settings(suite, quick, lines)
+    settings.chunks, settings.steps = chunks or settings.chunks, steps or settings.steps
+    if guidance is not None:
+        if guidance < 0:
+            _fail(f"--guidance must be >= 0, got {guidance}")
+        settings.guidance = guidance
+    from motioncache_vllm.models.loading import ModelNotFoundError
+
+    try:
+        result = run_suite(suite, settings, quick, out, model=model, log=lambda line: typer.echo(line, err=True))
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    (out / f"kv_{suite}.json").write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+    typer.echo(to_table(result))
+    typer.echo(f"wrote {out / f'kv_{suite}.json'}")
+
+
 def main() -> None:
     app()
 

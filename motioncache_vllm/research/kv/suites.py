@@ -1,0 +1,149 @@
+"""``motioncache research kv SUITE``: the suites, their defaults, their JSON and plots.
+
+- ``video``: one long video (default 40 AR chunks = 477 frames, 4 steps per chunk),
+  every policy at 75/50/25/10% of the full context K/V, against the full-K/V video;
+- ``scenes``: the static / pan / cut / fast-motion prompts (default 8 chunks, 50/25/10%);
+- ``text``: the tiny causal LM on associative recall (see :mod:`.text`): accuracy per
+  press and compression ratio.
+
+Every suite writes ``OUT/kv_SUITE.json`` (``{"points": [...]}``) and ``OUT/kv_SUITE.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from motioncache_vllm.research.kv.video import BUDGETS, VIDEO_POLICIES, run_video_suite
+
+SUITES = ("video", "scenes", "text")
+
+
+def default_prompts(suite: str) -> list[str]:
+    from motioncache_vllm.data.procedural import HELD_OUT_TRIPLES
+
+    (c0, s0, d0), (c1, s1, d1), (c2, s2, d2), (c3, s3, d3) = HELD_OUT_TRIPLES[:4]
+    if suite == "video":
+        return [f"a {c1} {s1} bounces {d1}"]
+    return [
+        "static scene",
+        f"camera pans {d2} over a {c2} {s2}",
+        f"a {c3} {s3} moves {d3} then cut to a {c0} {s0} moves {d0}",
+        f"a {c0} {s0} moves {d0} quickly",
+    ]
+
+
+@dataclass
+class KVSettings:
+    prompts: list[str]
+    chunks: int
+    steps: int
+    guidance: float | None = None  # None: the model's default CFG scale
+    budgets: tuple[float, ...] = BUDGETS
+    policies: tuple[str, ...] = VIDEO_POLICIES
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) -> KVSettings:
+    if suite == "text":
+        return KVSettings(prompts=[], chunks=0, steps=0)
+    lines = prompts or default_prompts(suite)
+    if quick:
+        return KVSettings(prompts=lines[:1], chunks=3, steps=2, budgets=(1.0, 0.5, 0.25))
+    if suite == "video":
+        return KVSettings(prompts=lines, chunks=40, steps=4)
+    return KVSettings(prompts=lines, chunks=8, steps=4, budgets=(1.0, 0.5, 0.25, 0.1))
+
+
+def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, model: str = "embedded",
+              log=print) -> dict:
+    from motioncache_vllm.bench.suites import machine_info
+
+    t0 = time.perf_counter()
+    if suite == "text":
+        from motioncache_vllm.research.kv.text import run_text_suite
+
+        result = run_text_suite(quick, log=log)
+    elif suite in ("video", "scenes"):
+        from motioncache_vllm.models.loading import load_pipeline
+
+        pipe = load_pipeline(model)
+
+        done: list[dict] = []
+
+        def progress(p: dict) -> None:
+            done.append(p)  # a partial result survives an interrupted run
+            (out_dir / f"kv_{suite}.partial.json").write_text(json.dumps({"points": done}, indent=1))
+            log(f"{p['prompt'][:32]:32s} {p['policy']:9s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
+                f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB ({p['wall_s']:.0f} s)")
+
+        points = run_video_suite(pipe, settings.prompts, settings.chunks, settings.steps, settings.guidance,
+                                 settings.budgets, settings.policies, settings.seed, progress)
+        result = {"points": points, "settings": {
+            "prompts": settings.prompts, "chunks": settings.chunks, "steps": settings.steps,
+            "frames": points[0]["frames"] if points else None,
+            "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
+            "budgets": list(settings.budgets), "seed": settings.seed, "model": model}}
+    else:
+        raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    result = {"suite": suite, "quick": quick, **result, "machine": machine_info(),
+              "wall_s": round(time.perf_counter() - t0, 1)}
+    (out_dir / f"kv_{suite}.partial.json").unlink(missing_ok=True)
+    plot(result, out_dir / f"kv_{suite}.png")
+    return result
+
+
+def mean_points(points: list[dict], key: str) -> dict[tuple[str, float], float]:
+    """Mean of ``key`` per (policy, budget) over prompts."""
+    acc: dict[tuple[str, float], list[float]] = {}
+    for p in points:
+        acc.setdefault((p["policy"], p["budget"]), []).append(p[key])
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def plot(result: dict, path: Path) -> None:
+    from motioncache_vllm.bench.suites import label_axes, pyplot, save_figure
+
+    plt = pyplot()
+    points = result["points"]
+    if result["suite"] == "text":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for press in dict.fromkeys(p["policy"] for p in points):
+            pts = sorted((p for p in points if p["policy"] == press), key=lambda p: -p["budget"])
+            style = "--" if press.startswith("kvpress:") else "o-"
+            ax.plot([p["budget"] for p in pts], [p["accuracy"] for p in pts], style, label=press, marker="o")
+        ax.invert_xaxis()
+        label_axes(ax, "K/V kept (share of the context)", "recall accuracy", "text: associative recall", 6)
+        save_figure(fig, path)
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    psnr = mean_points(points, "psnr_db")
+    for policy in dict.fromkeys(p["policy"] for p in points if p["policy"] != "full"):
+        budgets = sorted({b for (n, b) in psnr if n == policy}, reverse=True)
+        left.plot(budgets, [psnr[(policy, b)] for b in budgets], "o-", label=policy)
+    left.invert_xaxis()
+    label_axes(left, "context K/V kept (share of full)", "PSNR vs full K/V (dB, mean over prompts)",
+               f"kv {result['suite']}: quality at a budget", 7)
+    lowest = min((p["budget"] for p in points if p["policy"] != "full"), default=None)
+    for p in points:
+        if p["budget"] == lowest and p["prompt"] == points[0]["prompt"]:
+            right.plot(p["psnr_db_per_chunk"], ".-", label=p["policy"])
+    label_axes(right, "chunk", "PSNR vs full K/V (dB)",
+               f"per chunk at {lowest:.0%}: {points[0]['prompt'][:30] if points else ''}", 7)
+    save_figure(fig, path)
+
+
+def to_table(result: dict) -> str:
+    points = result["points"]
+    if result["suite"] == "text":
+        head = "| press | kept | accuracy |\n|---|---|---|"
+        return "\n".join([head, *(f"| {p['policy']} | {p['budget']:.2f} | {p['accuracy']:.3f} |" for p in points)])
+    psnr, ssim_ = mean_points(points, "psnr_db"), mean_points(points, "ssim")
+    kv = mean_points(points, "kv_bytes")
+    head = "| policy | budget | PSNR dB | SSIM | K/V MiB |\n|---|---|---|---|---|"
+    rows = [f"| {n} | {b:.2f} | {psnr[(n, b)]:.2f} | {ssim_[(n, b)]:.4f} | {kv[(n, b)] / 2**20:.1f} |"
+            for (n, b) in psnr]
+    return "\n".join([head, *rows])
