@@ -1,0 +1,197 @@
+"""K/V-eviction research harness: store and policy contracts, budgets, bit-identity at
+100%, and the quick suites."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from motioncache_vllm.config import GenerationRequest
+from motioncache_vllm.research.kv.policies import POLICIES, make_eviction_policy
+from motioncache_vllm.research.kv.store import BudgetedKV
+from motioncache_vllm.runtime.chunked import KVGeometry
+from motioncache_vllm.runtime.generate import generate_video
+
+SCORED = [name for name in POLICIES if name != "full"]
+
+
+def drive(store: BudgetedKV, chunks: int, make_kv, attend=None) -> list[dict]:
+    """Feed ``chunks`` chunks through ``store`` as the runtime does; returns per-commit facts."""
+    g = store.geometry
+    chunk = g.tokens_per_frame * g.frames_per_chunk
+    facts = []
+    for c in range(chunks):
+        start = store.chunk_start(c * chunk)
+        for layer in range(g.layers):
+            k, v = make_kv(layer, c * chunk, chunk)
+            store.keys(layer)[0, start:start + chunk] = k
+            store.values(layer)[0, start:start + chunk] = v
+            if store.wants_attention and attend is not None:
+                store.observe_attention(layer, attend(start + chunk))
+        store.committed(c * chunk, chunk)
+        facts.append(dict(start=start, rows=store.rows, committed=store.committed_tokens))
+    return facts
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    policy=st.sampled_from(SCORED),
+    budget=st.floats(0.05, 1.0),
+    tpf=st.integers(2, 6),
+    fpc=st.integers(1, 3),
+    chunks=st.integers(1, 6),
+    seed=st.integers(0, 5),
+)
+def test_budget_is_never_exceeded_and_kept_rows_are_untouched(policy, budget, tpf, fpc, chunks, seed):
+    g = KVGeometry(layers=2, tokens=tpf * fpc * chunks, heads=2, head_dim=4, tokens_per_frame=tpf, frames_per_chunk=fpc)
+    gen = torch.Generator().manual_seed(seed)
+    full_k = torch.randn(g.layers, g.tokens, g.heads, g.head_dim, generator=gen)
+    full_v = torch.randn(g.layers, g.tokens, g.heads, g.head_dim, generator=gen)
+    store = BudgetedKV(g, make_eviction_policy(policy), budget, seed=seed)
+    chunk = tpf * fpc
+    assert store.capacity <= g.tokens
+    attend = lambda rows: torch.softmax(torch.randn(1, g.heads, chunk, rows, generator=gen), -1)  # noqa: E731
+    facts = drive(store, chunks, lambda layer, lo, n: (full_k[layer, lo:lo + n], full_v[layer, lo:lo + n]), attend)
+    for f in facts:
+        assert f["start"] + chunk <= store.capacity  # the active chunk always fits
+        assert f["rows"] == min(math.floor(budget * f["committed"]), f["committed"])
+    for layer in range(g.layers):
+        pos = store._pos[layer][: store.rows]
+        assert bool((pos[1:] > pos[:-1]).all())  # distinct, in position order
+        kept_k, kept_v = store.keys(layer)[0, : store.rows], store.values(layer)[0, : store.rows]
+        counts = store._counts[layer][: store.rows]
+        plain = counts == 1  # merge rewrites the rows it merged into; every other row is as written
+        assert torch.equal(kept_k[plain], full_k[layer, pos][plain])
+        assert torch.equal(kept_v[plain], full_v[layer, pos][plain])
+        assert float(counts.sum()) <= store.committed_tokens
+
+
+def static_and_moving(tpf=4, fpc=2, chunks=3, heads=2, dim=4):
+    """K/V where spatial positions 0, 1 never change and 2, 3 change every frame."""
+    g = KVGeometry(1, tpf * fpc * chunks, heads, dim, tpf, fpc)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(tpf, heads, dim, generator=gen)
+    frames = []
+    for _ in range(g.tokens // tpf):
+        f = base.clone()
+        f[2:] = torch.randn(tpf - 2, heads, dim, generator=gen) * 3
+        frames.append(f)
+    kv = torch.cat(frames)
+    return g, lambda layer, lo, n: (kv[lo:lo + n], kv[lo:lo + n] * 0.5)
+
+
+def test_motion_evicts_static_positions_and_keeps_the_first_frame():
+    g, make = static_and_moving()
+    store = BudgetedKV(g, make_eviction_policy("motion"), 0.5)
+    drive(store, 3, make)
+    pos = store._pos[0][: store.rows]
+    frames, spatial = pos // g.tokens_per_frame, pos % g.tokens_per_frame
+    assert store.rows == g.tokens // 2
+    assert set(pos[frames == 0].tolist()) == set(range(g.tokens_per_frame))  # the first frame stays whole
+    later = spatial[frames > 0]
+    assert bool((later >= 2).all())  # after it, only the moving positions
+
+
+def test_merge_folds_static_positions_into_their_survivor():
+    g, make = static_and_moving()
+    store = BudgetedKV(g, make_eviction_policy("merge"), 0.5)
+    assert store.attention_bias(0) is None
+    drive(store, 3, make)
+    pos = store._pos[0][: store.rows]
+    counts = store._counts[0][: store.rows]
+    frames = g.tokens // g.tokens_per_frame
+    # the static positions of frame 0 absorbed every later copy of themselves
+    assert counts[pos == 0].item() == frames and counts[pos == 1].item() == frames
+    bias = store.attention_bias(0)
+    assert bias.shape == (1, 1, 1, store.capacity)
+    assert torch.allclose(bias[0, 0, 0, : store.rows], counts.log())
+    # identical rows merged into an identical survivor: the survivor is unchanged
+    assert torch.allclose(store.keys(0)[0, 0], make(0, 0, 1)[0][0], atol=1e-6)
+
+
+def test_window_keeps_sinks_and_the_most_recent_rows():
+    g = KVGeometry(1, 4 * 2 * 5, 1, 4, 4, 2)
+    store = BudgetedKV(g, make_eviction_policy("window"), 0.5)
+    drive(store, 5, lambda layer, lo, n: (torch.randn(n, 1, 4), torch.randn(n, 1, 4)))
+    pos = store._pos[0][: store.rows].tolist()
+    sinks = [p for p in pos if p < g.tokens_per_frame]  # what is left of the first frame (evicted rows never return)
+    assert 1 <= len(sinks) <= store.rows // 4 and pos[: len(sinks)] == sinks
+    assert pos[len(sinks):] == list(range(g.tokens - (store.rows - len(sinks)), g.tokens))
+
+
+@pytest.mark.parametrize("policy", ["attention", "lru"])
+def test_attention_policies_keep_what_is_attended(policy):
+    g = KVGeometry(1, 4 * 6, 1, 4, 4, 1)
+    store = BudgetedKV(g, make_eviction_policy(policy), 0.5)
+    favourite = 1  # position 1 gets all the attention, always
+
+    def attend(rows):
+        w = torch.zeros(1, 1, 4, rows)
+        w[..., favourite] = 1.0
+        return w
+
+    drive(store, 6, lambda layer, lo, n: (torch.randn(n, 1, 4), torch.randn(n, 1, 4)), attend)
+    assert favourite in store._pos[0][: store.rows].tolist()
+    assert store.wants_attention
+
+
+def test_random_is_seeded_and_full_refuses_a_budget():
+    g = KVGeometry(1, 4 * 6, 1, 4, 4, 1)
+    make = lambda layer, lo, n: (torch.ones(n, 1, 4), torch.ones(n, 1, 4))  # noqa: E731
+    picks = []
+    for _ in range(2):
+        store = BudgetedKV(g, make_eviction_policy("random"), 0.3, seed=7)
+        drive(store, 6, make)
+        picks.append(store._pos[0][: store.rows].tolist())
+    assert picks[0] == picks[1]
+    with pytest.raises(ValueError, match="keeps every row"):
+        drive(BudgetedKV(g, make_eviction_policy("full"), 0.5), 6, make)
+    with pytest.raises(ValueError, match="unknown K/V eviction policy"):
+        make_eviction_policy("nope")
+    with pytest.raises(ValueError, match="share of the full context"):
+        BudgetedKV(g, make_eviction_policy("window"), 0.0)
+
+
+REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=3, seed=1)
+
+
+def test_full_budget_is_bit_identical_for_every_policy_and_a_budget_holds(tiny_pipe):
+    from motioncache_vllm.research.kv.video import generate_budgeted
+
+    req = GenerationRequest(**REQ)
+    plain = generate_video(tiny_pipe, req)
+    for policy in POLICIES:
+        run = generate_budgeted(tiny_pipe, req, policy, 1.0)
+        assert set(run.stores) == {"cond", "uncond"}  # CFG: one store per branch
+        assert np.array_equal(run.result.frames, plain.frames), policy
+        assert run.kv_bytes == plain.stats["kv_cache_bytes"]
+    for policy in SCORED:
+        run = generate_budgeted(tiny_pipe, req, policy, 0.25)
+        for store in run.stores.values():
+            assert store.peak_rows <= math.floor(0.25 * store.committed_tokens) or store.peak_rows == 0
+            assert store.evicted > 0
+        assert run.kv_bytes < plain.stats["kv_cache_bytes"]
+        assert not np.array_equal(run.result.frames, plain.frames), policy
+
+
+def test_quick_video_suite_writes_points(tmp_path):
+    from typer.testing import CliRunner
+
+    from motioncache_vllm.cli import app
+
+    out = CliRunner().invoke(app, ["research", "kv", "video", "--quick", "--chunks", "2", "--steps", "1",
+                                   "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "kv_video.json").read_text())
+    points = result["points"]
+    assert {p["policy"] for p in points} == {"full", *SCORED}
+    for p in points:
+        assert {"policy", "budget", "psnr_db", "ssim", "kv_bytes"} <= set(p)
+        assert p["kv_bytes"] <= p["kv_bytes_full"]
+    assert (tmp_path / "kv_video.png").stat().st_size > 0
+    bad = CliRunner().invoke(app, ["research", "kv", "nope"])
+    assert bad.exit_code == 2 and "unknown suite" in bad.output
