@@ -504,6 +504,9 @@ def research_kv(
     chunks: Optional[int] = typer.Option(None, help="AR chunks per video (default: video 40, scenes 8)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk (default 4)."),
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default: the model's; 1 = one branch)."),
+    budgets: Optional[str] = typer.Option(
+        None, help="Shares of the full context K/V to test, comma-separated (default 0.75,0.5,0.25,0.1; text: kept shares)."
+    ),
     model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder."),
 ) -> None:
     """K/V eviction under a budget: writes OUT/kv_SUITE.json and a plot, prints a table."""
@@ -525,6 +528,14 @@ def research_kv(
     _quiet_libraries()
     settings = default_settings(suite, quick, lines)
     settings.chunks, settings.steps = chunks or settings.chunks, steps or settings.steps
+    if budgets is not None:
+        try:
+            shares = tuple(float(b) for b in budgets.split(",") if b.strip())
+        except ValueError:
+            shares = ()
+        if not shares or not all(0.0 < b <= 1.0 for b in shares):
+            _fail(f"--budgets must list shares in (0, 1], e.g. 0.5,0.25; got {budgets!r}")
+        settings.budgets = tuple(sorted(set(shares) | {1.0}, reverse=True))
     if guidance is not None:
         if guidance < 0:
             _fail(f"--guidance must be >= 0, got {guidance}")

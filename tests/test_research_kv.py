@@ -129,9 +129,9 @@ def test_attention_policies_keep_what_is_attended(policy):
     store = BudgetedKV(g, make_eviction_policy(policy), 0.5)
     favourite = 1  # position 1 gets all the attention, always
 
-    def attend(rows):
+    def attend(rows):  # attention is over rows: find the row that holds the favourite position now
         w = torch.zeros(1, 1, 4, rows)
-        w[..., favourite] = 1.0
+        w[..., int(torch.nonzero(store._pos[0][:rows] == favourite)[0, 0])] = 1.0
         return w
 
     drive(store, 6, lambda layer, lo, n: (torch.randn(n, 1, 4), torch.randn(n, 1, 4)), attend)

@@ -49,7 +49,7 @@ class KVSettings:
 
 def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) -> KVSettings:
     if suite == "text":
-        return KVSettings(prompts=[], chunks=0, steps=0)
+        return KVSettings(prompts=[], chunks=0, steps=0, budgets=(1.0, 0.5, 0.25) if quick else BUDGETS)
     lines = prompts or default_prompts(suite)
     if quick:
         return KVSettings(prompts=lines[:1], chunks=3, steps=2, budgets=(1.0, 0.5, 0.25))
@@ -66,7 +66,7 @@ def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, mode
     if suite == "text":
         from motioncache_vllm.research.kv.text import run_text_suite
 
-        result = run_text_suite(quick, log=log)
+        result = run_text_suite(quick, kept=None if settings.budgets == BUDGETS else settings.budgets, log=log)
     elif suite in ("video", "scenes"):
         from motioncache_vllm.models.loading import load_pipeline
 

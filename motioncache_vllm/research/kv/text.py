@@ -97,16 +97,18 @@ def run_kvpress(data: dict[str, recall.Batch], kept=KEPT, log=print) -> tuple[li
         return json.loads(out.read_text()), None
 
 
-def run_text_suite(quick: bool, log=print) -> dict:
+def run_text_suite(quick: bool, kept=None, log=print) -> dict:
     torch.manual_seed(0)
     model = load_model()
     n = 32 if quick else 256
-    kept = (1.0, 0.5, 0.25) if quick else KEPT
+    kept = kept or ((1.0, 0.5, 0.25) if quick else KEPT)
     data = {v: eval_set(v, n) for v in recall.VARIANTS}
     with torch.inference_mode():
         points = run_own_presses(model, data, kept, log=log)
     kv_points, why = run_kvpress(data, kept, log=log)
-    return {"points": points + kv_points, "kvpress": why or "ran",
+    failed = {p["policy"]: p["error"] for p in kv_points if "error" in p}
+    return {"points": points + [p for p in kv_points if "error" not in p], "kvpress": why or "ran",
+            "kvpress_failed": failed,
             "settings": {"sequences_per_variant": n, "queries_per_sequence": 4, "kept": list(kept),
                          "variants": {v: {"pairs": p, "filler_tokens": f} for v, (p, f) in recall.VARIANTS.items()},
                          "model": recall.MODEL_CONFIG}}
