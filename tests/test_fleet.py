@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 420
 POOL_MIB = 4
+SESSION_MIB = 24  # ~2 finished 17-frame videos (9.7 MB of state each): the queued test evicts them
 # 17 frames = 2 chunks of the embedded model; per-request policy "none": exact against generate_video
 BASE = dict(num_frames=17, num_inference_steps=2, cache={"policy": "none"})
 
@@ -61,7 +62,8 @@ def fleet(cluster, tmp_path_factory):
     try:
         server = ServerProcess.start(
             ["--workers", "2", "--ray-address", cluster.address, "--cache-pool-mib", str(POOL_MIB),
-             "--fleet-config", json.dumps({"max_attempts": 2, "info_interval_s": 0.2})],
+             "--fleet-config", json.dumps({"max_attempts": 2, "info_interval_s": 0.2,
+                                           "session_budget_mib": SESSION_MIB})],
             log_path, env=env, ready_timeout_s=READY_TIMEOUT_S,
         )
     except ServerError as exc:
@@ -124,6 +126,54 @@ def test_bad_requests_get_4xx_and_the_fleet_keeps_serving(fleet):
     assert status == 200 and body["num_frames"] == 9
 
 
+SESSION = {}  # what the continuation tests share: the first video's id, the continuation's sha
+
+
+def _continuation_reference(pipe, first: dict, more: dict) -> str:
+    """frames_sha256 of ``first`` continued by ``more``, made here by the runtime (no fleet)."""
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.runtime.generate import resolve
+    from motioncache_vllm.runtime.snapshot import VideoPlan
+    from motioncache_vllm.runtime.stepwise import PlanGeneration
+
+    gen = {k: v for k, v in first.items() if k != "cache"}
+    plan = VideoPlan.of(resolve(pipe, GenerationRequest(**gen))).extended(more["prompt"], more["num_frames"], more["seed"])
+    run = PlanGeneration(pipe, plan, None, cache=CacheConfig(policy="none"))
+    while not run.done:
+        run.step()
+    return hashlib.sha256(run.result().frames.tobytes()).hexdigest()
+
+
+def test_continued_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
+    first = dict(BASE, prompt="a red circle moves right", seed=11)
+    status, video = post_json(f"{fleet}/v1/videos", first, timeout=600)
+    assert status == 200, video
+    more = dict(prompt="then it turns around", num_frames=33, seed=5, cache={"policy": "none"}, continue_from=video["id"])
+    # two at once: the router puts them on both workers; each continues the stored state
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=600), [more, more]))
+    assert all(status == 200 for status, _ in answers), answers
+    (_, a), (_, b) = answers
+    assert {a["stats"]["fleet"]["worker"], b["stats"]["fleet"]["worker"]} == {0, 1}
+    assert a["frames_sha256"] == b["frames_sha256"]  # deterministic, whichever worker
+    assert a["frames_sha256"] == _continuation_reference(embedded_pipe, first, more)
+    for body in (a, b):
+        assert body["num_frames"] == 33 and body["stats"]["fleet"]["session"] == "hit"
+        assert body["stats"]["resumed_chunks"] == 2  # the first video's chunks were not recomputed
+        # units run: the one new chunk (steps + commit), not the video's three chunks
+        assert len(body["stats"]["engine_steps"]) == BASE["num_inference_steps"] + 1
+    SESSION.update(first=first, more=more, id=video["id"], sha=a["frames_sha256"])
+    # what a continuation cannot be
+    for body, status, needle in (
+        (dict(more, continue_from="video-nope"), 404, "video-nope"),
+        (dict(more, num_frames=17), 400, "must exceed"),
+        (dict(more, num_inference_steps=3), 400, "keeps the video's num_inference_steps"),
+        (dict(more, continue_from=7), 400, "video id"),
+    ):
+        got, answer = post_json(f"{fleet}/v1/videos", body)
+        assert got == status and needle in answer["error"]["message"], (body, answer)
+
+
 def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
     requests = [dict(prompt=f"shape {i} moves", num_frames=9, num_inference_steps=1, seed=i) for i in range(24)]
     with ThreadPoolExecutor(len(requests)) as pool:
@@ -136,6 +186,20 @@ def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
     rows = get_json(f"{fleet}/v1/workers")["data"]
     assert all(r["pool_peak_bytes"] <= budget for r in rows)
     assert sum(r["videos_done"] for r in rows) >= len(requests)
+
+
+def test_evicted_video_is_made_again_when_continued(fleet):
+    """The queued requests filled the fleet-wide session budget: the first video's state is
+    gone; continuing it regenerates it from its plan, with the same frames."""
+    assert SESSION, "runs after test_continued_video_reuses_its_state_on_any_worker"
+    metrics = get_text(f"{fleet}/metrics")
+    evictions = [line for line in metrics.splitlines() if line.startswith("motioncache_fleet_session_evictions_total")]
+    assert evictions and float(evictions[0].split()[-1]) > 0
+    status, body = post_json(f"{fleet}/v1/videos", SESSION["more"], timeout=600)
+    assert status == 200, body
+    assert body["stats"]["fleet"]["session"] == "regenerated"
+    assert body["frames_sha256"] == SESSION["sha"]
+    assert len(body["stats"]["engine_steps"]) == 3 * (BASE["num_inference_steps"] + 1)  # all three chunks
 
 
 def _kill_when_checkpointed(fleet: str, request_id_holder: dict, min_chunks: int = 1) -> dict:

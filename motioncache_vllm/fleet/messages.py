@@ -9,8 +9,8 @@ so Ray only ever transports ``bytes`` of ours (its own pickling of those bytes a
           ◀──WorkEvent "done"───── the response (or "error": the request failed for good)
     front ──▶ EngineWorker.info() ──▶ WorkerInfo (for routing and GET /v1/workers)
 
-The event streams are owned by the front (the caller of a Ray streaming call owns the
-objects it yields), so a checkpoint outlives the worker that made it.
+The front (the caller of the streaming call) owns what the stream yields; it puts each
+checkpoint again itself, so the copy it resumes from outlives the worker and its node.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from motioncache_vllm.runtime.snapshot import VideoPlan
 
 WorkerState = Literal["starting", "ready", "dead", "restarting"]
 
@@ -31,6 +33,10 @@ class WorkOrder(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, k
     """0 for the first attempt, then 1, 2, ... (each on a live worker)."""
     request: bytes
     """The validated video request, as the JSON the engine's IO processor parses."""
+    plan: VideoPlan | None = None
+    """What to make when it is more than the request: a continuation of a stored video (its
+    plan, extended by this request). The run's checkpoint argument, if any, is a snapshot
+    of this plan or of a prefix of it (none: made from nothing, the same frames)."""
 
 
 class Checkpoint(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, kw_only=True):
@@ -51,7 +57,12 @@ class WorkEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, k
     chunk: int = 0
     """``chunk``: chunks finished so far (``started``: the chunk it starts or resumes at)."""
     has_checkpoint: bool = False
-    """``chunk``: the stream's next item is this chunk's :class:`Checkpoint` (msgpack bytes)."""
+    """``chunk``: the stream's next item is this chunk's :class:`Checkpoint` (msgpack bytes);
+    after the last chunk, the finished video's state (a session an extension continues)."""
+    nbytes: int = 0
+    """``chunk``: size of the checkpoint's snapshot (its tensors)."""
+    plan: VideoPlan | None = None
+    """``done``: what the video is made of (its request resolved, then each extension)."""
     response: dict[str, Any] | None = None
     """``done``: the video response (as ``POST /v1/videos`` of one engine answers)."""
     error: str | None = None

@@ -4,8 +4,9 @@
 
     generate(request) ─▶ pick a worker: ready, fewest running requests, most free pool bytes
         │                 (waits while every worker is at its engine's max_num_seqs)
-        ├─ stream events: "started", per chunk "chunk" + its checkpoint (an ObjectRef the
-        │  router owns: the object outlives the worker that made it), then "done"/"error"
+        ├─ stream events: "started", per chunk "chunk" + its checkpoint (fetched and put
+        │  again by the router, which owns it: it outlives the worker and its node), then
+        │  "done"/"error"
         └─ the worker dies (RayActorError) ─▶ next attempt on another ready worker, resumed
            from the last checkpoint (from scratch without one); at most ``max_attempts``
            attempts, then FleetUnavailable. Ray restarts the dead actor (``max_restarts``);
@@ -22,12 +23,14 @@ import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from motioncache_vllm.fleet.messages import WorkerInfo, WorkerSpec, WorkerState, WorkEvent, WorkOrder, decode, encode
+from motioncache_vllm.runtime.snapshot import VideoPlan
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ class FleetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How long a request waits for a worker to be ready before it fails."""
     info_interval_s: float = 1.0
     """Period of the router's poll of every worker's WorkerInfo (pool bytes, liveness)."""
+    session_budget_mib: float | None = 256.0
+    """Fleet-wide budget of finished videos' states (what ``continue_from`` continues), held in
+    Ray's object store; past it the least recently used are evicted (their videos are then
+    made again from their plans when continued). None: unbounded; 0: keep none."""
+    max_plans: int = 100_000
+    """Videos whose plan (a few hundred bytes each) the router remembers for continuations."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -67,6 +76,14 @@ class FleetError(RuntimeError):
 
 class FleetUnavailable(RuntimeError):
     """No worker could finish the request: every attempt's worker died, or none was ready in time."""
+
+
+class InvalidContinuation(ValueError):
+    """A ``continue_from`` the fleet cannot serve: an unknown video, or no frames to add."""
+
+
+class UnknownVideo(InvalidContinuation):
+    """``continue_from`` names no video this fleet made (or one it has forgotten)."""
 
 
 @dataclass
@@ -95,7 +112,7 @@ class Attempt:
     worker_id: int | None = None
     attempt: int = 0
     chunks: int = 0
-    checkpoint: Any = None  # ObjectRef of the last per-chunk checkpoint (owned by the router)
+    checkpoint: Any = None  # ObjectRef of the last per-chunk checkpoint (owned and put by the router)
     resumed_chunks: list = field(default_factory=list)  # per retry: the chunk it resumed at
     recoveries_s: list = field(default_factory=list)
 
@@ -109,6 +126,9 @@ class FleetStats:
     retries: int = 0
     resumed_from_checkpoint: int = 0
     worker_deaths: int = 0
+    continuations: int = 0
+    sessions_regenerated: int = 0
+    """Continuations whose stored state was evicted: the whole video was made again."""
     recoveries_s: list = field(default_factory=list)
     """Seconds from a worker's death (seen by the router) to the request running again elsewhere."""
 
@@ -121,6 +141,12 @@ class Fleet:
         self.workers: list[WorkerHandle] = []
         self.stats = FleetStats()
         self.attempts: dict[str, Attempt] = {}
+        from motioncache_vllm.blocks.sessions import SessionStore
+
+        mib = config.session_budget_mib
+        # video id -> ObjectRef of its finished state (Checkpoint bytes), owned by this process
+        self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20))
+        self.plans: OrderedDict[str, VideoPlan] = OrderedDict()  # video id -> what it is made of
         self._changed: asyncio.Condition | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -252,11 +278,47 @@ class Fleet:
         await self._notify()
 
     # -- requests ----------------------------------------------------------------------------
-    async def generate(self, request_json: bytes, request_id: str | None = None) -> dict[str, Any]:
+    def continuation(self, video_id: str, request) -> tuple[VideoPlan, Any]:
+        """(plan, stored state or None) of ``request`` (a ``VideoRequest``) continuing the
+        video ``video_id``: its plan extended by the request's prompt, total ``num_frames``
+        and seed; the state is None when it was evicted (the video is then made again)."""
+        plan = self.plans.get(video_id)
+        if plan is None:
+            raise UnknownVideo(f"continue_from: no video `{video_id}` on this fleet")
+        for name, mine, theirs in (
+            ("height", request.height, plan.height), ("width", request.width, plan.width),
+            ("num_inference_steps", request.num_inference_steps, plan.steps),
+            ("guidance_scale", request.guidance_scale, plan.guidance),
+        ):
+            if mine is not None and mine != theirs:
+                raise InvalidContinuation(f"continue_from: a continuation keeps the video's {name} ({theirs}), got {mine}")
+        if request.num_frames is None or request.num_frames <= plan.num_frames:
+            raise InvalidContinuation(
+                f"continue_from: num_frames is the continued video's total and must exceed the "
+                f"{plan.num_frames} frames of `{video_id}` (e.g. {plan.num_frames + 16}), got {request.num_frames}"
+            )
+        self.plans.move_to_end(video_id)
+        return plan.extended(request.prompt, request.num_frames, request.seed), self.sessions.get(video_id)
+
+    def _remember(self, video_id: str, plan: VideoPlan | None, state: Any, nbytes: int) -> None:
+        if plan is None:
+            return
+        self.plans[video_id] = plan
+        while len(self.plans) > self.config.max_plans:
+            self.plans.popitem(last=False)
+        if state is not None:
+            self.sessions.put(video_id, state, nbytes)  # may evict others (LRU), or keep nothing
+
+    async def generate(
+        self, request_json: bytes, request_id: str | None = None, continue_from: str | None = None
+    ) -> dict[str, Any]:
         """Serve one validated video request (its JSON); returns the video response dict.
+        With ``continue_from`` (a video id of this fleet), continue that video instead
+        (see :meth:`continuation`; raises :class:`InvalidContinuation`).
 
         Raises :class:`FleetError` if the request itself failed, :class:`FleetUnavailable`
         if every attempt's worker died (or none was ready in time)."""
+        import ray
         from ray.exceptions import RayActorError
 
         try:
@@ -264,9 +326,18 @@ class Fleet:
         except ImportError:  # older Ray
             ActorUnavailableError = RayActorError  # noqa: N806
 
+        plan = session = None
+        if continue_from is not None:
+            from motioncache_vllm.vllm_plugin.messages import decode_request
+
+            plan, session = self.continuation(continue_from, decode_request(request_json))
+            self.stats.continuations += 1
+            self.stats.sessions_regenerated += session is None
         request_id = request_id or f"video-{uuid.uuid4().hex}"
         state = self.attempts[request_id] = Attempt(request_id)
+        state.checkpoint = session  # a continuation starts from the stored video
         self.stats.requests += 1
+        last_nbytes = 0
         avoid: set[int] = set()
         died_at: float | None = None
         errors: list[str] = []
@@ -279,7 +350,7 @@ class Fleet:
                     self.stats.retries += 1
                     if state.checkpoint is not None:
                         self.stats.resumed_from_checkpoint += 1
-                order = WorkOrder(request_id=request_id, attempt=attempt, request=request_json)
+                order = WorkOrder(request_id=request_id, attempt=attempt, request=request_json, plan=plan)
                 try:
                     stream = worker.actor.run.remote(encode(order), state.checkpoint)
                     async for ref in stream:
@@ -293,16 +364,26 @@ class Fleet:
                                 self.stats.recoveries_s.append(recovery)
                                 died_at = None
                         elif event.kind == "chunk":
-                            state.chunks = event.chunk
                             if event.has_checkpoint:
-                                state.checkpoint = await stream.__anext__()  # a ref: not fetched here
+                                # awaited before it counts: a stream whose worker dies yields an
+                                # error ref in place of the item. Put again by this process, the
+                                # copy is created (not only owned) here, so it survives the
+                                # worker's node too, not just the worker process
+                                state.checkpoint = ray.put(await (await stream.__anext__()))
+                                last_nbytes = event.nbytes
+                            state.chunks = event.chunk
                         elif event.kind == "done":
                             self.stats.completed += 1
+                            final = state.checkpoint if state.chunks == event.chunk and last_nbytes else None
+                            self._remember(request_id, event.plan, final, last_nbytes)
                             response = event.response
-                            response.setdefault("stats", {})["fleet"] = dict(
+                            fleet = dict(
                                 worker=worker.worker_id, attempts=attempt + 1, resumed_at_chunk=state.resumed_chunks,
                                 recovery_s=[round(r, 3) for r in state.recoveries_s],
                             )
+                            if continue_from is not None:
+                                fleet.update(continued=continue_from, session="regenerated" if session is None else "hit")
+                            response.setdefault("stats", {})["fleet"] = fleet
                             return response
                         else:
                             self.stats.failed += 1

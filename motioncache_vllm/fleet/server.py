@@ -20,14 +20,20 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from motioncache_vllm.fleet.messages import WorkerSpec
-from motioncache_vllm.fleet.router import Fleet, FleetConfig, FleetError, FleetUnavailable
+from motioncache_vllm.fleet.router import (
+    Fleet,
+    FleetConfig,
+    FleetError,
+    FleetUnavailable,
+    InvalidContinuation,
+    UnknownVideo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,9 @@ def _metrics_text(fleet: Fleet) -> bytes:
         ("retries", s.retries, "Attempts after a worker died"),
         ("resumed_from_checkpoint", s.resumed_from_checkpoint, "Retries resumed from a per-chunk checkpoint"),
         ("worker_deaths", s.worker_deaths, "Worker deaths seen by the router"),
+        ("continuations", s.continuations, "Requests continuing a stored video (continue_from)"),
+        ("sessions_regenerated", s.sessions_regenerated, "Continuations whose stored state was evicted"),
+        ("session_evictions", fleet.sessions.stats.evictions, "Stored video states evicted (fleet-wide budget)"),
     ):
         families.append(CounterMetricFamily(f"motioncache_fleet_{name}", doc, value=value))
     recover = GaugeMetricFamily(
@@ -64,6 +73,9 @@ def _metrics_text(fleet: Fleet) -> bytes:
     )
     recover.add_metric([], s.recoveries_s[-1] if s.recoveries_s else float("nan"))
     families.append(recover)
+    held = GaugeMetricFamily("motioncache_fleet_session_bytes", "Bytes of stored video states (fleet-wide)")
+    held.add_metric([], fleet.sessions.stats.bytes)
+    families.append(held)
     gauges = {
         "running": GaugeMetricFamily("motioncache_fleet_worker_running", "Requests routed to a worker", labels=["worker"]),
         "ready": GaugeMetricFamily("motioncache_fleet_worker_ready", "1 if the worker is ready", labels=["worker"]),
@@ -110,6 +122,9 @@ def build_app(fleet: Fleet, settings) -> FastAPI:
                 f"invalid video request: expected a JSON object, got {type(body).__name__}", HTTPStatus.BAD_REQUEST
             )
         model = body.pop("model", None)
+        continue_from = body.pop("continue_from", None)
+        if continue_from is not None and not isinstance(continue_from, str):
+            return error_response("invalid video request: `continue_from` must be a video id", HTTPStatus.BAD_REQUEST)
         if model is not None and model not in served:
             return error_response(f"the model `{model}` does not exist; served: {sorted(served)}", HTTPStatus.NOT_FOUND)
         try:
@@ -117,7 +132,11 @@ def build_app(fleet: Fleet, settings) -> FastAPI:
         except InvalidVideoRequest as exc:
             return error_response(str(exc), HTTPStatus.BAD_REQUEST)
         try:
-            response = await fleet.generate(msgspec.json.encode(request))
+            response = await fleet.generate(msgspec.json.encode(request), continue_from=continue_from)
+        except UnknownVideo as exc:
+            return error_response(str(exc), HTTPStatus.NOT_FOUND)
+        except InvalidContinuation as exc:
+            return error_response(str(exc), HTTPStatus.BAD_REQUEST)
         except FleetError as exc:
             return error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR)
         except FleetUnavailable as exc:

@@ -77,7 +77,7 @@ class _Running:
     events: asyncio.Queue
     chunks: int = 0
     job: object = None
-    resume_state: bytes | None = None
+    plan: object = None  # the finished video's VideoPlan
 
 
 @dataclass
@@ -115,23 +115,41 @@ class EngineWorker:
 
     # -- Ray methods -------------------------------------------------------------------------
     async def run(self, order_bytes: bytes, checkpoint: bytes | None = None) -> AsyncIterator[bytes]:
-        """Serve one attempt of a request: yields msgpack ``WorkEvent``s (per finished chunk,
-        then ``done`` or ``error``). With ``checkpoint`` (msgpack ``Checkpoint``) the request
-        resumes from it instead of starting over."""
-        from motioncache_vllm.vllm_plugin.messages import decode_request
+        """Serve one attempt of a request: yields msgpack ``WorkEvent``s (``started``, per
+        finished chunk ``chunk`` then its ``Checkpoint``, then ``done`` or ``error``).
+
+        With ``checkpoint`` (msgpack ``Checkpoint``) or ``order.plan`` the request goes
+        through the engine as a continuation (``VideoRequest.continue_from``) of the
+        checkpoint's state, which this worker's session store holds until the job starts:
+        the rest of an interrupted request, or a stored video continued; without a state,
+        the plan is made from nothing (the same frames)."""
+        from motioncache_vllm.runtime.snapshot import GenerationSnapshot
+        from motioncache_vllm.vllm_plugin.messages import Continuation, decode_request
 
         self._loop = asyncio.get_running_loop()
         order = decode(order_bytes, WorkOrder)
         events: asyncio.Queue = asyncio.Queue()
         running = _Running(order, events)
-        if checkpoint is not None:
-            resume = decode(checkpoint, Checkpoint)
-            running.resume_state, running.chunks = resume.state, resume.chunk
+        ticket = f"{order.request_id}/{order.attempt}"
         try:
-            ticket = f"{order.request_id}/{order.attempt}"
             request = msgspec.structs.replace(decode_request(order.request), ticket=ticket)
+            snapshot = None
+            if checkpoint is not None:
+                resume = decode(checkpoint, Checkpoint)
+                snapshot = GenerationSnapshot.from_bytes(resume.state)
+                running.chunks = resume.chunk
+            plan = order.plan or (snapshot.plan if snapshot is not None else None)
+            if plan is not None:
+                last = plan.segments[-1]
+                request = msgspec.structs.replace(
+                    request, prompt=last.prompt, num_frames=last.num_frames, seed=last.seed,
+                    continue_from=Continuation(session=ticket, plan=plan),
+                )
+                if snapshot is not None:  # taken by the job when it starts (see _on_job_start)
+                    self.video_worker.sessions.put(ticket, snapshot, snapshot.nbytes)
             prompt = self.io.pre_process(self.io.parse_data(msgspec.json.encode(request)))
         except Exception as exc:  # noqa: BLE001  (the front validated it: a mismatch of versions)
+            self.video_worker.sessions.pop(ticket)
             yield encode(WorkEvent(kind="error", worker_id=self.spec.worker_id, error=f"{type(exc).__name__}: {exc}"))
             return
         self.stats.running[ticket] = running
@@ -149,6 +167,7 @@ class EngineWorker:
         finally:
             self.stats.running.pop(ticket, None)
             self._by_ticket.pop(ticket, None)
+            self.video_worker.sessions.pop(ticket)  # if the job never started
             self._inbox.put(("abort", ticket, None))  # a no-op for a finished request
 
     async def info(self) -> bytes:
@@ -202,7 +221,8 @@ class EngineWorker:
             return  # aborted meanwhile
         try:
             response = self.io.post_process([out], request_id=running.order.request_id)
-            event = WorkEvent(kind="done", worker_id=self.spec.worker_id, chunk=running.chunks, response=response)
+            event = WorkEvent(kind="done", worker_id=self.spec.worker_id, chunk=running.chunks, response=response,
+                              plan=running.plan)
             self.stats.videos_done += 1
         except Exception as exc:  # noqa: BLE001  (VideoGenerationError: the request failed, not the worker)
             event = WorkEvent(kind="error", worker_id=self.spec.worker_id, error=str(exc))
@@ -218,20 +238,8 @@ class EngineWorker:
         if running is None:
             return  # not a fleet request
         running.job = job
-        if running.resume_state is not None:
-            from motioncache_vllm.runtime.snapshot import GenerationSnapshot
-            from motioncache_vllm.runtime.stepwise import StepwiseGeneration
-
-            snapshot = GenerationSnapshot.from_bytes(running.resume_state)
-            fresh = job.gen
-            # the same request from its last finished chunk: the frames of the uninterrupted run
-            job.gen = StepwiseGeneration.resume(
-                self.video_worker.pipe, snapshot, cache=job.cache, pool=self.video_worker.pool,
-                request_id=job.request_id,
-            )
-            fresh.close()
-            running.resume_state = None
-        self._emit(running, WorkEvent(kind="started", worker_id=self.spec.worker_id, chunk=job.gen.position[0]))
+        self.video_worker.sessions.pop(job.request.ticket)  # the job holds its starting state now
+        self._emit(running, WorkEvent(kind="started", worker_id=self.spec.worker_id, chunk=job.gen.chunks_done))
 
     def _on_chunk_done(self, job, chunks: int) -> None:
         running = self._by_ticket.get(job.request.ticket or "") if job.request is not None else None
@@ -239,8 +247,13 @@ class EngineWorker:
             return
         running.chunks = chunks
         if job.gen.done:
-            return  # the answer follows; nothing left to resume
-        snapshot = job.gen.snapshot(include_kv=True).to_bytes()
-        checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.steps_done, state=snapshot))
-        self._emit(running, WorkEvent(kind="chunk", worker_id=self.spec.worker_id, chunk=chunks, has_checkpoint=True))
+            running.plan = job.gen.plan
+        snapshot = job.gen.snapshot(include_kv=True)
+        state = snapshot.to_bytes()
+        checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.steps_done, state=state))
+        self._emit(
+            running,
+            WorkEvent(kind="chunk", worker_id=self.spec.worker_id, chunk=chunks, has_checkpoint=True,
+                      nbytes=len(state)),
+        )
         self._emit(running, checkpoint)

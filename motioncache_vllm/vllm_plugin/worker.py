@@ -305,9 +305,9 @@ class VideoWorker:
             return
         job.engine_steps.append(step)
         self.records.append((step, job.request_id, unit))
-        if self.chunk_listeners and job.gen.position[1] == 0:  # the unit was a commit
+        if kind == "commit":
             for listener in self.chunk_listeners:
-                listener(job, job.gen.position[0])
+                listener(job, job.gen.chunks_done)
         if len(self.records) > self.MAX_RECORDS:
             del self.records[: len(self.records) - self.MAX_RECORDS]
 
