@@ -1,5 +1,8 @@
 """``motioncache serve --workers 2`` on a real local Ray cluster of separate processes.
 
+The fleet's video routes are the single server's (``vllm_plugin.videos_api``): the
+synchronous ``/v1/videos/generations`` here, and OpenAI's job routes for extensions.
+
 One cluster for the module (``ray.cluster_utils.Cluster``: a head node with no CPUs and two
 worker nodes of one CPU each, so the two engine workers land on two simulated nodes), one
 fleet server joined to it (``--ray-address``). Faults are real: the test ``kill -9``s the
@@ -35,6 +38,7 @@ POOL_MIB = 4
 SESSION_MIB = 24  # ~2 finished 17-frame videos (9.7 MB of state each): the queued test evicts them
 # 17 frames = 2 chunks of the embedded model; per-request policy "none": exact against generate_video
 BASE = dict(num_frames=17, num_inference_steps=2, cache={"policy": "none"})
+SYNC = "/v1/videos/generations"
 
 
 def get_json(url: str):
@@ -97,7 +101,7 @@ def test_concurrent_requests_all_finish_with_single_engine_frames(fleet, embedde
         ["a red circle moves right", "a blue square moves left", "two dots bounce",
          "a green bar slides down", "a static grey scene", "a yellow ball falls"])]
     with ThreadPoolExecutor(len(requests)) as pool:
-        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=600), requests))
+        answers = list(pool.map(lambda r: post_json(f"{fleet}{SYNC}", r, timeout=600), requests))
     assert all(status == 200 for status, _ in answers), answers
     workers = {body["stats"]["fleet"]["worker"] for _, body in answers}
     assert workers == {0, 1}  # routed to both
@@ -117,12 +121,13 @@ def test_bad_requests_get_4xx_and_the_fleet_keeps_serving(fleet):
         (b"{not json", 400, "not JSON"),
         ([1, 2], 400, "JSON object"),
         ({"prompt": "x", "model": "other"}, 404, "other"),
+        ({"prompt": "x", "stream": "yes"}, 400, "stream"),
     ]
     for body, status, needle in bad:
-        got, answer = post_json(f"{fleet}/v1/videos", body)
+        got, answer = post_json(f"{fleet}{SYNC}", body)
         assert got == status, (body, answer)
         assert needle in answer["error"]["message"] and answer["error"]["code"] == status
-    status, body = post_json(f"{fleet}/v1/videos", dict(BASE, prompt="still serving", num_frames=9))
+    status, body = post_json(f"{fleet}{SYNC}", dict(BASE, prompt="still serving", num_frames=9))
     assert status == 200 and body["num_frames"] == 9
 
 
@@ -130,54 +135,60 @@ SESSION = {}  # what the continuation tests share: the first video's id, the con
 
 
 def _continuation_reference(pipe, first: dict, more: dict) -> str:
-    """frames_sha256 of ``first`` continued by ``more``, made here by the runtime (no fleet)."""
+    """frames_sha256 of ``first`` extended by ``more``, made here by the runtime (no fleet)."""
     from motioncache_vllm.config import CacheConfig, GenerationRequest
     from motioncache_vllm.runtime.generate import resolve
     from motioncache_vllm.runtime.snapshot import VideoPlan
     from motioncache_vllm.runtime.stepwise import PlanGeneration
 
     gen = {k: v for k, v in first.items() if k != "cache"}
-    plan = VideoPlan.of(resolve(pipe, GenerationRequest(**gen))).extended(more["prompt"], more["num_frames"], more["seed"])
+    plan = VideoPlan.of(resolve(pipe, GenerationRequest(**gen)))
+    plan = plan.extended(more["prompt"], plan.num_frames + more["num_frames"], more["seed"])
     run = PlanGeneration(pipe, plan, None, cache=CacheConfig(policy="none"))
     while not run.done:
         run.step()
     return hashlib.sha256(run.result().frames.tobytes()).hexdigest()
 
 
-def test_continued_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
+def extend_and_wait(fleet: str, body: dict) -> dict:
+    """``POST /v1/videos/extensions`` (a job), polled until it ends; the job object."""
+    status, job = post_json(f"{fleet}/v1/videos/extensions", body)
+    assert status == 200, job
+    deadline = time.monotonic() + 600
+    while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = get_json(f"{fleet}/v1/videos/{job['id']}")
+    assert job["status"] == "completed", job
+    return job
+
+
+def test_extended_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
     first = dict(BASE, prompt="a red circle moves right", seed=11)
-    status, video = post_json(f"{fleet}/v1/videos", first, timeout=600)
+    status, video = post_json(f"{fleet}{SYNC}", first, timeout=600)
     assert status == 200, video
-    more = dict(prompt="then it turns around", num_frames=33, seed=5, cache={"policy": "none"}, continue_from=video["id"])
+    # 16 more frames = one more chunk
+    more = dict(video={"id": video["id"]}, prompt="then it turns around", num_frames=16, seed=5, cache={"policy": "none"})
     # two at once: the router puts them on both workers; each continues the stored state
     with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=600), [more, more]))
-    assert all(status == 200 for status, _ in answers), answers
-    (_, a), (_, b) = answers
+        a, b = (job["motioncache"] for job in pool.map(lambda r: extend_and_wait(fleet, r), [more, more]))
     assert {a["stats"]["fleet"]["worker"], b["stats"]["fleet"]["worker"]} == {0, 1}
     assert a["frames_sha256"] == b["frames_sha256"]  # deterministic, whichever worker
     assert a["frames_sha256"] == _continuation_reference(embedded_pipe, first, more)
-    for body in (a, b):
-        assert body["num_frames"] == 33 and body["stats"]["fleet"]["session"] == "hit"
-        assert body["stats"]["resumed_chunks"] == 2  # the first video's chunks were not recomputed
+    assert a["frame_sha256"][:17] == video["frame_sha256"]  # the earlier frames unchanged
+    for ext in (a, b):
+        assert ext["num_frames"] == 33 and ext["stats"]["fleet"]["session"] == "hit"
+        assert ext["stats"]["resumed_chunks"] == 2  # the first video's chunks were not recomputed
         # units run: the one new chunk (steps + commit), not the video's three chunks
-        assert len(body["stats"]["engine_steps"]) == BASE["num_inference_steps"] + 1
+        assert len(ext["stats"]["engine_steps"]) == BASE["num_inference_steps"] + 1
     SESSION.update(first=first, more=more, id=video["id"], sha=a["frames_sha256"])
-    # what a continuation cannot be
-    for body, status, needle in (
-        (dict(more, continue_from="video-nope"), 404, "video-nope"),
-        (dict(more, num_frames=17), 400, "must exceed"),
-        (dict(more, num_inference_steps=3), 400, "keeps the video's num_inference_steps"),
-        (dict(more, continue_from=7), 400, "video id"),
-    ):
-        got, answer = post_json(f"{fleet}/v1/videos", body)
-        assert got == status and needle in answer["error"]["message"], (body, answer)
+    status, answer = post_json(f"{fleet}/v1/videos/extensions", dict(more, video={"id": "video_nope"}))
+    assert status == 404 and "video_nope" in answer["error"]["message"]
 
 
 def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
     requests = [dict(prompt=f"shape {i} moves", num_frames=9, num_inference_steps=1, seed=i) for i in range(24)]
     with ThreadPoolExecutor(len(requests)) as pool:
-        answers = list(pool.map(lambda r: post_json(f"{fleet}/v1/videos", r, timeout=900), requests))
+        answers = list(pool.map(lambda r: post_json(f"{fleet}{SYNC}", r, timeout=900), requests))
     assert all(status == 200 for status, _ in answers), [b for s, b in answers if s != 200][:2]
     budget = POOL_MIB * 2**20
     for _, body in answers:
@@ -188,15 +199,14 @@ def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
     assert sum(r["videos_done"] for r in rows) >= len(requests)
 
 
-def test_evicted_video_is_made_again_when_continued(fleet):
+def test_evicted_video_is_made_again_when_extended(fleet):
     """The queued requests filled the fleet-wide session budget: the first video's state is
-    gone; continuing it regenerates it from its plan, with the same frames."""
-    assert SESSION, "runs after test_continued_video_reuses_its_state_on_any_worker"
+    gone; extending it makes it again from its plan, with the same frames."""
+    assert SESSION, "runs after test_extended_video_reuses_its_state_on_any_worker"
     metrics = get_text(f"{fleet}/metrics")
     evictions = [line for line in metrics.splitlines() if line.startswith("motioncache_fleet_session_evictions_total")]
     assert evictions and float(evictions[0].split()[-1]) > 0
-    status, body = post_json(f"{fleet}/v1/videos", SESSION["more"], timeout=600)
-    assert status == 200, body
+    body = extend_and_wait(fleet, SESSION["more"])["motioncache"]
     assert body["stats"]["fleet"]["session"] == "regenerated"
     assert body["frames_sha256"] == SESSION["sha"]
     assert len(body["stats"]["engine_steps"]) == 3 * (BASE["num_inference_steps"] + 1)  # all three chunks
@@ -223,7 +233,7 @@ def test_killed_worker_request_resumes_elsewhere_with_equal_frames(fleet):
     killer = threading.Thread(target=_kill_when_checkpointed, args=(fleet, killed))
     killer.start()
     t0 = time.monotonic()
-    status, body = post_json(f"{fleet}/v1/videos", request, timeout=900)
+    status, body = post_json(f"{fleet}{SYNC}", request, timeout=900)
     killer.join()
     assert status == 200, body
     info = body["stats"]["fleet"]
@@ -232,7 +242,7 @@ def test_killed_worker_request_resumes_elsewhere_with_equal_frames(fleet):
     assert info["resumed_at_chunk"] and info["resumed_at_chunk"][0] >= 1  # not from scratch
     assert len(info["recovery_s"]) == 1
     # the no-fault run of the same request on the surviving worker: the same frames
-    status, again = post_json(f"{fleet}/v1/videos", request, timeout=900)
+    status, again = post_json(f"{fleet}{SYNC}", request, timeout=900)
     assert status == 200 and again["stats"]["fleet"]["attempts"] == 1
     assert again["frames_sha256"] == body["frames_sha256"]
     rows = {r["id"]: r for r in get_json(f"{fleet}/v1/workers")["data"]}

@@ -57,8 +57,13 @@ def serve_fleet(
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         fields = ", ".join(f.name for f in msgspec.structs.fields(FleetConfig) if f.name != "workers")
         raise SystemExit(f"error: --fleet-config: {exc} (fields: {fields})") from None
+    from motioncache_vllm.vllm_plugin.endpoint import ServiceConfig
+    from motioncache_vllm.vllm_plugin.videos_api import ServiceSettings
+
+    jobs = ServiceConfig.from_additional_config(settings)  # video_ttl_s, video_store_mib, as the single server
+    store = None if jobs.video_store_mib is None else int(jobs.video_store_mib * 2**20)
     launch_fleet(
         model_dir, host=host, port=port, served_model_name=served_model_name, serve_argv=argv,
         settings=EngineCacheSettings.from_additional_config(settings), config=config, ray_address=ray_address,
-        ready_line=ready_line,
+        ready_line=ready_line, service_settings=ServiceSettings(ttl_s=jobs.video_ttl_s, store_bytes=store),
     )

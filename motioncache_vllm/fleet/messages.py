@@ -61,6 +61,10 @@ class WorkEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, k
     after the last chunk, the finished video's state (a session an extension continues)."""
     nbytes: int = 0
     """``chunk``: size of the checkpoint's snapshot (its tensors)."""
+    units_done: int = 0
+    units_total: int = 0
+    """``chunk``: denoising units (steps and commits) of this attempt done / in all."""
+    chunks_total: int = 0
     plan: VideoPlan | None = None
     """``done``: what the video is made of (its request resolved, then each extension)."""
     response: dict[str, Any] | None = None

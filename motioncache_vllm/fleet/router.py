@@ -23,14 +23,14 @@ import logging
 import math
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from motioncache_vllm.fleet.messages import WorkerInfo, WorkerSpec, WorkerState, WorkEvent, WorkOrder, decode, encode
-from motioncache_vllm.runtime.snapshot import VideoPlan
+from motioncache_vllm.vllm_plugin.messages import Continuation
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,9 @@ class FleetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     info_interval_s: float = 1.0
     """Period of the router's poll of every worker's WorkerInfo (pool bytes, liveness)."""
     session_budget_mib: float | None = 256.0
-    """Fleet-wide budget of finished videos' states (what ``continue_from`` continues), held in
+    """Fleet-wide budget of finished videos' states (what an extension continues), held in
     Ray's object store; past it the least recently used are evicted (their videos are then
-    made again from their plans when continued). None: unbounded; 0: keep none."""
-    max_plans: int = 100_000
-    """Videos whose plan (a few hundred bytes each) the router remembers for continuations."""
+    made again from their plans when extended). None: unbounded; 0: keep none."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -76,14 +74,6 @@ class FleetError(RuntimeError):
 
 class FleetUnavailable(RuntimeError):
     """No worker could finish the request: every attempt's worker died, or none was ready in time."""
-
-
-class InvalidContinuation(ValueError):
-    """A ``continue_from`` the fleet cannot serve: an unknown video, or no frames to add."""
-
-
-class UnknownVideo(InvalidContinuation):
-    """``continue_from`` names no video this fleet made (or one it has forgotten)."""
 
 
 @dataclass
@@ -146,7 +136,6 @@ class Fleet:
         mib = config.session_budget_mib
         # video id -> ObjectRef of its finished state (Checkpoint bytes), owned by this process
         self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20))
-        self.plans: OrderedDict[str, VideoPlan] = OrderedDict()  # video id -> what it is made of
         self._changed: asyncio.Condition | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -278,43 +267,25 @@ class Fleet:
         await self._notify()
 
     # -- requests ----------------------------------------------------------------------------
-    def continuation(self, video_id: str, request) -> tuple[VideoPlan, Any]:
-        """(plan, stored state or None) of ``request`` (a ``VideoRequest``) continuing the
-        video ``video_id``: its plan extended by the request's prompt, total ``num_frames``
-        and seed; the state is None when it was evicted (the video is then made again)."""
-        plan = self.plans.get(video_id)
-        if plan is None:
-            raise UnknownVideo(f"continue_from: no video `{video_id}` on this fleet")
-        for name, mine, theirs in (
-            ("height", request.height, plan.height), ("width", request.width, plan.width),
-            ("num_inference_steps", request.num_inference_steps, plan.steps),
-            ("guidance_scale", request.guidance_scale, plan.guidance),
-        ):
-            if mine is not None and mine != theirs:
-                raise InvalidContinuation(f"continue_from: a continuation keeps the video's {name} ({theirs}), got {mine}")
-        if request.num_frames is None or request.num_frames <= plan.num_frames:
-            raise InvalidContinuation(
-                f"continue_from: num_frames is the continued video's total and must exceed the "
-                f"{plan.num_frames} frames of `{video_id}` (e.g. {plan.num_frames + 16}), got {request.num_frames}"
-            )
-        self.plans.move_to_end(video_id)
-        return plan.extended(request.prompt, request.num_frames, request.seed), self.sessions.get(video_id)
-
-    def _remember(self, video_id: str, plan: VideoPlan | None, state: Any, nbytes: int) -> None:
-        if plan is None:
-            return
-        self.plans[video_id] = plan
-        while len(self.plans) > self.config.max_plans:
-            self.plans.popitem(last=False)
+    def _remember(self, video_id: str, state: Any, nbytes: int) -> None:
         if state is not None:
             self.sessions.put(video_id, state, nbytes)  # may evict others (LRU), or keep nothing
 
+    def drop_session(self, video_id: str) -> None:
+        """Forget a video's stored state (its job was deleted)."""
+        self.sessions.pop(video_id)
+
     async def generate(
-        self, request_json: bytes, request_id: str | None = None, continue_from: str | None = None
+        self,
+        request_json: bytes,
+        request_id: str | None = None,
+        continuation: Continuation | None = None,
+        on_progress: Callable[[WorkEvent], None] | None = None,
     ) -> dict[str, Any]:
         """Serve one validated video request (its JSON); returns the video response dict.
-        With ``continue_from`` (a video id of this fleet), continue that video instead
-        (see :meth:`continuation`; raises :class:`InvalidContinuation`).
+        ``continuation``: make its plan from the stored state of the video it names (an
+        extension), or, that state evicted, from nothing (the same frames, slower).
+        ``on_progress`` gets every ``chunk`` event (units and chunks done / total).
 
         Raises :class:`FleetError` if the request itself failed, :class:`FleetUnavailable`
         if every attempt's worker died (or none was ready in time)."""
@@ -327,10 +298,8 @@ class Fleet:
             ActorUnavailableError = RayActorError  # noqa: N806
 
         plan = session = None
-        if continue_from is not None:
-            from motioncache_vllm.vllm_plugin.messages import decode_request
-
-            plan, session = self.continuation(continue_from, decode_request(request_json))
+        if continuation is not None:
+            plan, session = continuation.plan, self.sessions.get(continuation.session)
             self.stats.continuations += 1
             self.stats.sessions_regenerated += session is None
         request_id = request_id or f"video-{uuid.uuid4().hex}"
@@ -372,17 +341,20 @@ class Fleet:
                                 state.checkpoint = ray.put(await (await stream.__anext__()))
                                 last_nbytes = event.nbytes
                             state.chunks = event.chunk
+                            if on_progress is not None:
+                                on_progress(event)
                         elif event.kind == "done":
                             self.stats.completed += 1
                             final = state.checkpoint if state.chunks == event.chunk and last_nbytes else None
-                            self._remember(request_id, event.plan, final, last_nbytes)
+                            self._remember(request_id, final, last_nbytes)
                             response = event.response
                             fleet = dict(
                                 worker=worker.worker_id, attempts=attempt + 1, resumed_at_chunk=state.resumed_chunks,
                                 recovery_s=[round(r, 3) for r in state.recoveries_s],
                             )
-                            if continue_from is not None:
-                                fleet.update(continued=continue_from, session="regenerated" if session is None else "hit")
+                            if continuation is not None:
+                                fleet.update(continued=continuation.session,
+                                             session="regenerated" if session is None else "hit")
                             response.setdefault("stats", {})["fleet"] = fleet
                             return response
                         else:

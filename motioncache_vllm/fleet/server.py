@@ -1,50 +1,39 @@
 """The fleet's HTTP front: one API over N engine workers (``motioncache serve --workers N``).
 
-Routes: ``POST /v1/videos`` (the body and answer of the single server's route),
-``GET /health`` (200 while a worker is ready), ``GET /metrics`` (Prometheus: the fleet's
-counters, per-worker gauges, and the MotionCache figures of served videos),
+Routes: the single server's video routes, from its own code (``vllm_plugin.videos_api``):
+OpenAI's Videos API (``POST /v1/videos`` creates a job, ``GET /v1/videos/{id}`` polls it,
+``.../content`` downloads it, ``POST /v1/videos/extensions`` continues a completed video
+on any worker, list, delete, remix) and the synchronous ``POST /v1/videos/generations``;
+plus ``GET /health`` (200 while a worker is ready), ``GET /metrics`` (Prometheus: the
+fleet's counters, per-worker gauges, the MotionCache figures of served videos) and
 ``GET /v1/workers`` (id, node, pid, state, running requests, pool bytes of each worker).
 
-Errors have vLLM's shape, ``{"error": {"message", "type", "code", "param"}}``: 400 for an
-invalid request (checked here, before any worker sees it), 500 when the engine failed
-the request, 503 when no worker could finish it.
+Errors have OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``): 400 for
+an invalid request (checked here, before any worker sees it), 404 for an unknown video,
+500 when the engine failed the request or no worker could finish it (the message says
+which; a job then ends ``failed``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from http import HTTPStatus
 
 import msgspec
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from motioncache_vllm.fleet.messages import WorkerSpec
-from motioncache_vllm.fleet.router import (
-    Fleet,
-    FleetConfig,
-    FleetError,
-    FleetUnavailable,
-    InvalidContinuation,
-    UnknownVideo,
-)
+from motioncache_vllm.fleet.router import Fleet, FleetConfig, FleetError
 
 logger = logging.getLogger(__name__)
 
 OBJECT_STORE_MIB = 512
 """Object store of a Ray cluster the front starts itself (checkpoints are small)."""
-
-
-def error_response(message: str, status: HTTPStatus) -> JSONResponse:
-    kind = HTTPStatus(status).phrase.replace(" ", "") + "Error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": int(status)}}
-    return JSONResponse(body, status_code=int(status))
 
 
 def _metrics_text(fleet: Fleet) -> bytes:
@@ -101,48 +90,53 @@ def _metrics_text(fleet: Fleet) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(extra)
 
 
-def build_app(fleet: Fleet, settings) -> FastAPI:
-    """The FastAPI app of the front; ``settings`` is the engines' ``EngineCacheSettings``
-    (requests are validated here exactly as an engine's IO processor would)."""
-    from motioncache_vllm.vllm_plugin.messages import InvalidVideoRequest
+def build_app(fleet: Fleet, settings, model_name: str = "embedded", service_settings=None) -> FastAPI:
+    """The FastAPI app of the front. The video routes are the single server's, from the same
+    code (``vllm_plugin.videos_api``: OpenAI's Videos API, its jobs and extensions, and the
+    synchronous ``/v1/videos/generations``), with the fleet as the engine they submit to.
+    ``settings`` is the engines' ``EngineCacheSettings``: requests are validated here
+    exactly as an engine's IO processor would, before any worker sees them."""
+    from motioncache_vllm.vllm_plugin.events import VideoEvent
+    from motioncache_vllm.vllm_plugin.messages import VideoGenerationError, VideoRequest
     from motioncache_vllm.vllm_plugin.metrics import record
+    from motioncache_vllm.vllm_plugin.videos_api import VideoService, videos_router
     from motioncache_vllm.vllm_plugin.worker import validate_request
 
     app = FastAPI(title="motioncache fleet")
-    served = {"embedded"}
 
-    @app.post("/v1/videos")
-    async def create_video(raw: Request) -> Response:
+    async def submit(request: VideoRequest) -> dict:
+        # the job id is the fleet's request id (and the video's id); what the workers get is
+        # the bare request: the continuation is the router's (state from the fleet's store)
+        bare = msgspec.structs.replace(request, job=None, continue_from=None, stream=False)
+
+        def progress(event) -> None:
+            if request.job is not None:
+                service.on_event(VideoEvent(job=request.job, units_done=event.units_done,
+                                            units_total=event.units_total, chunks_done=event.chunk,
+                                            chunks_total=event.chunks_total))
+
         try:
-            body = json.loads(await raw.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(f"invalid video request: body is not JSON ({exc})", HTTPStatus.BAD_REQUEST)
-        if not isinstance(body, dict):
-            return error_response(
-                f"invalid video request: expected a JSON object, got {type(body).__name__}", HTTPStatus.BAD_REQUEST
+            response = await fleet.generate(
+                msgspec.json.encode(bare), request_id=request.job, continuation=request.continue_from,
+                on_progress=progress,
             )
-        model = body.pop("model", None)
-        continue_from = body.pop("continue_from", None)
-        if continue_from is not None and not isinstance(continue_from, str):
-            return error_response("invalid video request: `continue_from` must be a video id", HTTPStatus.BAD_REQUEST)
-        if model is not None and model not in served:
-            return error_response(f"the model `{model}` does not exist; served: {sorted(served)}", HTTPStatus.NOT_FOUND)
-        try:
-            request = validate_request(body, settings)
-        except InvalidVideoRequest as exc:
-            return error_response(str(exc), HTTPStatus.BAD_REQUEST)
-        try:
-            response = await fleet.generate(msgspec.json.encode(request), continue_from=continue_from)
-        except UnknownVideo as exc:
-            return error_response(str(exc), HTTPStatus.NOT_FOUND)
-        except InvalidContinuation as exc:
-            return error_response(str(exc), HTTPStatus.BAD_REQUEST)
         except FleetError as exc:
-            return error_response(str(exc), HTTPStatus.INTERNAL_SERVER_ERROR)
-        except FleetUnavailable as exc:
-            return error_response(str(exc), HTTPStatus.SERVICE_UNAVAILABLE)
+            raise VideoGenerationError(str(exc)) from None
         record(response.get("stats", {}))
-        return JSONResponse(response)
+        return response
+
+    async def drop_session(video_id: str) -> None:
+        fleet.drop_session(video_id)
+
+    def check_model(model: str) -> str | None:
+        return None if model == model_name else f"the model `{model}` does not exist; served: ['{model_name}']"
+
+    service = VideoService(
+        submit=submit, validate=lambda body: validate_request(body, settings), model_name=model_name,
+        settings=service_settings, check_model=check_model, drop_session=drop_session,
+    )
+    app.state.motioncache_videos = service
+    app.include_router(videos_router(lambda request: request.app.state.motioncache_videos))
 
     @app.get("/health")
     async def health() -> Response:
@@ -157,7 +151,7 @@ def build_app(fleet: Fleet, settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(_metrics_text(fleet), media_type="text/plain; version=0.0.4")
 
-    app.state.fleet, app.state.served = fleet, served
+    app.state.fleet = fleet
     return app
 
 
@@ -193,6 +187,7 @@ def launch_fleet(
     settings,
     config: FleetConfig,
     ray_address: str | None,
+    service_settings=None,
     ready_line: str,
     environ: Mapping[str, str] | None = None,
 ) -> None:
@@ -213,8 +208,7 @@ def launch_fleet(
         fleet = Fleet(spec, config)
         try:
             await fleet.start()
-            app = build_app(fleet, settings)
-            app.state.served.add(served_model_name)
+            app = build_app(fleet, settings, served_model_name, service_settings)
             server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

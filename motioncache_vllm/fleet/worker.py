@@ -254,6 +254,7 @@ class EngineWorker:
         self._emit(
             running,
             WorkEvent(kind="chunk", worker_id=self.spec.worker_id, chunk=chunks, has_checkpoint=True,
-                      nbytes=len(state)),
+                      nbytes=len(state), units_done=job.gen.steps_done, units_total=job.gen.total_steps,
+                      chunks_total=job.gen.num_chunks),
         )
         self._emit(running, checkpoint)
