@@ -436,7 +436,7 @@ def serve(
         policy, pass_policy = cache_policy, True
     if cache_pool_mib is not None and cache_pool_mib < 0:
         _fail(f"--cache-pool-mib must be >= 0, got {cache_pool_mib}")
-    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+    from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     settings = {**extra_config, "cache_policy": policy}
     if cache_pool_mib is not None:

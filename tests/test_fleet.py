@@ -137,7 +137,7 @@ SESSION = {}  # what the continuation tests share: the first video's id, the con
 def _continuation_reference(pipe, first: dict, more: dict) -> str:
     """frames_sha256 of ``first`` extended by ``more``, made here by the runtime (no fleet)."""
     from motioncache_vllm.config import CacheConfig, GenerationRequest
-    from motioncache_vllm.runtime.generate import resolve
+    from motioncache_vllm.runtime.request import resolve
     from motioncache_vllm.runtime.snapshot import VideoPlan
     from motioncache_vllm.runtime.stepwise import PlanGeneration
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from motioncache_vllm.config import GenerationRequest
 from motioncache_vllm.research.kv.policies import POLICIES, make_eviction_policy
 from motioncache_vllm.research.kv.store import BudgetedKV
-from motioncache_vllm.runtime.chunked import KVGeometry
+from motioncache_vllm.runtime.stream import KVGeometry
 from motioncache_vllm.runtime.generate import generate_video
 
 SCORED = [name for name in POLICIES if name != "full"]

@@ -9,7 +9,7 @@ import torch
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.metrics import psnr_db
 from motioncache_vllm.models.wan_adapter import WanFamilyAdapter
-from motioncache_vllm.runtime.chunked import StreamKV
+from motioncache_vllm.runtime.stream import StreamKV
 from motioncache_vllm.runtime.generate import generate_video
 
 REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=8, seed=3)
@@ -265,7 +265,7 @@ def test_cfg_delta_needs_shared_decisions():
 def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
     """Three requests interleaved unit by unit on one pool that holds one request's chunk:
     evicting thrashes (each miss makes a step full), admitting chunks whole does not."""
-    from motioncache_vllm.runtime.generate import make_pool
+    from motioncache_vllm.runtime.request import make_pool
     from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
     requests = [GenerationRequest(prompt=p, num_frames=9, num_inference_steps=10, seed=i)

@@ -11,7 +11,8 @@ import torch
 
 from motioncache_vllm.blocks.sessions import SessionStore
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.runtime.generate import generate_video, resolve
+from motioncache_vllm.runtime.generate import generate_video
+from motioncache_vllm.runtime.request import resolve
 from motioncache_vllm.runtime.snapshot import GenerationSnapshot, TensorData, VideoPlan
 from motioncache_vllm.runtime.stepwise import PlanGeneration, StepwiseGeneration
 
@@ -64,7 +65,7 @@ def test_resume_gives_the_uninterrupted_frames(embedded_pipe, base, include_kv):
     snap = first if include_kv else msgspec.structs.replace(first, kv=None, previous_last=None)
     blob = snap.to_bytes()  # across a process boundary: plain msgpack
     gen = StepwiseGeneration.resume(embedded_pipe, GenerationSnapshot.from_bytes(blob), cache=CACHE)
-    assert gen.steps_done == gen.total_steps // 2  # the first chunk is not run again
+    assert gen.units_done == gen.total_units // 2  # the first chunk is not run again
     resumed = run(gen)
     assert sha(resumed) == sha(frames)
     assert gen.result().stats["resumed_chunks"] == 1
@@ -74,7 +75,7 @@ def test_extension_keeps_the_first_frames_and_equals_its_regeneration(embedded_p
     frames, _, done = base
     assert done.done and done.plan == VideoPlan.of(resolve(embedded_pipe, REQUEST))
     gen = StepwiseGeneration.extend(embedded_pipe, done, "the circle turns blue", 33, seed=9, cache=CACHE)
-    assert gen.total_steps - gen.steps_done == gen.total_steps // 3  # one new chunk of three
+    assert gen.total_units - gen.units_done == gen.total_units // 3  # one new chunk of three
     longer = run(gen)
     assert longer.shape[0] == 33
     assert np.array_equal(longer[:17], frames)  # the original frames, exactly
@@ -82,11 +83,11 @@ def test_extension_keeps_the_first_frames_and_equals_its_regeneration(embedded_p
     # a lost session is regenerated from its plan alone: the same frames
     plan = done.plan.extended("the circle turns blue", 33, seed=9)
     regen = PlanGeneration(embedded_pipe, plan, cache=CACHE)
-    assert regen.total_steps == 3 * (REQUEST.num_inference_steps + 1)
+    assert regen.total_units == 3 * (REQUEST.num_inference_steps + 1)
     assert sha(run(regen)) == sha(longer)
     # and from a snapshot without K/V (context recomputed with each segment's prompt)
     light = PlanGeneration(embedded_pipe, plan, msgspec.structs.replace(done, kv=None, previous_last=None), CACHE)
-    assert light.total_steps == REQUEST.num_inference_steps + 1
+    assert light.total_units == REQUEST.num_inference_steps + 1
     assert sha(run(light)) == sha(longer)
 
 

@@ -8,7 +8,8 @@ from diffusers.hooks import HookRegistry
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.models.wan_adapter import CachedSelfAttnProcessor
 from motioncache_vllm.runtime.chunked import shared_adapter
-from motioncache_vllm.runtime.generate import generate_video, make_pool
+from motioncache_vllm.runtime.generate import generate_video
+from motioncache_vllm.runtime.request import make_pool
 from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
 REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=8, seed=3)
@@ -39,7 +40,7 @@ def test_stepwise_is_bit_identical_to_generate_video(tiny_pipe, policy, config):
     assert_clean(tiny_pipe)
     gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache)
     chunks = 3  # 17 frames -> 6 latent frames -> 3 chunks of 2
-    assert gen.total_steps == chunks * (8 + 1) and gen.steps_done == 0
+    assert gen.total_units == chunks * (8 + 1) and gen.units_done == 0
     kinds, out = run_to_end(gen)
     assert kinds == (["denoise"] * 8 + ["commit"]) * chunks
     assert np.array_equal(out.frames, ref.frames)
@@ -67,7 +68,7 @@ def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pi
                 # hooks stay installed while any generation is live
                 assert shared_adapter(tiny_pipe.transformer)._installed == (not all(x.done for x in gens))
         rounds += 1
-    assert rounds == max(g.total_steps for g in gens)
+    assert rounds == max(g.total_units for g in gens)
     for g, ref in zip(gens, solo):
         assert np.array_equal(g.result().frames, ref.frames)
         assert g.result().stats["token_steps_computed"] == ref.stats["token_steps_computed"]

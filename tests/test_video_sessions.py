@@ -8,7 +8,7 @@ import torch
 
 from motioncache_vllm.vllm_plugin.events import WorkerCommand
 from motioncache_vllm.vllm_plugin.messages import Continuation, VideoRequest
-from motioncache_vllm.vllm_plugin.worker import VideoWorker, tensor_to_payload  # noqa: F401
+from motioncache_vllm.vllm_plugin.worker import VideoWorker
 
 
 def ids(request: VideoRequest) -> torch.Tensor:

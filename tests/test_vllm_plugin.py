@@ -93,7 +93,7 @@ def test_cache_policy_flag_lands_in_additional_config():
 
 def test_engine_cache_settings_carry_the_pool_layout_and_reject_bad_ones():
     from motioncache_vllm.vllm_plugin.messages import CacheOverrides
-    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+    from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     settings = EngineCacheSettings.from_additional_config({
         "cache_policy": "motion", "cache_pool_mib": 1, "cache_pool_dtype": "int8",

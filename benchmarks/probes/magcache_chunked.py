@@ -6,13 +6,12 @@ from motioncache_vllm.bench import suites
 from motioncache_vllm.bench.prompts import held_out_set
 torch.set_num_threads(2)
 pipe = load_pipeline()
-suites._PIPE[:] = [pipe]
 s = suites.BenchSettings(prompts=held_out_set(), frames=33, repeats=1)
-cands = [suites._cache_candidate("none", "-", None)]
-cands += [suites._cache_candidate("flowcache", "threshold", t) for t in (0.1, 0.2, 0.3)]
-cands += [suites._cache_candidate("motion", "threshold", t) for t in (0.1, 0.2, 0.3)]
-cands += [suites._cache_candidate("magcache", "threshold", t) for t in (0.03, 0.06, 0.12, 0.24)]
-points = suites.measure(cands, s, progress=lambda: None)
+cands = [suites._cache_candidate(pipe, "none", "-", None)]
+cands += [suites._cache_candidate(pipe, "flowcache", "threshold", t) for t in (0.1, 0.2, 0.3)]
+cands += [suites._cache_candidate(pipe, "motion", "threshold", t) for t in (0.1, 0.2, 0.3)]
+cands += [suites._cache_candidate(pipe, "magcache", "threshold", t) for t in (0.03, 0.06, 0.12, 0.24)]
+points = suites.measure(pipe, cands, s, progress=lambda: None)
 res = suites._points_result("magcache", points, s, False, __import__("pathlib").Path("."))
 json.dump(res, open("magcache_chunked.json", "w"), indent=1)
 print(suites.to_table(res))

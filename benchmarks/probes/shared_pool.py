@@ -3,7 +3,8 @@ paired pool, motion-aware vs LRU eviction vs admission control. Run: python benc
 import time, torch
 from motioncache_vllm.models.loading import load_pipeline
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.runtime.generate import make_pool, generate_video
+from motioncache_vllm.runtime.generate import generate_video
+from motioncache_vllm.runtime.request import make_pool
 from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 from motioncache_vllm.metrics import psnr_db
 torch.set_num_threads(2)

@@ -12,9 +12,7 @@ run time, which these machines cannot do.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,30 +20,23 @@ from typing import Callable
 import msgspec
 import torch
 
+from motioncache_vllm.bench.common import (
+    BenchSettings,
+    bench_requests,
+    finite,
+    label_axes,
+    machine_info,
+    pyplot,
+    rows_table,
+    save_figure,
+)
+from motioncache_vllm.bench.throughput import DEFAULTS as THROUGHPUT_DEFAULTS
+from motioncache_vllm.bench.throughput import run_throughput
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.metrics import psnr_db, ssim
 from motioncache_vllm.policies.calibration import magnitude_ratios
-from motioncache_vllm.runtime.generate import GenerationResult, generate_video
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    prompts: list[str]
-    frames: int = 33
-    steps: int | None = None
-    repeats: int = 3
-    seed: int = 0
-    guidance: float | None = None  # None: the model's default CFG scale
-    model: str = "embedded"  # what the throughput suite serves (the others get a loaded pipeline)
-
-
-def default_settings(suite: str, quick: bool) -> dict:
-    """Defaults of ``--frames``, ``--steps`` and ``--repeats`` for ``suite``."""
-    if suite == "throughput":
-        from motioncache_vllm.bench.throughput import DEFAULTS
-
-        return dict(DEFAULTS[quick])
-    return {"frames": 17 if quick else 33, "steps": 10 if quick else None, "repeats": 1 if quick else 3}
+from motioncache_vllm.runtime.generate import generate_video
+from motioncache_vllm.runtime.request import GenerationResult
 
 
 @dataclass(frozen=True)
@@ -70,37 +61,15 @@ class Point(msgspec.Struct, omit_defaults=True):
     extra: dict = msgspec.field(default_factory=dict)
 
 
-def machine_info() -> dict:
-    return {
-        "cores": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        "cpu": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def _requests(s: BenchSettings) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(
-            prompt=p, num_frames=s.frames, num_inference_steps=s.steps, guidance_scale=s.guidance, seed=s.seed + i
-        )
-        for i, p in enumerate(s.prompts)
-    ]
-
-
-def _finite(x: float) -> float:
-    return 99.0 if x == float("inf") else round(x, 3)
-
-
-def measure(candidates: list[Candidate], s: BenchSettings, progress) -> list[Point]:
+def measure(pipe, candidates: list[Candidate], s: BenchSettings, progress) -> list[Point]:
     """Run vanilla + candidates round robin, ``repeats`` times per prompt; medians per prompt."""
-    vanilla = Candidate("vanilla", "-", None, lambda r: generate_video(_PIPE[0], r, runtime="vanilla"))
-    chunked = Candidate("none", "-", None, lambda r: generate_video(_PIPE[0], r))
+    vanilla = Candidate("vanilla", "-", None, lambda r: generate_video(pipe, r, runtime="vanilla"))
+    chunked = Candidate("none", "-", None, lambda r: generate_video(pipe, r))
     everyone = [vanilla, chunked, *[c for c in candidates if c.policy != "none"]]
     walls = {id(c): [] for c in everyone}  # per prompt: median wall
     quality = {id(c): [] for c in everyone}
     ideal = {id(c): [] for c in everyone}
-    for req in _requests(s):
+    for req in bench_requests(s):
         per_rep = {id(c): [] for c in everyone}
         outputs: dict[int, GenerationResult] = {}
         for _ in range(s.repeats):
@@ -124,7 +93,7 @@ def measure(candidates: list[Candidate], s: BenchSettings, progress) -> list[Poi
         cache_speedup = chunk / total if c.policy != "vanilla" and ":" not in c.policy else None  # not on the stock loop
         points.append(Point(
             policy=c.policy, knob=c.knob, value=c.value, speedup=round(base / total, 4),
-            psnr_db=_finite(statistics.mean(q[0] for q in quality[id(c)])),
+            psnr_db=finite(statistics.mean(q[0] for q in quality[id(c)])),
             ssim=round(statistics.mean(q[1] for q in quality[id(c)]), 5), wall_s=round(total / len(walls[id(c)]), 4),
             ideal_speedup=None if ideal_mean is None else round(ideal_mean, 4),
             realised_over_ideal=None if ideal_mean is None or cache_speedup is None else round(cache_speedup / ideal_mean, 4),
@@ -133,17 +102,13 @@ def measure(candidates: list[Candidate], s: BenchSettings, progress) -> list[Poi
     return points
 
 
-_PIPE: list = []  # the pipeline under test (set by run_suite)
-
-
-def _cache_candidate(policy: str, knob: str, value, **cache) -> Candidate:
+def _cache_candidate(pipe, policy: str, knob: str, value, **cache) -> Candidate:
     config = CacheConfig(policy=policy, policy_config={knob: value} if knob != "-" else {}, **cache)
-    return Candidate(policy, knob, value, lambda r: generate_video(_PIPE[0], r, cache=config))
+    return Candidate(policy, knob, value, lambda r: generate_video(pipe, r, cache=config))
 
 
-def _diffusers_candidate(name: str, knob: str, value, make_config) -> Candidate:
+def _diffusers_candidate(pipe, name: str, knob: str, value, make_config) -> Candidate:
     def run(req: GenerationRequest) -> GenerationResult:
-        pipe = _PIPE[0]
         pipe.transformer.enable_cache(make_config(value))
         try:
             return generate_video(pipe, req, runtime="vanilla")
@@ -159,18 +124,18 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     )
 
     thresholds = [0.2, 0.5] if quick else [0.1, 0.2, 0.3, 0.5, 0.8]
-    out = [_cache_candidate("none", "-", None)]
+    out = [_cache_candidate(pipe, "none", "-", None)]
     for policy in ("teacache", "flowcache", "motion"):
-        out += [_cache_candidate(policy, "threshold", t) for t in thresholds]
+        out += [_cache_candidate(pipe, policy, "threshold", t) for t in thresholds]
     # MagCache's rule on the chunked runtime (whole steps, calibrated ratios)
-    out += [_cache_candidate("magcache", "threshold", t) for t in ([0.24] if quick else [0.03, 0.06, 0.12, 0.24])]
+    out += [_cache_candidate(pipe, "magcache", "threshold", t) for t in ([0.24] if quick else [0.03, 0.06, 0.12, 0.24])]
     out += [
-        _diffusers_candidate("first_block_cache", "threshold", t, lambda v: FirstBlockCacheConfig(threshold=v))
+        _diffusers_candidate(pipe, "first_block_cache", "threshold", t, lambda v: FirstBlockCacheConfig(threshold=v))
         for t in ([0.2] if quick else [0.05, 0.1, 0.2, 0.4])
     ]
     out += [
         _diffusers_candidate(
-            "taylorseer", "cache_interval", k,
+            pipe, "taylorseer", "cache_interval", k,
             lambda v: TaylorSeerCacheConfig(
                 cache_interval=int(v), taylor_factors_dtype=torch.float32,
                 # its default patterns ("^blocks.*attn", fullmatch) miss "blocks.0.attn1", so
@@ -184,7 +149,7 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     # timestep is inside (100, 800) (its default range)
     out += [
         _diffusers_candidate(
-            "pab", "spatial_skip_range", k,
+            pipe, "pab", "spatial_skip_range", k,
             lambda v: PyramidAttentionBroadcastConfig(
                 spatial_attention_block_skip_range=int(v), current_timestep_callback=lambda: _active_timestep(pipe),
             ),
@@ -194,12 +159,12 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     calls, ratios = magcache_ratios(pipe, s)
     out += [
         _diffusers_candidate(
-            "magcache", "threshold", t,
+            pipe, "magcache", "threshold", t,
             lambda v: MagCacheConfig(threshold=v, num_inference_steps=calls, mag_ratios=ratios),
         )
         for t in ([0.12] if quick else [0.06, 0.12, 0.24, 0.5])
     ]
-    out += dbcache_candidates(quick)
+    out += dbcache_candidates(pipe, quick)
     return out
 
 
@@ -242,7 +207,7 @@ def magcache_ratios(pipe, s: BenchSettings) -> tuple[int, list[float]]:
     return len(cond), magnitude_ratios(cond)
 
 
-def dbcache_candidates(quick: bool) -> list[Candidate]:
+def dbcache_candidates(pipe, quick: bool) -> list[Candidate]:
     """cache-dit's DBCache (F1B0: first block always computed, none at the back) on the
     stock loop; absent when cache-dit is not installed (``pip install cache-dit``)."""
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # it logs every enable/disable at info
@@ -254,7 +219,6 @@ def dbcache_candidates(quick: bool) -> list[Candidate]:
 
     def make(threshold: float) -> Candidate:
         def run(req: GenerationRequest) -> GenerationResult:
-            pipe = _PIPE[0]
             # cache-dit's own SkyReelsV2 adapter settings; it matches pipelines by class name,
             # and ours is a subclass under another name
             adapter = BlockAdapter(
@@ -271,36 +235,6 @@ def dbcache_candidates(quick: bool) -> list[Candidate]:
         return Candidate("cache-dit:dbcache", "threshold", threshold, run)
 
     return [make(t) for t in ([0.2] if quick else [0.05, 0.1, 0.2, 0.4])]
-
-
-def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
-    _PIPE[:] = [pipe]
-    if suite == "pareto":
-        candidates = pareto_candidates(pipe, settings, quick)
-    elif suite == "memory":
-        candidates = memory_candidates(pipe, settings, quick)
-    elif suite == "granularity":
-        candidates = [
-            Candidate(f"motion/tile{t}", "threshold", 0.5, _cache_candidate("motion", "threshold", 0.5, tile=t).run)
-            for t in ((1, 2) if quick else (1, 2, 4))
-        ]
-    elif suite == "overhead":
-        return run_overhead(pipe, settings, quick, out_dir)
-    elif suite == "cfg":
-        return run_cfg(pipe, settings, quick, out_dir, progress_bar)
-    elif suite in ("cuts", "long"):
-        return run_per_chunk(pipe, suite, settings, quick, out_dir)
-    elif suite == "throughput":
-        from motioncache_vllm.bench.throughput import run_throughput
-
-        return run_throughput(pipe, settings, quick, out_dir, progress_bar)
-    else:
-        raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
-    total = len(settings.prompts) * settings.repeats * (len([c for c in candidates if c.policy != "none"]) + 2)
-    if progress_bar is not None:
-        progress_bar.reset(total=total)
-    points = measure(candidates, settings, progress=(progress_bar.update if progress_bar else (lambda: None)))
-    return _points_result(suite, points, settings, quick, out_dir)
 
 
 def _points_result(suite: str, points: list[Point], s: BenchSettings, quick: bool, out_dir: Path) -> dict:
@@ -339,9 +273,17 @@ def _plot_memory(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def granularity_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
+    """The motion policy at spatial block sides of 1, 2 (and 4) tokens."""
+    return [
+        Candidate(f"motion/tile{t}", "threshold", 0.5, _cache_candidate(pipe, "motion", "threshold", 0.5, tile=t).run)
+        for t in ((1, 2) if quick else (1, 2, 4))
+    ]
+
+
 def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     """Motion policy at shrinking pool budgets, motion-aware vs LRU eviction."""
-    req = _requests(s)[0]
+    req = bench_requests(s)[0]
     probe = generate_video(pipe, req, cache=CacheConfig(policy="motion", policy_config={"threshold": 0.5}))
     peak = max(probe.stats["pool_peak_bytes"], 1)
     # the unbounded peak holds one chunk per CFG branch: "one chunk" (of one branch) is the 50% row
@@ -358,7 +300,7 @@ def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
         for eviction in ("motion", "lru") if budget is not None else ("motion",):
             for fmt, storage in formats.items() if budget is not None else [("float32", {})]:
                 mib = None if budget is None else budget / 2**20
-                c = _cache_candidate("motion", "threshold", 0.5, pool_mib=mib, eviction=eviction, **storage)
+                c = _cache_candidate(pipe, "motion", "threshold", 0.5, pool_mib=mib, eviction=eviction, **storage)
                 name = f"motion/{eviction}" + ("" if fmt == "float32" else f"/{fmt}")
                 out.append(Candidate(name, f"pool:{label}", None if budget is None else round(budget), c.run))
     return out
@@ -375,14 +317,14 @@ def run_cfg(pipe, s: BenchSettings, quick: bool, out_dir: Path, progress_bar=Non
         candidates = []
         for t in thresholds:
             for shared in (False, True) if guidance is None else (False,):  # one branch: nothing to share
-                c = _cache_candidate("motion", "threshold", t, cfg_shared=shared)
+                c = _cache_candidate(pipe, "motion", "threshold", t, cfg_shared=shared)
                 candidates.append(Candidate("motion/shared" if shared else "motion/per_branch", "threshold", t, c.run))
         settings = replace(s, guidance=guidance)
         if progress_bar is not None:
             progress_bar.reset(total=len(s.prompts) * s.repeats * (len(candidates) + 2))
         update = progress_bar.update if progress_bar is not None else (lambda: None)
         g = guidance if guidance is not None else float(pipe.config.default_guidance_scale)
-        for p in measure(candidates, settings, progress=update):  # vanilla/none of the same guidance included
+        for p in measure(pipe, candidates, settings, progress=update):  # vanilla/none of the same guidance included
             p.extra["guidance"] = g
             p.policy = f"{p.policy} g={g:g}"
             points.append(p)
@@ -394,7 +336,7 @@ def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
     rows = []
     for threshold in ([0.5] if quick else [0.3, 0.5, 0.8]):
         config = CacheConfig(policy="motion", policy_config={"threshold": threshold})
-        for req in _requests(s)[: 1 if quick else 3]:
+        for req in bench_requests(s)[: 1 if quick else 3]:
             full = generate_video(pipe, req)
             res = generate_video(pipe, req, cache=config)
             t = res.stats["timings"]
@@ -478,42 +420,16 @@ def run_per_chunk(pipe, suite: str, s: BenchSettings, quick: bool, out_dir: Path
         ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
         for policy, threshold in policies.items():
             out = generate_video(pipe, req, cache=CacheConfig(policy=policy, policy_config={"threshold": threshold}))
-            per_chunk = [_finite(psnr_db(out.frames[a:b], ref.frames[a:b])) for a, b in ranges]
+            per_chunk = [finite(psnr_db(out.frames[a:b], ref.frames[a:b])) for a, b in ranges]
             curves.append({"prompt": prompt, "policy": policy, "threshold": threshold, "frames": frames,
                            "reference": reference, "psnr_db_per_chunk": per_chunk,
-                           "psnr_db": _finite(psnr_db(out.frames, ref.frames)),
+                           "psnr_db": finite(psnr_db(out.frames, ref.frames)),
                            "ideal_speedup": out.stats["ideal_speedup"], "wall_s": round(out.wall_s, 3),
                            "reference_wall_s": round(ref.wall_s, 3)})
     result = {"suite": suite, "curves": curves, "machine": machine_info(),
               "settings": {"frames": frames, "steps": s.steps, "quick": quick}}
     _plot_curves(result, out_dir / f"{suite}.png")
     return result
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def label_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _plot_curves(result: dict, path: Path) -> None:
@@ -524,9 +440,6 @@ def _plot_curves(result: dict, path: Path) -> None:
     label_axes(ax, "chunk", f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)",
                f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)", legend_size=6)
     save_figure(fig, path)
-
-
-SUITES = ("pareto", "overhead", "memory", "granularity", "cuts", "long", "throughput", "cfg")
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -560,9 +473,9 @@ def to_table(result: dict) -> str:
             for p in result["points"]
         ]
     else:
-        tables = [_rows_table(result["rows"])]
+        tables = [rows_table(result["rows"])]
         if "overhead" in result:  # throughput: one request alone, vLLM vs the library path
-            tables.append(_rows_table(result["overhead"]))
+            tables.append(rows_table(result["overhead"]))
         if result.get("target", {}).get("ratio"):
             t = result["target"]
             ratios = ", ".join(f"{k} {v:.2f}" for k, v in t["ratio"].items())
@@ -571,7 +484,58 @@ def to_table(result: dict) -> str:
     return "\n".join([head, *rows])
 
 
-def _rows_table(rows: list[dict]) -> str:
-    keys = list(rows[0]) if rows else []
-    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
-    return "\n".join([head, *("| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows)])
+# -- the suite registry ----------------------------------------------------------------
+
+
+def _standard_defaults(quick: bool) -> dict:
+    return {"frames": 17 if quick else 33, "steps": 10 if quick else None, "repeats": 1 if quick else 3}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark: ``run(pipe, name, settings, quick, out_dir, progress_bar) -> result``,
+    and its ``--frames/--steps/--repeats`` defaults by ``quick``."""
+
+    run: Callable[..., dict]
+    defaults: Callable[[bool], dict] = _standard_defaults
+
+
+def _candidate_suite(make_candidates: Callable[[object, BenchSettings, bool], list[Candidate]]) -> Suite:
+    """A speed/quality suite: its candidates measured against vanilla and chunked full compute."""
+
+    def run(pipe, name: str, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
+        candidates = make_candidates(pipe, settings, quick)
+        total = len(settings.prompts) * settings.repeats * (len([c for c in candidates if c.policy != "none"]) + 2)
+        if progress_bar is not None:
+            progress_bar.reset(total=total)
+        update = progress_bar.update if progress_bar is not None else (lambda: None)
+        return _points_result(name, measure(pipe, candidates, settings, progress=update), settings, quick, out_dir)
+
+    return Suite(run)
+
+
+SUITES: dict[str, Suite] = {
+    "pareto": _candidate_suite(pareto_candidates),
+    "overhead": Suite(lambda pipe, name, s, quick, out, bar=None: run_overhead(pipe, s, quick, out)),
+    "memory": _candidate_suite(memory_candidates),
+    "granularity": _candidate_suite(granularity_candidates),
+    "cuts": Suite(lambda pipe, name, s, quick, out, bar=None: run_per_chunk(pipe, name, s, quick, out)),
+    "long": Suite(lambda pipe, name, s, quick, out, bar=None: run_per_chunk(pipe, name, s, quick, out)),
+    "throughput": Suite(
+        lambda pipe, name, s, quick, out, bar=None: run_throughput(pipe, s, quick, out, bar),
+        lambda quick: dict(THROUGHPUT_DEFAULTS[quick]),
+    ),
+    "cfg": Suite(lambda pipe, name, s, quick, out, bar=None: run_cfg(pipe, s, quick, out, bar)),
+}
+"""Every benchmark by name (``motioncache bench --suite NAME``)."""
+
+
+def default_settings(suite: str, quick: bool) -> dict:
+    """Defaults of ``--frames``, ``--steps`` and ``--repeats`` for ``suite``."""
+    return SUITES[suite].defaults(quick)
+
+
+def run_suite(pipe, suite: str, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    return SUITES[suite].run(pipe, suite, settings, quick, out_dir, progress_bar)

@@ -34,12 +34,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from motioncache_vllm.bench.suites import BenchSettings
+from motioncache_vllm.bench.common import BenchSettings, machine_info, pyplot, save_figure
 
 POLICIES = ("none", "motion")
 CONCURRENCY = (1, 2, 4, 8)
@@ -161,7 +160,7 @@ def library_row(pipe, policy: str, body: dict, alone: list[Answer], threads: int
     from motioncache_vllm.runtime.generate import generate_video
     from motioncache_vllm.video_io import write_video
     from motioncache_vllm.vllm_plugin.messages import decode_request
-    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+    from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     video_request = decode_request(body)  # as the server decodes it
     request = video_request.generation_request()
@@ -204,7 +203,6 @@ def library_row(pipe, policy: str, body: dict, alone: list[Answer], threads: int
 
 def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, progress_bar=None) -> dict:
     """The suite (see the module docstring); writes ``out_dir/throughput.png``, returns the result."""
-    from motioncache_vllm.bench.suites import machine_info
     from motioncache_vllm.vllm_plugin.server_process import ServerProcess
 
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
@@ -257,8 +255,6 @@ def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, pr
 
 
 def plot_throughput(result: dict, path: Path) -> None:
-    from motioncache_vllm.bench.suites import pyplot, save_figure
-
     plt = pyplot()
     fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for i, policy in enumerate(result["settings"]["policies"]):

@@ -42,7 +42,7 @@ def serve_fleet(
     from motioncache_vllm.fleet.router import FleetConfig
     from motioncache_vllm.fleet.server import launch_fleet
     from motioncache_vllm.vllm_plugin import launcher
-    from motioncache_vllm.vllm_plugin.worker import EngineCacheSettings
+    from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     argv = launcher.serve_argv(
         model_dir, host=host, port=port, served_model_name=served_model_name, extra=extra,

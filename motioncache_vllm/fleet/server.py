@@ -100,7 +100,7 @@ def build_app(fleet: Fleet, settings, model_name: str = "embedded", service_sett
     from motioncache_vllm.vllm_plugin.messages import VideoGenerationError, VideoRequest
     from motioncache_vllm.vllm_plugin.metrics import record
     from motioncache_vllm.vllm_plugin.videos_api import VideoService, videos_router
-    from motioncache_vllm.vllm_plugin.worker import validate_request
+    from motioncache_vllm.vllm_plugin.messages import validate_request
 
     app = FastAPI(title="motioncache fleet")
 

@@ -250,11 +250,11 @@ class EngineWorker:
             running.plan = job.gen.plan
         snapshot = job.gen.snapshot(include_kv=True)
         state = snapshot.to_bytes()
-        checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.steps_done, state=state))
+        checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.units_done, state=state))
         self._emit(
             running,
             WorkEvent(kind="chunk", worker_id=self.spec.worker_id, chunk=chunks, has_checkpoint=True,
-                      nbytes=len(state), units_done=job.gen.steps_done, units_total=job.gen.total_steps,
+                      nbytes=len(state), units_done=job.gen.units_done, units_total=job.gen.total_units,
                       chunks_total=job.gen.num_chunks),
         )
         self._emit(running, checkpoint)

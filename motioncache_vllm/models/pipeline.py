@@ -86,14 +86,6 @@ class MotionCacheSkyReelsPipeline(SkyReelsV2DiffusionForcingPipeline):
         Other keyword arguments (``generator``, ``latents``, ``callback_on_step_end``,
         ``base_num_frames``, ``overlap_history``, ...) go to the diffusers pipeline as is.
         """
-        cache = getattr(self, "_motioncache", None)
-        if cache is not None:  # motioncache_vllm.enable(pipe, ...) routes calls to the chunked runtime
-            from motioncache_vllm.runtime.generate import call_with_cache
-
-            return call_with_cache(
-                self, cache, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
-                guidance_scale, ar_step, max_sequence_length, output_type, pipeline_kwargs,
-            )
         cfg = self.config
         height = height or cfg.default_height
         width = width or cfg.default_width

@@ -183,12 +183,13 @@ class WanFamilyAdapter:
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
-        self.blocks = list(transformer.blocks)
+        # transformer layers (diffusers' ``transformer.blocks``); "block" in this package is a spatial block
+        self.layers = list(transformer.blocks)
         cfg = transformer.config
         self.patch_size = tuple(cfg.patch_size)
         self.dim = cfg.num_attention_heads * cfg.attention_head_dim
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.attention_head_dim
-        self.num_layers = len(self.blocks)
+        self.num_layers = len(self.layers)
         # SkyReels-V2 (diffusion forcing) vs plain Wan: how timesteps go in, where tokens sit in temb
         self.diffusion_forcing = "enable_diffusion_forcing" in inspect.signature(transformer.forward).parameters
         self.temb_token_dim = 2 if self.diffusion_forcing else 1
@@ -205,8 +206,8 @@ class WanFamilyAdapter:
         if self._installed:
             self._installs += 1
             return self
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):
             registry = HookRegistry.check_if_exists_or_initialize(block)
             if registry.get_hook(_HOOK_NAME) is not None:
                 raise RuntimeError("a MotionCache adapter is already installed on this transformer")
@@ -221,7 +222,7 @@ class WanFamilyAdapter:
         self._installs = max(self._installs - 1, 0)
         if self._installs:
             return  # another user still runs on the hooks
-        for block in self.blocks:
+        for block in self.layers:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
             block.attn1.set_processor(block.attn1.processor.original)
         self._installed = False

@@ -69,7 +69,7 @@ def calibrate(
     Several schedule lengths widen the fitted x range: a 10-step schedule changes e0 about
     three times as much per step as a 30-step one."""
     from motioncache_vllm.runtime.chunked import ChunkedRunner
-    from motioncache_vllm.runtime.generate import make_pool, resolve, seeded_generator
+    from motioncache_vllm.runtime.request import make_pool, resolve, seeded_generator
     from motioncache_vllm.config import CacheConfig
 
     policy = _RecordingPolicy()

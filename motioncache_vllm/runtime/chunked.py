@@ -12,6 +12,9 @@ This runtime instead, per chunk and per CFG branch::
 
 and reproduces the stock pipeline's output (same noise, same schedule) up to float
 reassociation (see tests/test_runtime.py for the measured tolerance).
+
+This module is the runner (:class:`ChunkedRunner`, :class:`DenoiseRun`, the one adapter
+per transformer); the per-stream state is :mod:`.stream`.
 """
 
 from __future__ import annotations
@@ -19,261 +22,18 @@ from __future__ import annotations
 import copy
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from motioncache_vllm.blocks.layout import ChunkLayout
 from motioncache_vllm.blocks.pool import ActivationPool
 from motioncache_vllm.models.wan_adapter import WanFamilyAdapter
-from motioncache_vllm.policies import CachePolicy, Decision, PolicyState, StepObservation
+from motioncache_vllm.policies import CachePolicy
+from motioncache_vllm.runtime.stream import CacheCounters, ChunkStream, KVGeometry, StreamKV
 
 BRANCHES = ("cond", "uncond")
-
-
-@dataclass(frozen=True)
-class KVGeometry:
-    """Shape of one (request, branch) K/V stream: what a context store is built from."""
-
-    layers: int
-    tokens: int  # every latent frame of the video
-    heads: int
-    head_dim: int
-    tokens_per_frame: int
-    frames_per_chunk: int
-
-
-class StreamKV:
-    """K/V of one (request, branch) for every latent frame, preallocated per layer.
-
-    The context-store hooks (``chunk_start``, ``committed``, ``attention_bias``,
-    ``wants_attention``/``observe_attention``) keep every finished frame; a store with a
-    budget (e.g. ``motioncache_vllm.research.kv``) overrides them to evict context tokens.
-    """
-
-    wants_attention = False  # True: the attention calls its observe_attention with weights
-
-    def __init__(self, layers: int, tokens: int, heads: int, head_dim: int, dtype=torch.float32) -> None:
-        shape = (1, tokens, heads, head_dim)
-        self._k = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
-        self._v = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
-
-    @classmethod
-    def for_geometry(cls, g: KVGeometry) -> StreamKV:
-        return cls(g.layers, g.tokens, g.heads, g.head_dim)
-
-    def keys(self, layer: int) -> torch.Tensor:
-        return self._k[layer]
-
-    def values(self, layer: int) -> torch.Tensor:
-        return self._v[layer]
-
-    def chunk_start(self, first_token: int) -> int:
-        """Row where the chunk starting at video token ``first_token`` keeps its K/V; every
-        row before it is context the chunk attends to."""
-        return first_token
-
-    def committed(self, first_token: int, tokens: int) -> None:
-        """The chunk's final K/V (its commit pass) now sit at its rows: it is context from now on."""
-
-    def attention_bias(self, layer: int) -> torch.Tensor | None:
-        """Additive logit bias (1, 1, 1, rows) over the rows (e.g. log counts of merged tokens), or None."""
-        return None
-
-    def observe_attention(self, layer: int, weights: torch.Tensor) -> None:
-        """Attention weights (1, heads, queries, rows) of one call, when ``wants_attention``."""
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._k + self._v)
-
-
-@dataclass
-class CacheCounters:
-    token_steps_total: int = 0
-    token_steps_computed: int = 0
-    commit_tokens: int = 0  # token passes of commit calls (always computed, cached or not)
-    full_steps: int = 0
-    partial_steps: int = 0
-    skipped_steps: int = 0
-    forced_blocks: int = 0  # recomputed only because their cached residual was missing
-    recompute_map: list = field(default_factory=list)  # per chunk: (F, H, W) recompute counts
-    # seconds: whole transformer calls of denoising steps; policy decisions and bookkeeping;
-    # pool operations; assembling residuals (scatter); the skipped calls alone (what a call
-    # costs with no block run: embeddings, output head, and the three above)
-    timings: dict = field(
-        default_factory=lambda: dict(step_s=0.0, policy_s=0.0, pool_s=0.0, scatter_s=0.0, skip_call_s=0.0)
-    )
-
-
-class ChunkStream:
-    """One (request, chunk, branch) denoising stream: implements the adapter's StackExecution."""
-
-    def __init__(
-        self,
-        owner: tuple,
-        layout: ChunkLayout,
-        policy: CachePolicy,
-        state: PolicyState,
-        pool: ActivationPool,
-        kv: StreamKV,
-        start: int,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        counters: CacheCounters,
-        recompute_counts: torch.Tensor,
-        num_steps: int | None = None,
-    ) -> None:
-        self.owner, self.layout, self.policy, self.state, self.pool = owner, layout, policy, state, pool
-        self.kv, self.start, self.end, self.rope = kv, start, start + layout.num_tokens, rope
-        self.counters, self.recompute_counts = counters, recompute_counts
-        self.num_steps = num_steps
-        self.previous_last_frame: torch.Tensor | None = None
-        # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
-        # and the reverse link; in a paired pool the follower stores both branches' blocks
-        self.leader: ChunkStream | None = None
-        self.follower: ChunkStream | None = None
-        self.paired = pool.paired
-        self.residual: torch.Tensor | None = None  # (N, C) residual of the last step
-        self.executed: torch.Tensor | None = None  # blocks computed at the last step (bool)
-        self.commit = False
-        self.last_input: torch.Tensor | None = None
-        self._hidden: torch.Tensor | None = None
-        self._blocks: torch.Tensor | None = None  # recomputed blocks (None = all)
-        self._mode = "full"
-        # token index of each (block, slot-row): tokens of block b in frame-major order
-        order = torch.argsort(layout.block_of_token, stable=True)
-        self._block_tokens = order.view(layout.num_blocks, -1)
-
-    # -- StackExecution --------------------------------------------------------------------
-    def plan(self, hidden: torch.Tensor, temb: torch.Tensor):
-        if hidden.shape[0] != 1:
-            raise ValueError("the chunked runtime runs one video per stream (batch size 1)")
-        self._hidden = hidden
-        self.last_input = hidden
-        if self.commit:
-            self._mode, self._blocks = "full", None
-            return None
-        lay = self.layout
-        obs = StepObservation(
-            e0=temb, hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
-            previous_last_frame=self.previous_last_frame, num_steps=self.num_steps,
-        )
-        timings = self.counters.timings
-        t0 = time.perf_counter()
-        if self.leader is None:
-            decision: Decision = self.policy.decide(self.state, obs)
-        else:  # follow the leader's executed blocks, including those it was forced to recompute
-            self.state.previous_e0 = obs.e0
-            decision = Decision("partial", self.leader.executed)
-        t1 = time.perf_counter()
-        present = self.pool.present(self.owner, lay.num_blocks)
-        timings["policy_s"] += t1 - t0
-        timings["pool_s"] += time.perf_counter() - t1
-        if decision.mode == "full":
-            wanted = torch.ones(lay.num_blocks, dtype=torch.bool)
-        elif decision.mode == "skip":
-            wanted = torch.zeros(lay.num_blocks, dtype=torch.bool)
-        else:
-            wanted = decision.blocks.clone()
-        forced = ~present & ~wanted
-        if bool(forced.any()):
-            # a missing residual forces a recompute, and of the whole step: recomputing only
-            # the missing blocks (sparse tokens against stale K/V of the rest) measured
-            # 21.7 dB against full compute where the same run without misses gave 41.4 dB
-            # (17 frames, 10 steps, threshold 0.5, pool at 89% of the need)
-            self.counters.forced_blocks += int(forced.sum())
-            wanted[:] = True
-        self.executed = wanted
-        self.counters.token_steps_total += lay.num_tokens
-        if bool(wanted.all()):
-            self._mode, self._blocks = "full", None
-            self.counters.full_steps += 1
-            self.counters.token_steps_computed += lay.num_tokens
-            self.recompute_counts += 1
-            return None
-        if not bool(wanted.any()):
-            self._mode, self._blocks = "skip", None
-            self.counters.skipped_steps += 1
-            return False
-        self._mode, self._blocks = "partial", wanted
-        tokens = lay.tokens_of(wanted)
-        self.counters.partial_steps += 1
-        self.counters.token_steps_computed += len(tokens)
-        self.recompute_counts[wanted] += 1
-        return tokens
-
-    def finish(self, hidden_out: torch.Tensor | None) -> torch.Tensor:
-        h_in = self._hidden
-        if self.commit:
-            return hidden_out
-        lay, timings = self.layout, self.counters.timings
-        all_blocks = torch.arange(lay.num_blocks)
-        if self._mode == "full":
-            residual = self.residual = (hidden_out - h_in)[0]
-            self.policy.observe_residual(self.state, residual)
-            self._store(all_blocks, residual)
-            t0 = time.perf_counter()
-            self.policy.on_computed(self.state, None)
-            timings["policy_s"] += time.perf_counter() - t0
-            return hidden_out
-        t0 = time.perf_counter()
-        # (blocks, tokens/block, C); all present here. Paired: the leader's half, or the
-        # follower's difference from the leader's residual of this step
-        section = None if not self.paired else (1 if self.leader is not None else 0)
-        cached, _ = self.pool.read(self.owner, all_blocks, section)
-        t1 = time.perf_counter()
-        residual = torch.empty_like(h_in[0])
-        residual[self._block_tokens.flatten()] = cached.flatten(0, 1).to(residual.dtype)
-        if section == 1:
-            residual += self.leader.residual
-        if self._mode == "partial":
-            tokens = lay.tokens_of(self._blocks)
-            residual[tokens] = (hidden_out - h_in[:, tokens])[0]
-        self.residual = residual
-        out = h_in + residual.unsqueeze(0)
-        timings["pool_s"] += t1 - t0
-        timings["scatter_s"] += time.perf_counter() - t1
-        if self._mode == "partial":
-            self._store(torch.nonzero(self._blocks).flatten(), residual)
-            t0 = time.perf_counter()
-            self.policy.on_computed(self.state, self._blocks)
-            timings["policy_s"] += time.perf_counter() - t0
-        return out
-
-    def end_step(self) -> None:
-        timings = self.counters.timings
-        t0 = time.perf_counter()
-        self.policy.end_step(self.state)
-        priorities = None
-        if self.pool.evicts and not (self.paired and self.follower is not None):  # paired: the follower does it
-            priorities = self.policy.steps_until_recompute((self.leader or self).state)
-        t1 = time.perf_counter()
-        if priorities is not None:
-            self.pool.reprioritise(self.owner, priorities)
-        timings["policy_s"] += t1 - t0
-        timings["pool_s"] += time.perf_counter() - t1
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _store(self, blocks: torch.Tensor, residual: torch.Tensor) -> None:
-        if self.paired and self.follower is not None:
-            return  # the follower writes this step's pair (it runs after the leader)
-        timings = self.counters.timings
-        t0 = time.perf_counter()
-        priorities = None
-        if self.pool.evicts:
-            priorities = self.policy.steps_until_recompute((self.leader or self).state)
-        if priorities is None:
-            priorities = torch.zeros(self.layout.num_blocks)
-        t1 = time.perf_counter()
-        values = residual[self._block_tokens[blocks]]  # (n, tokens/block, C)
-        if self.paired:  # [leader's residual | this branch's difference from it] per block
-            base = self.leader.residual[self._block_tokens[blocks]] if self.leader is not None else values
-            values = torch.cat([base, values - base], 1)
-        self.pool.write(self.owner, self.layout.num_blocks, blocks, values, priorities[blocks])
-        timings["policy_s"] += t1 - t0
-        timings["pool_s"] += time.perf_counter() - t1
 
 
 @dataclass
@@ -373,20 +133,20 @@ class DenoiseRun:
     def __init__(self, runner: ChunkedRunner, prompt_embeds, latents, num_inference_steps, guidance_scale,
                  request_id, progress) -> None:
         pipe = runner.pipe
-        block = pipe.causal_block_size
+        per_chunk = pipe.causal_block_size
         _, _, frames, lh, lw = latents.shape
-        if frames % block:
-            raise ValueError(f"{frames} latent frames are not a whole number of causal blocks of {block}")
+        if frames % per_chunk:
+            raise ValueError(f"{frames} latent frames are not a whole number of causal blocks of {per_chunk}")
         self.runner, self.pool, self.policy = runner, runner.pool, runner.policy
         self.prompt_embeds, self.latents, self.guidance_scale = prompt_embeds, latents, guidance_scale
         self.request_id, self.progress = request_id, progress
         ad = self.adapter = runner.adapter
-        self.block = block
+        self.frames_per_chunk = per_chunk  # latent frames (the pipeline's causal block)
         self.grid = ad.token_grid(lh, lw)
-        self.layout = ChunkLayout(block, self.grid[0], self.grid[1], runner.tile)
+        self.layout = ChunkLayout(per_chunk, self.grid[0], self.grid[1], runner.tile)
         self.branches = BRANCHES if guidance_scale > 1.0 else BRANCHES[:1]
         tokens = frames * self.layout.tokens_per_frame
-        geometry = KVGeometry(ad.num_layers, tokens, ad.heads, ad.head_dim, self.layout.tokens_per_frame, block)
+        geometry = KVGeometry(ad.num_layers, tokens, ad.heads, ad.head_dim, self.layout.tokens_per_frame, per_chunk)
         self.kv = {b: runner.kv_factory(b, geometry) for b in self.branches}
         self.counters = CacheCounters()
         pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
@@ -395,7 +155,7 @@ class DenoiseRun:
         # a private copy: another request may reset the pipeline's scheduler between our units
         self._scheduler_template = copy.deepcopy(pipe.scheduler)
         self.previous_last: dict[str, torch.Tensor | None] = {b: None for b in self.branches}
-        self.num_chunks = frames // block
+        self.num_chunks = frames // per_chunk
         self.units_per_chunk = len(self.timesteps) + 1
         self.total_units = self.num_chunks * self.units_per_chunk
         self.units_done = 0
@@ -422,7 +182,7 @@ class DenoiseRun:
         if self.done or self._closed:
             raise RuntimeError("this denoising run is finished")
         c, i = self.position
-        lo, hi = c * self.block, (c + 1) * self.block
+        lo, hi = c * self.frames_per_chunk, (c + 1) * self.frames_per_chunk
         if i == 0:
             self._begin_chunk(c, lo)
         if i < len(self.timesteps):
@@ -443,7 +203,7 @@ class DenoiseRun:
 
     def context_kv(self) -> dict[str, list[torch.Tensor]]:
         """Per CFG branch ``[K0, V0, K1, V1, ...]`` over the finished chunks' tokens (views)."""
-        end = self.chunks_done * self.block * self.layout.tokens_per_frame
+        end = self.chunks_done * self.frames_per_chunk * self.layout.tokens_per_frame
         return {
             b: [t[:, :end] for layer in range(self.adapter.num_layers) for t in (kv.keys(layer), kv.values(layer))]
             for b, kv in self.kv.items()
@@ -483,9 +243,9 @@ class DenoiseRun:
             try:
                 for c in range(chunks_done):
                     self.prompt_embeds = chunk_embeds(c) if chunk_embeds is not None else own
-                    lo = c * self.block
+                    lo = c * self.frames_per_chunk
                     self._begin_chunk(c, lo)
-                    self._commit(c, lo, lo + self.block)
+                    self._commit(c, lo, lo + self.frames_per_chunk)
             finally:
                 self.prompt_embeds = own
         self.units_done = chunks_done * self.units_per_chunk
@@ -501,7 +261,7 @@ class DenoiseRun:
             owner = (self.request_id, c, "cfg" if self.pool.paired else b)  # paired: one slot, both branches
             self.streams[b] = ChunkStream(
                 owner, lay, self.policy, state, self.pool, self.kv[b],
-                self.kv[b].chunk_start(lo * lay.tokens_per_frame), ad.rope_rows(lo, self.block, self.grid), self.counters,
+                self.kv[b].chunk_start(lo * lay.tokens_per_frame), ad.rope_rows(lo, self.frames_per_chunk, self.grid), self.counters,
                 self._recompute_counts, len(self.timesteps),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
@@ -513,7 +273,7 @@ class DenoiseRun:
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:
         latents, streams, branches, call = self.latents, self.streams, self.branches, self.runner._call
         x = latents[:, :, lo:hi]
-        t_frames = t.expand(1, self.block)
+        t_frames = t.expand(1, self.frames_per_chunk)
         ts = time.perf_counter()
         pred = {b: call(streams[b], x, t_frames, self.prompt_embeds[b]) for b in branches}
         self.counters.timings["step_s"] += time.perf_counter() - ts
@@ -528,20 +288,20 @@ class DenoiseRun:
 
     def _commit(self, c: int, lo: int, hi: int) -> None:
         # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it
-        block, lay = self.block, self.layout
+        per_chunk, lay = self.frames_per_chunk, self.layout
         for b in self.branches:
             stream = self.streams[b]
             stream.commit = True
             self.counters.commit_tokens += lay.num_tokens
-            self.runner._call(stream, self.latents[:, :, lo:hi], torch.zeros(1, block, dtype=torch.long),
+            self.runner._call(stream, self.latents[:, :, lo:hi], torch.zeros(1, per_chunk, dtype=torch.long),
                               self.prompt_embeds[b])
-            h = stream.last_input[0].view(block, lay.tokens_per_frame, -1)
+            h = stream.last_input[0].view(per_chunk, lay.tokens_per_frame, -1)
             self.previous_last[b] = h[-1].clone()
             self.pool.release(stream.owner)
             self.kv[b].committed(lo * lay.tokens_per_frame, lay.num_tokens)
         self.streams = {}
         # a block spans all frames of its chunk: the same count in every frame
-        self.counters.recompute_map.append(self._recompute_counts.view(1, -1).repeat(block, 1))
+        self.counters.recompute_map.append(self._recompute_counts.view(1, -1).repeat(per_chunk, 1))
 
     def close(self) -> None:
         """Release the adapter (and, if unfinished, this run's pool blocks); idempotent."""
@@ -559,15 +319,3 @@ class DenoiseRun:
         if not self.done:
             raise RuntimeError(f"denoising unfinished: {self.units_done}/{self.total_units} units")
         return ChunkedResult(self.latents, self.counters, self.wall_s, sum(k.nbytes for k in self.kv.values()))
-
-
-def recompute_map_frames(counters: CacheCounters, layout_grid: tuple[int, int], tile: int) -> np.ndarray:
-    """(latent frames, H, W) recompute counts per token position (block counts broadcast)."""
-    h, w = layout_grid
-    per_chunk = []
-    for counts in counters.recompute_map:
-        frames = counts.shape[0]
-        bpr = -(-w // tile)
-        grid = counts.view(frames, -1, bpr)
-        per_chunk.append(grid.repeat_interleave(tile, 1).repeat_interleave(tile, 2)[:, :h, :w])
-    return torch.cat(per_chunk).numpy()

@@ -128,7 +128,7 @@ class VideoPlan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def resolved(self):
         """The request of the last segment, as the runtime takes it (``ResolvedRequest``)."""
-        from motioncache_vllm.runtime.generate import ResolvedRequest
+        from motioncache_vllm.runtime.request import ResolvedRequest
 
         last = self.segments[-1]
         return ResolvedRequest(

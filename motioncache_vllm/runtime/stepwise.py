@@ -28,7 +28,7 @@ import torch
 
 from motioncache_vllm.blocks.pool import ActivationPool
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.runtime.generate import (
+from motioncache_vllm.runtime.request import (
     GenerationResult,
     ResolvedRequest,
     decode_latents,
@@ -226,12 +226,12 @@ class StepwiseGeneration:
         return self.run.done
 
     @property
-    def total_steps(self) -> int:
+    def total_units(self) -> int:
         """Units of this request: chunks x (denoising steps + 1 commit)."""
         return self.run.total_units
 
     @property
-    def steps_done(self) -> int:
+    def units_done(self) -> int:
         return self.run.units_done
 
     @property
@@ -272,7 +272,7 @@ class StepwiseGeneration:
         sends as the video is made). For a causal VAE (Wan's; the embedded linear code)
         they are the first frames of the final video, bit for bit."""
         run, pipe = self.run, self.pipe
-        latent = run.chunks_done * run.block
+        latent = run.chunks_done * run.frames_per_chunk
         if latent == 0:
             return np.zeros((0, self.request.height, self.request.width, 3), dtype=np.uint8)
         n = min((latent - 1) * pipe.vae_scale_factor_temporal + 1, self.request.num_frames)
@@ -283,7 +283,7 @@ class StepwiseGeneration:
         """The decoded video and stats (decoded on the first call)."""
         if self._result is not None:
             return self._result
-        from motioncache_vllm.runtime.chunked import recompute_map_frames
+        from motioncache_vllm.runtime.stream import recompute_map_frames
 
         with torch.inference_mode():
             result = self.run.result()
@@ -327,7 +327,7 @@ class PlanGeneration:
     runs the remaining segments in turn, each extending the one before. This is how a
     server continues a stored session, or regenerates a lost one from its plan, with the
     same frames either way. Same interface as :class:`StepwiseGeneration` (``step``,
-    ``done``, ``steps_done``/``total_steps``, ``result``, ``snapshot``, ``close``).
+    ``done``, ``units_done``/``total_units``, ``result``, ``snapshot``, ``close``).
     """
 
     def __init__(
@@ -348,8 +348,8 @@ class PlanGeneration:
                 raise ValueError("the snapshot is not of this video (its plan is not a prefix of the plan)")
             start = snapshot.chunks_done
         t, block = pipe.vae_scale_factor_temporal, pipe.causal_block_size
-        self.total_steps = (chunks_of(plan.num_frames, t, block) - start) * (plan.steps + 1)
-        self.steps_done = 0
+        self.total_units = (chunks_of(plan.num_frames, t, block) - start) * (plan.steps + 1)
+        self.units_done = 0
         self._segment = len(snapshot.plan.segments) if snapshot is not None else 1
         self._last = snapshot
         if snapshot is None:
@@ -381,7 +381,7 @@ class PlanGeneration:
     def step(self) -> str:
         """One unit (see :meth:`StepwiseGeneration.step`); ``"commit"`` ends a chunk."""
         kind = self.gen.step()
-        self.steps_done += 1
+        self.units_done += 1
         self._advance_segments()
         return kind
 
@@ -409,7 +409,7 @@ class PlanGeneration:
 
     def result(self) -> GenerationResult:
         if not self.done:
-            raise RuntimeError(f"generation unfinished: {self.steps_done}/{self.total_steps} units")
+            raise RuntimeError(f"generation unfinished: {self.units_done}/{self.total_units} units")
         result = self.gen.result()
         if self.resumed_chunks:
             result.stats["resumed_chunks"] = self.resumed_chunks

@@ -24,13 +24,11 @@ from vllm.pooling_params import PoolingParams
 from vllm.renderers import BaseRenderer
 
 from motioncache_vllm.vllm_plugin.messages import (
+    FILLER_TOKEN,
+    EngineCacheSettings,
     VideoGenerationError,
     VideoRequest,
     VideoResponse,
-)
-from motioncache_vllm.vllm_plugin.worker import (
-    FILLER_TOKEN,
-    EngineCacheSettings,
     tensor_to_payload,
     validate_request,
     work_units,

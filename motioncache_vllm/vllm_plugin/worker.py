@@ -1,4 +1,4 @@
-"""Worker side of the video model, free of vLLM: engine settings, one shared pool, request -> payload.
+"""Worker side of the video model, free of vLLM: one shared pool, request -> payload.
 
 The vLLM model class (``model.py``) owns one :class:`VideoWorker`; its pooler hands it the
 prompt token ids of each finished request.
@@ -6,7 +6,6 @@ prompt token ids of each finished request.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 import weakref
@@ -16,137 +15,17 @@ import msgspec
 import numpy as np
 import torch
 
-from motioncache_vllm.config import CacheConfig, PoolDtype
+from motioncache_vllm.config import CacheConfig
 from motioncache_vllm.vllm_plugin.messages import (
     CacheOverrides,
-    InvalidVideoRequest,
+    EngineCacheSettings,
     VideoPayload,
     VideoRequest,
-    decode_request,
+    payload_to_tensor,
+    request_from_token_ids,
 )
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_PREFIX = "cache_"
-"""``additional_config`` keys of this plugin; other keys belong to vLLM or other plugins."""
-
-
-class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Engine-wide cache settings, read from ``VllmConfig.additional_config``."""
-
-    cache_policy: str = "none"
-    """Default policy of requests (``--cache-policy``)."""
-    cache_policy_config: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Default policy config overrides."""
-    cache_pool_mib: float | None = None
-    """Budget of the activation pool shared by all requests of this worker; None = unbounded."""
-    cache_tile: int = 1
-    """Spatial block side in tokens; engine-wide because it fixes the pool's slot size."""
-    cache_eviction: str = "motion"
-    """Pool eviction order: ``motion``, ``lru`` or ``admit`` (see CacheConfig.eviction)."""
-    cache_pool_dtype: PoolDtype = "float32"
-    """Storage of the pool: float32, float16, bfloat16, int8 or int4 (see CacheConfig)."""
-    cache_cfg_shared: bool = False
-    """The unconditional CFG branch reuses the conditional branch's decisions."""
-    cache_cfg_delta_dtype: PoolDtype | None = None
-    """With cache_cfg_shared: both branches in one slot, uncond as a difference (see CacheConfig)."""
-    cache_session_mib: float | None = 512.0
-    """Budget of finished videos' stored state (for extensions; LRU past it; None: unbounded)."""
-
-    @classmethod
-    def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "EngineCacheSettings":
-        ours = {k: v for k, v in (additional_config or {}).items() if k.startswith(SETTINGS_PREFIX)}
-        try:
-            settings = msgspec.convert(ours, cls)
-        except msgspec.ValidationError as exc:
-            fields = ", ".join(f.name for f in msgspec.structs.fields(cls))
-            raise ValueError(f"additional_config: {exc}; MotionCache keys: {fields}") from None
-        settings.cache_config(CacheOverrides())  # unknown policy names fail at start-up, not per request
-        return settings
-
-    def cache_config(self, overrides: CacheOverrides) -> CacheConfig:
-        """The cache settings of one request; validates the policy name and config."""
-        from motioncache_vllm.policies import make_policy
-
-        if overrides.policy is None:
-            policy = self.cache_policy
-            policy_config = self.cache_policy_config if overrides.policy_config is None else overrides.policy_config
-        else:
-            # another policy: the engine's config was written for the engine's policy
-            policy, policy_config = overrides.policy, overrides.policy_config or {}
-        make_policy(policy, policy_config)  # raises UnknownPolicyError / InvalidPolicyConfig
-        return CacheConfig(
-            policy=policy, policy_config=dict(policy_config), tile=self.cache_tile, pool_mib=self.cache_pool_mib,
-            eviction=self.cache_eviction, pool_dtype=self.cache_pool_dtype,
-            cfg_shared=self.cache_cfg_shared, cfg_delta_dtype=self.cache_cfg_delta_dtype,
-        )
-
-
-def validate_request(data: object, settings: EngineCacheSettings) -> VideoRequest:
-    """A client's request data -> :class:`VideoRequest`, checked as the engine would check it
-    (frames of the form 4k+1, a known policy with a valid config); raises InvalidVideoRequest.
-    The IO processor's ``parse_data`` and the Ray fleet's front both call it."""
-    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
-
-    request = decode_request(data)
-    if request.num_frames is not None and (request.num_frames - 1) % 4:
-        lo = (request.num_frames - 1) // 4 * 4 + 1
-        raise InvalidVideoRequest(
-            f"invalid video request: num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), "
-            f"got {request.num_frames}"
-        )
-    try:
-        settings.cache_config(request.cache)
-    except (UnknownPolicyError, InvalidPolicyConfig) as exc:
-        raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
-    if request.continue_from is not None:
-        plan = request.continue_from.plan
-        last = plan.segments[-1] if plan.segments else None
-        if last is None or (request.prompt, request.num_frames, request.seed) != (last.prompt, last.num_frames, last.seed):
-            raise InvalidVideoRequest(
-                "invalid video request: continue_from.plan must end with this request's prompt, num_frames and seed"
-            )
-    return request
-
-
-def payload_to_tensor(payload: VideoPayload) -> torch.Tensor:
-    """A pooler output must be a tensor: the msgpack bytes as uint8."""
-    return torch.frombuffer(bytearray(msgspec.msgpack.encode(payload)), dtype=torch.uint8)
-
-
-def tensor_to_payload(data: torch.Tensor) -> VideoPayload:
-    return msgspec.msgpack.decode(data.cpu().numpy().tobytes(), type=VideoPayload)
-
-
-def frames_digest(frames: np.ndarray) -> str:
-    """SHA-256 of uint8 frames in C order: the exact-equality check of a response."""
-    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
-
-
-FILLER_TOKEN = 0
-"""Pads a prompt to its request's work length; never a byte of the request's JSON."""
-
-TEMPORAL_FACTOR = 4
-"""Frames per latent frame of the Wan-family VAEs (``4k+1`` frames -> ``k+1`` latent frames)."""
-
-
-def work_units(num_frames: int, steps: int, frames_per_chunk: int, temporal_factor: int = TEMPORAL_FACTOR) -> int:
-    """Units of a request in the stepwise runtime: chunks x (denoising steps + 1 commit)."""
-    latent = (num_frames - 1) // temporal_factor + 1
-    return -(-latent // frames_per_chunk) * (steps + 1)
-
-
-def request_from_token_ids(token_ids: torch.Tensor) -> VideoRequest:
-    """Inverse of the IO processor's encoding: one token id per byte of the request's JSON,
-    then filler tokens up to the request's work length."""
-    ids = token_ids.to(torch.int64)
-    if ids.numel() and int(ids.min()) >= 0:
-        nonzero = torch.nonzero(ids != FILLER_TOKEN)
-        ids = ids[: int(nonzero[-1]) + 1] if nonzero.numel() else ids[:0]
-    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) > 255:
-        raise ValueError("the prompt is not a MotionCache video request (send {'data': {...}} requests)")
-    return msgspec.json.decode(ids.to(torch.uint8).numpy().tobytes(), type=VideoRequest)
-
 
 class VideoJob:
     """One engine request on the worker: its generation (a ``runtime.stepwise.PlanGeneration``),
@@ -178,7 +57,7 @@ class VideoWorker:
 
     def __init__(self, pipeline: str, additional_config: Mapping[str, Any] | None) -> None:
         from motioncache_vllm.models.loading import load_pipeline
-        from motioncache_vllm.runtime.generate import make_pool
+        from motioncache_vllm.runtime.request import make_pool
 
         from motioncache_vllm.blocks.sessions import SessionStore
         from motioncache_vllm.vllm_plugin.events import WorkerChannel
@@ -257,7 +136,7 @@ class VideoWorker:
 
     def _plan(self, request: VideoRequest):
         """(plan, stored snapshot to start from or None) of a request."""
-        from motioncache_vllm.runtime.generate import resolve
+        from motioncache_vllm.runtime.request import resolve
         from motioncache_vllm.runtime.snapshot import VideoPlan
 
         if request.continue_from is None:
@@ -283,7 +162,7 @@ class VideoWorker:
         from motioncache_vllm.vllm_plugin.events import VideoEvent
 
         gen = job.gen
-        event = VideoEvent(job=job_id, units_done=gen.steps_done, units_total=gen.total_steps,
+        event = VideoEvent(job=job_id, units_done=gen.units_done, units_total=gen.total_units,
                            chunks_done=gen.chunks_done, chunks_total=gen.num_chunks)
         if chunk_done and job.request.stream:
             frames = np.ascontiguousarray(gen.frames_so_far(), dtype=np.uint8)
@@ -294,7 +173,7 @@ class VideoWorker:
         self.channel.publish(event)
 
     def _advance(self, job: VideoJob, step: int) -> None:
-        unit = job.gen.steps_done
+        unit = job.gen.units_done
         try:
             kind = job.gen.step()  # closes the generation (frees its blocks) on an error
             self._publish(job, kind == "commit")

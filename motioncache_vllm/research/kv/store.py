@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from motioncache_vllm.runtime.chunked import KVGeometry, StreamKV
+from motioncache_vllm.runtime.stream import KVGeometry, StreamKV
 
 
 @dataclass

@@ -60,7 +60,7 @@ def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) 
 
 def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, model: str = "embedded",
               log=print) -> dict:
-    from motioncache_vllm.bench.suites import machine_info
+    from motioncache_vllm.bench.common import machine_info
 
     t0 = time.perf_counter()
     if suite == "text":
@@ -105,7 +105,7 @@ def mean_points(points: list[dict], key: str) -> dict[tuple[str, float], float]:
 
 
 def plot(result: dict, path: Path) -> None:
-    from motioncache_vllm.bench.suites import label_axes, pyplot, save_figure
+    from motioncache_vllm.bench.common import label_axes, pyplot, save_figure
 
     plt = pyplot()
     points = result["points"]

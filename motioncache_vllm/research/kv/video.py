@@ -18,7 +18,7 @@ from motioncache_vllm.metrics import psnr_db, ssim
 from motioncache_vllm.research.kv.policies import make_eviction_policy
 from motioncache_vllm.research.kv.store import BudgetedKV
 from motioncache_vllm.runtime.chunked import shared_adapter
-from motioncache_vllm.runtime.generate import GenerationResult, resolve
+from motioncache_vllm.runtime.request import GenerationResult, resolve
 from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
 BUDGETS = (1.0, 0.75, 0.5, 0.25, 0.1)
