@@ -328,7 +328,7 @@ def gate(
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts, long or throughput (vLLM)."),
+    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts, long, throughput (vLLM) or fleet (Ray)."),
     model: str = typer.Option("embedded"),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
     quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs "
@@ -349,6 +349,7 @@ def bench(
     import msgspec
 
     from motioncache_vllm.bench.prompts import load_prompts
+    import motioncache_vllm.fleet.bench  # noqa: F401  (registers the Ray fleet's suite, "fleet")
     from motioncache_vllm.bench.suites import SUITES, BenchSettings, default_settings, run_suite, to_table
     from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
 

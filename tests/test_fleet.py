@@ -167,7 +167,8 @@ def test_extended_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
     status, video = post_json(f"{fleet}{SYNC}", first, timeout=600)
     assert status == 200, video
     # 16 more frames = one more chunk
-    more = dict(video={"id": video["id"]}, prompt="then it turns around", num_frames=16, seed=5, cache={"policy": "none"})
+    more = dict(video={"id": video["id"]}, prompt="then it turns around", num_frames=16, seed=5,
+                cache={"policy": "none"})
     # two at once: the router puts them on both workers; each continues the stored state
     with ThreadPoolExecutor(2) as pool:
         a, b = (job["motioncache"] for job in pool.map(lambda r: extend_and_wait(fleet, r), [more, more]))

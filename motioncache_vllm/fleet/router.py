@@ -302,11 +302,13 @@ class Fleet:
             plan, session = continuation.plan, self.sessions.get(continuation.session)
             self.stats.continuations += 1
             self.stats.sessions_regenerated += session is None
+        t_submit = time.monotonic()
         request_id = request_id or f"video-{uuid.uuid4().hex}"
         state = self.attempts[request_id] = Attempt(request_id)
         state.checkpoint = session  # a continuation starts from the stored video
         self.stats.requests += 1
         last_nbytes = 0
+        dispatch_s = float("nan")
         avoid: set[int] = set()
         died_at: float | None = None
         errors: list[str] = []
@@ -325,6 +327,8 @@ class Fleet:
                     async for ref in stream:
                         event: WorkEvent = decode(await ref, WorkEvent)
                         if event.kind == "started":
+                            if not attempt:
+                                dispatch_s = time.monotonic() - t_submit
                             if attempt:
                                 state.resumed_chunks.append(event.chunk)
                             if died_at is not None:
@@ -351,6 +355,10 @@ class Fleet:
                             fleet = dict(
                                 worker=worker.worker_id, attempts=attempt + 1, resumed_at_chunk=state.resumed_chunks,
                                 recovery_s=[round(r, 3) for r in state.recoveries_s],
+                                # submit -> the engine set the request up (routing, queueing in
+                                # the router, the Ray call, the engine's admission), and submit ->
+                                # the answer back here
+                                dispatch_s=round(dispatch_s, 4), latency_s=round(time.monotonic() - t_submit, 4),
                             )
                             if continuation is not None:
                                 fleet.update(continued=continuation.session,

@@ -66,7 +66,9 @@ def _metrics_text(fleet: Fleet) -> bytes:
     held.add_metric([], fleet.sessions.stats.bytes)
     families.append(held)
     gauges = {
-        "running": GaugeMetricFamily("motioncache_fleet_worker_running", "Requests routed to a worker", labels=["worker"]),
+        "running": GaugeMetricFamily(
+            "motioncache_fleet_worker_running", "Requests routed to a worker", labels=["worker"]
+        ),
         "ready": GaugeMetricFamily("motioncache_fleet_worker_ready", "1 if the worker is ready", labels=["worker"]),
         "pool": GaugeMetricFamily(
             "motioncache_fleet_worker_pool_in_use_bytes", "Activation pool bytes in use (last poll)", labels=["worker"]

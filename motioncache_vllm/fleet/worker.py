@@ -23,7 +23,6 @@ import asyncio
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -100,7 +99,6 @@ class EngineWorker:
         from motioncache_vllm.vllm_plugin.launcher import fix_vllm_version_lookup
 
         fix_vllm_version_lookup()
-        self._tmp = tempfile.mkdtemp(prefix="motioncache-fleet-")
         self.llm = LLM(**engine_kwargs(spec_.model_dir, spec_.engine_argv))
         self.io = self.llm.pooling_io_processors["plugin"].io_processor
         [self.video_worker] = self.llm.apply_model(lambda model: model.pooler.worker)
