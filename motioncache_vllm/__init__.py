@@ -7,7 +7,17 @@ every process) stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Same seed, same frames: MKL's GEMM takes thread-count-dependent code paths for small
+# row counts (measured: 5-11 rows, e.g. the stock loop's per-frame time embedding, give
+# different low bits with 1 and 2 threads), which 30 steps x CFG 5 grow into visible
+# pixel differences. Strict CNR mode makes MKL's results bitwise reproducible whatever the
+# thread count or data alignment. MKL reads it at its first call, so it is set here, on
+# import (vLLM's plugin loader and the CLI import this package before any matmul); a
+# value the user set stands.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,39 @@
+"""Same seed, same frames, across fresh processes and thread counts (issue 11, point 6)."""
+
+import os
+import subprocess
+import sys
+
+SCRIPT = """
+import hashlib
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.models.loading import load_pipeline
+from motioncache_vllm.runtime.generate import generate_video
+import torch
+pipe = load_pipeline("embedded")
+pipe.set_progress_bar_config(disable=True)
+req = GenerationRequest(prompt="a yellow square moves down slowly", num_frames=17, num_inference_steps=2, seed=1234)
+out = [torch.get_num_threads()]
+for runtime, policy in (("vanilla", "none"), ("chunked", "motion")):
+    frames = generate_video(pipe, req, runtime=runtime, cache=CacheConfig(policy=policy)).frames
+    out.append(hashlib.md5(frames.tobytes()).hexdigest())
+print(*out)
+"""
+
+
+def test_same_frames_in_ten_fresh_processes_with_one_or_two_threads():
+    # without MKL's strict CNR mode the stock loop's 17-frame video differed between 1 and
+    # 2 threads (its time embedding runs a 6-row GEMM, a thread-count-dependent MKL path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    results = []
+    for i in range(10):
+        threads = "1" if i % 2 else "2"
+        res = subprocess.run(
+            [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900,
+            env={**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        n, *hashes = res.stdout.split()
+        assert n == threads
+        results.append(tuple(hashes))
+    assert len(set(results)) == 1, results
