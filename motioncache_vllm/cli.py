@@ -75,7 +75,9 @@ def generate(
     steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk. Default: the model's."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale. Default: the model's."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same video."),
-    cache_policy: str = typer.Option("none", help="Cache policy: none, teacache, flowcache, motion, magcache."),
+    cache_policy: str = typer.Option(
+        "none", help="Cache policy: none, teacache, flowcache, motion, magcache, tokenrate."
+    ),
     policy_config: list[str] = typer.Option(
         [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6."
     ),
@@ -195,6 +197,9 @@ def _generate(
         width=result.frames.shape[2], steps=result.steps, guidance=result.guidance, policy=cache_policy,
         wall_s=round(result.wall_s, 4), runtime=runtime, **result.stats,
     )
+    if result.recompute_map is not None:
+        # per spatial block (the map broadcasts each block's count over its tile x tile tokens)
+        fields["recompute_counts"] = result.recompute_map[:, ::tile, ::tile].astype(int).tolist()
     if compare:
         from motioncache_vllm.metrics import psnr_db, ssim
 
@@ -328,7 +333,9 @@ def gate(
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="pareto, overhead, memory, granularity, cuts, long, throughput (vLLM) or fleet (Ray)."),
+    suite: str = typer.Argument(
+        ..., help="pareto, overhead, memory, granularity, cuts, long, cfg, oracle, throughput (vLLM) or fleet (Ray)."
+    ),
     model: str = typer.Option("embedded"),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
     quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs "

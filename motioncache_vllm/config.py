@@ -57,6 +57,9 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     evictions: int | None = None
     kv_cache_bytes: int | None = None
     timings: dict | None = None
+    recompute_counts: list[list[list[int]]] | None = None
+    """Times each spatial block was recomputed: [latent frame][block row][block col] (a block
+    spans its chunk's frames, so the frames of one chunk repeat one count grid)."""
     # --compare: against the stock pipeline of the same seed
     baseline_wall_s: float | None = None
     speedup: float | None = None

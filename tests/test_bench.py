@@ -77,3 +77,13 @@ def test_throughput_quick_through_vllm(tmp_path):
             assert math.isfinite(o[key]) and o[key] > 0, (key, o)
     assert data["settings"]["torch_threads"] >= 1 and data["settings"]["frames"] == 9
     assert "| policy | concurrency |" in res.stdout
+
+
+def test_oracle_quick_writes_table_json_and_plot(tmp_path):
+    res, data = run_quick(tmp_path, "oracle", "--frames", "9", "--steps", "6")
+    variants = {p["variant"] for p in data["points"]}
+    assert {"oracle:step", "oracle:block/stale", "oracle:block/fresh", "teacache"} <= variants
+    for p in data["points"]:
+        assert math.isfinite(p["psnr_db"]) and p["ideal_speedup"] >= 1
+    assert set(data["proxies"]) >= {"previous_change", "motion", "top30_share_median"}
+    assert "| variant |" in res.stdout

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from motioncache_vllm.video_io import read_video
@@ -88,5 +89,11 @@ def test_motion_policy_report_and_recompute_map(tmp_path):
         assert key in data
     assert data["token_steps_computed"] < data["token_steps_total"] and data["ideal_speedup"] > 1
     assert data["pool_peak_bytes"] <= 2**20
+    counts = np.array(data["recompute_counts"])  # latent frames x block rows x block cols
+    assert counts.shape == (6, 8, 8) and counts.dtype.kind == "i"
+    # a block spans its chunk's 3 latent frames, one count grid per chunk; counts of both CFG
+    # branches: together they are the computed token-steps
+    assert (counts[0::3] == counts[1::3]).all() and (counts[0::3] == counts[2::3]).all()
+    assert int(counts[0::3].sum()) * 3 == data["token_steps_computed"]
     heat_video = read_video(heat)
     assert heat_video.shape == (17, 64, 128, 3)  # generated frame | heat map

@@ -19,8 +19,9 @@ def obs(e0_value: float, hidden=None, previous=None):
 
 
 def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
-    assert policy_names() == ["flowcache", "magcache", "motion", "none", "teacache"]
-    with pytest.raises(UnknownPolicyError, match="valid policies: flowcache, magcache, motion, none, teacache"):
+    assert policy_names() == ["flowcache", "magcache", "motion", "none", "teacache", "tokenrate"]
+    valid = "valid policies: flowcache, magcache, motion, none, teacache, tokenrate"
+    with pytest.raises(UnknownPolicyError, match=valid):
         make_policy("lru")
     with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
         make_policy("motion", {"tau": 0.1})
@@ -156,3 +157,49 @@ def test_magcache_on_the_chunked_runtime_uses_the_shipped_ratios(embedded_pipe):
     assert 0 < cached.stats["skipped_steps"] and cached.stats["partial_steps"] == 0
     assert cached.stats["token_steps_computed"] < cached.stats["token_steps_total"]
     assert psnr_db(cached.frames, full.frames) > 30
+
+
+def test_tokenrate_learns_per_token_rates_and_recomputes_fast_blocks_more_often():
+    # block 0's residual changes 10x faster than the others' at every step; the schedule
+    # distance is the same for all, so a schedule-only policy could not tell them apart
+    policy = make_policy("tokenrate", {"threshold": 0.3, "warmup_steps": 2, "min_update_ratio": 0.0,
+                                       "join_fraction": 1.0, "full_ratio": 1.0, "coefficients": [1.0, 0.0]})
+    state = policy.new_state(LAYOUT)
+    fast = LAYOUT.block_of_token == 0
+    residual, counts, modes = torch.ones(8, 3), torch.zeros(4), []
+    for step in range(16):
+        decision = policy.decide(state, obs(1.0 + 0.1 * step))
+        residual = residual + torch.where(fast, 0.5, 0.05)[:, None]
+        modes.append(decision.mode)
+        if decision.mode != "skip":
+            blocks = None if decision.mode == "full" else decision.blocks
+            policy.observe_residual(state, residual)
+            policy.on_computed(state, blocks)
+            counts += 1 if blocks is None else blocks.float()
+        policy.end_step(state)
+    assert modes[:2] == ["full", "full"] and "partial" in modes
+    assert float(state.rate[fast].mean()) > 5 * float(state.rate[~fast].mean())
+    assert counts[0] > 2 * counts[1:].max()
+
+
+def test_tokenrate_scene_cut_guard_extends_the_warmup_of_a_chunk_whose_rates_jump():
+    policy = make_policy("tokenrate", {"threshold": 10.0, "warmup_steps": 2, "cut_warmup": 3,
+                                       "coefficients": [1.0, 0.0]})
+
+    def chunk(change: float) -> list[str]:
+        state = policy.new_state(LAYOUT)
+        state.stream_key = ("request", "cond")
+        residual, modes = torch.ones(8, 3), []
+        for step in range(8):
+            decision = policy.decide(state, obs(1.0 + 0.1 * step))
+            residual = residual + change
+            modes.append(decision.mode)
+            if decision.mode != "skip":
+                policy.observe_residual(state, residual)
+                policy.on_computed(state, None if decision.mode == "full" else decision.blocks)
+            policy.end_step(state)
+        return modes
+
+    assert chunk(0.05).count("full") == 2  # first chunk: nothing to compare with
+    assert chunk(0.05).count("full") == 2  # same rates: no cut
+    assert chunk(1.0).count("full") == 5  # rates jumped 20x: 3 more full steps

@@ -30,6 +30,7 @@ from motioncache_vllm.bench.common import (
     rows_table,
     save_figure,
 )
+from motioncache_vllm.bench.oracle import oracle_table, run_oracle_suite
 from motioncache_vllm.bench.throughput import DEFAULTS as THROUGHPUT_DEFAULTS
 from motioncache_vllm.bench.throughput import run_throughput
 from motioncache_vllm.config import CacheConfig, GenerationRequest
@@ -457,6 +458,8 @@ def _plot(result: dict, path: Path) -> None:
 
 
 def to_table(result: dict) -> str:
+    if result.get("suite") == "oracle":
+        return oracle_table(result)
     if "curves" in result:
         head = "| prompt | policy | frames | PSNR dB | worst chunk dB | last chunk dB | ideal |\n|---|---|---|---|---|---|---|"
         rows = [
@@ -526,6 +529,7 @@ SUITES: dict[str, Suite] = {
         lambda quick: dict(THROUGHPUT_DEFAULTS[quick]),
     ),
     "cfg": Suite(lambda pipe, name, s, quick, out, bar=None: run_cfg(pipe, s, quick, out, bar)),
+    "oracle": Suite(lambda pipe, name, s, quick, out, bar=None: run_oracle_suite(pipe, s, quick, out, bar)),
 }
 """Every benchmark by name (``motioncache bench --suite NAME``)."""
 

@@ -16,11 +16,12 @@ from motioncache_vllm.policies.magcache import MagCacheConfig, MagCachePolicy
 from motioncache_vllm.policies.motion import MotionConfig, MotionPolicy
 from motioncache_vllm.policies.none import NoneConfig, NonePolicy
 from motioncache_vllm.policies.teacache import TeaCacheConfig, TeaCachePolicy
+from motioncache_vllm.policies.tokenrate import TokenRateConfig, TokenRatePolicy
 
 __all__ = [
     "CachePolicy", "Decision", "PolicyState", "StepObservation", "UnknownPolicyError", "InvalidPolicyConfig",
     "register_policy", "policy_names", "policy_for_config", "get_policy_class", "make_policy", "parse_overrides",
-    "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig", "MagCacheConfig",
+    "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig", "MagCacheConfig", "TokenRateConfig",
 ]
 
 
@@ -42,7 +43,7 @@ def register_policy(cls: type[CachePolicy]) -> type[CachePolicy]:
     return cls
 
 
-for _cls in (NonePolicy, TeaCachePolicy, FlowCachePolicy, MotionPolicy, MagCachePolicy):
+for _cls in (NonePolicy, TeaCachePolicy, FlowCachePolicy, MotionPolicy, MagCachePolicy, TokenRatePolicy):
     register_policy(_cls)
 
 

@@ -62,6 +62,7 @@ class PolicyState:
     updates: int = 0  # compute events after warm-up
     previous_e0: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
+    stream_key: tuple | None = None  # (request, branch), the same for every chunk of a stream; set by the runtime
 
     def reset(self) -> None:
         self.step, self.updates, self.previous_e0 = 0, 0, None
@@ -107,7 +108,8 @@ class CachePolicy(ABC):
         """Blocks (bool mask; None = all) whose residuals were just recomputed."""
 
     def observe_residual(self, state: PolicyState, residual: torch.Tensor) -> None:
-        """The fresh block-stack residual after a full step (calibration, research policies)."""
+        """The block-stack residual after a computed step, before ``on_computed``: fresh
+        everywhere after a full step, fresh on the recomputed blocks after a partial one."""
 
     def end_step(self, state: PolicyState) -> None:
         state.step += 1

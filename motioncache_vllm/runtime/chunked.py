@@ -258,6 +258,7 @@ class DenoiseRun:
         self.streams = {}
         for b in self.branches:
             state = self.policy.new_state(lay)
+            state.stream_key = (self.request_id, b)
             owner = (self.request_id, c, "cfg" if self.pool.paired else b)  # paired: one slot, both branches
             self.streams[b] = ChunkStream(
                 owner, lay, self.policy, state, self.pool, self.kv[b],

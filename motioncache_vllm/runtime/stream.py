@@ -227,6 +227,7 @@ class ChunkStream:
         if self._mode == "partial":
             self._store(torch.nonzero(self._blocks).flatten(), residual)
             t0 = time.perf_counter()
+            self.policy.observe_residual(self.state, residual)
             self.policy.on_computed(self.state, self._blocks)
             timings["policy_s"] += time.perf_counter() - t0
         return out
