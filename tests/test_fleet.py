@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 420
 POOL_MIB = 4
-SESSION_MIB = 24  # ~2 finished 17-frame videos (9.7 MB of state each): the queued test evicts them
+SESSION_MIB = 24  # ~2 finished 17-frame videos (9.7 MB of state each): the 50 queued ones evict them
 # 17 frames = 2 chunks of the embedded model; per-request policy "none": exact against generate_video
 BASE = dict(num_frames=17, num_inference_steps=2, cache={"policy": "none"})
 SYNC = "/v1/videos/generations"
@@ -187,7 +187,7 @@ def test_extended_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
 
 
 def test_queued_requests_with_a_small_budget_all_finish_within_budget(fleet):
-    requests = [dict(prompt=f"shape {i} moves", num_frames=9, num_inference_steps=1, seed=i) for i in range(24)]
+    requests = [dict(prompt=f"shape {i} moves", num_frames=9, num_inference_steps=1, seed=i) for i in range(50)]
     with ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(lambda r: post_json(f"{fleet}{SYNC}", r, timeout=900), requests))
     assert all(status == 200 for status, _ in answers), [b for s, b in answers if s != 200][:2]
