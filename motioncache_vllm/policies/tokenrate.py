@@ -5,8 +5,9 @@ and MotionCache grow every token's need by the schedule-only distance
 ``d = poly(relL1(e0_t, e0_prev))`` times a weight; with the paper's weights that need is
 the same for every token for most of a chunk, so every decision is a whole-step one. The
 oracle study (``motioncache bench oracle``) measured which cheap signal ranks the tokens'
-true residual change best: the token's own change at its previous recompute (Spearman
-~0.8), ahead of its block-input change (~0.7) and far ahead of inter-frame motion (~0.2).
+true residual change best: the token's own change at its previous step (Spearman 0.89),
+ahead of its block-input change (0.58) and far ahead of the paper's inter-frame motion
+(-0.05).
 So here every token ``p`` carries a *rate*: the relative change of its residual per unit
 of ``d``, measured each time it is recomputed (and seeded by the full warm-up steps)::
 
@@ -24,6 +25,12 @@ Batching: a step that runs anyway also takes blocks at ``join_fraction`` of the 
 a step that would recompute fewer than ``min_update_ratio`` of the blocks is deferred
 unless one of them is over ``defer_limit`` x the threshold; at ``full_ratio`` or more the
 step runs in full (a partial step then costs about as much and leaves stale K/V).
+
+Measured (benchmarks/RESULTS.md, "Motion-aware in fact?"): its recompute map follows
+motion (Spearman 0.53 with pixel motion on unseen moving-object clips, where the step
+caches' maps are flat), but on unseen captions its quality per unit of work is well below
+MagCache's (28.1 vs 38.9 dB at ~2.1-2.2x ideal): its partial steps leave stale K/V. Use it
+to study spatial caching, not for speed.
 
 Scene-cut guard: a chunk whose warm-up measured a mean rate ``cut_factor`` times the
 previous chunk's (its content jumped) keeps running full steps for ``cut_warmup`` more
@@ -66,7 +73,13 @@ class TokenRateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     rate_smoothing: Fraction = 0.5
     """Weight of the newest rate measurement (1 = only the latest)."""
     cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
-    """Scene-cut guard: a warm-up mean rate this many times the previous chunk's is a cut."""
+    """Measured (benchmarks/RESULTS.md, "Motion-aware in fact?"): its recompute map follows
+motion (Spearman 0.53 with pixel motion on unseen moving-object clips, where the step
+caches' maps are flat), but on unseen captions its quality per unit of work is well below
+MagCache's (28.1 vs 38.9 dB at ~2.1-2.2x ideal): its partial steps leave stale K/V. Use it
+to study spatial caching, not for speed.
+
+Scene-cut guard: a warm-up mean rate this many times the previous chunk's is a cut."""
     cut_warmup: Annotated[int, msgspec.Meta(ge=0)] = 4
     """Extra full steps of a chunk after a cut (0 disables the guard)."""
     coefficients: list[float] | None = None
@@ -97,7 +110,7 @@ class TokenRateState(PolicyState):
 class TokenRatePolicy(CachePolicy):
     name = "tokenrate"
     config_cls = TokenRateConfig
-    description = "per-token measured residual-change rates (the project's motion-aware cache)"
+    description = "per-token measured residual-change rates (experimental: see RESULTS.md)"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
