@@ -195,3 +195,65 @@ def test_quick_video_suite_writes_points(tmp_path):
     assert (tmp_path / "kv_video.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["research", "kv", "nope"])
     assert bad.exit_code == 2 and "unknown suite" in bad.output
+
+
+def test_recall_presses_keep_sorted_rows_per_head_and_full_is_unpruned():
+    from motioncache_vllm.research.kv import recall
+
+    model = recall.build_model(0).eval()
+    b = recall.make_batch("runs", 3, 2, torch.Generator().manual_seed(0))
+    n = b.context.shape[1]
+    assert n == 1 + 2 * 8 + 48 and bool((b.answers >= recall.VALUE0).all())
+    with torch.no_grad():
+        out = model(input_ids=b.context, use_cache=True, output_attentions=True)
+        k, v = out.past_key_values.layers[0].keys, out.past_key_values.layers[0].values
+        for press in recall.OWN_PRESSES:
+            idx = recall.keep_indices(press, k, v, out.attentions[0], 10, model, torch.Generator().manual_seed(0))
+            assert idx.shape == (3, model.config.num_key_value_heads, 10)
+            assert bool((idx[..., 1:] > idx[..., :-1]).all()) and int(idx.max()) < n
+        # the temporal score keeps the first token of each filler run, never a repeat before it
+        free = recall.rope_free_keys(k, model)
+        score = recall.temporal_scores(k, v, free)
+        assert torch.isinf(score[..., 0]).all()
+        gen = torch.Generator().manual_seed(0)
+        full = recall.answer_with_press(model, b.context, b.queries, "window", 1.0, gen)
+        ids = torch.cat([b.context, b.queries[:, 0]], 1)
+        direct = model(input_ids=ids).logits[:, -1, recall.VALUE0:recall.VALUE0 + recall.N_VALUES].argmax(-1)
+        assert torch.equal(full[:, 0], direct + recall.VALUE0)
+
+
+def test_quick_text_suite_runs_our_presses(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from motioncache_vllm.cli import app
+    from motioncache_vllm.research.kv import text
+
+    monkeypatch.setattr(text, "kvpress_python", lambda: None)  # kvpress has its own test below
+    out = CliRunner().invoke(app, ["research", "kv", "text", "--quick", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "kv_text.json").read_text())
+    assert "no kvpress environment" in result["kvpress"]
+    presses = {p["policy"] for p in result["points"]}
+    assert presses == {"full", "window", "h2o", "lru", "random", "temporal"}
+    full = [p["accuracy"] for p in result["points"] if p["policy"] == "full"]
+    assert len(full) == 2 and all(a > 1 / 16 for a in full)  # better than chance: the shipped model learned
+
+
+@pytest.mark.skipif(
+    __import__("motioncache_vllm.research.kv.text", fromlist=["x"]).kvpress_python() is None,
+    reason="no kvpress environment (.venv-kvpress, see benchmarks/KV_EVICTION.md)",
+)
+def test_kvpress_presses_run_on_the_same_model_and_agree_with_ours():
+    from motioncache_vllm.research.kv import recall, text
+
+    model = text.load_model()
+    data = {"runs": text.eval_set("runs", 8)}
+    with torch.inference_mode():
+        ours = text.run_own_presses(model, data, (0.5,), presses=("window", "temporal"), log=lambda _: None)
+    theirs, why = text.run_kvpress(data, (0.5,), log=lambda _: None)
+    assert why is None, why
+    acc = {p["policy"]: p.get("accuracy") for p in ours + theirs}
+    assert not [p for p in theirs if "error" in p]
+    assert acc["kvpress:streaming_llm"] == acc["window"] and acc["kvpress:temporal"] == acc["temporal"]
+    assert {"kvpress:snapkv", "kvpress:tova", "kvpress:expected_attention", "kvpress:keydiff"} <= set(acc)
+    assert recall.VOCAB == model.config.vocab_size

@@ -110,13 +110,17 @@ def plot(result: dict, path: Path) -> None:
     plt = pyplot()
     points = result["points"]
     if result["suite"] == "text":
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for press in dict.fromkeys(p["policy"] for p in points):
-            pts = sorted((p for p in points if p["policy"] == press), key=lambda p: -p["budget"])
-            style = "--" if press.startswith("kvpress:") else "o-"
-            ax.plot([p["budget"] for p in pts], [p["accuracy"] for p in pts], style, label=press, marker="o")
-        ax.invert_xaxis()
-        label_axes(ax, "K/V kept (share of the context)", "recall accuracy", "text: associative recall", 6)
+        variants = list(dict.fromkeys(p["variant"] for p in points))
+        fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
+        for ax, variant in zip(axes[0], variants):
+            mine = [p for p in points if p["variant"] == variant]
+            full = [p["accuracy"] for p in mine if p["policy"] == "full"]
+            for press in dict.fromkeys(p["policy"] for p in mine if p["policy"] != "full"):
+                pts = sorted((p for p in mine if p["policy"] == press), key=lambda p: -p["budget"])
+                ax.plot([1.0] + [p["budget"] for p in pts], full[:1] + [p["accuracy"] for p in pts],
+                        "--" if press.startswith("kvpress:") else "-", marker="o", label=press)
+            ax.invert_xaxis()
+            label_axes(ax, "K/V kept (share of the context)", "recall accuracy", f"text: recall, {variant}", 6)
         save_figure(fig, path)
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -139,8 +143,16 @@ def plot(result: dict, path: Path) -> None:
 def to_table(result: dict) -> str:
     points = result["points"]
     if result["suite"] == "text":
-        head = "| press | kept | accuracy |\n|---|---|---|"
-        return "\n".join([head, *(f"| {p['policy']} | {p['budget']:.2f} | {p['accuracy']:.3f} |" for p in points)])
+        variants = list(dict.fromkeys(p["variant"] for p in points))
+        kept = sorted({p["budget"] for p in points}, reverse=True)
+        acc = {(p["policy"], p["variant"], p["budget"]): p["accuracy"] for p in points}
+        head = "| press | " + " | ".join(f"{v} {k:.0%}" for v in variants for k in kept) + " |"
+        rows = [head, "|---|" + "---|" * (len(variants) * len(kept))]
+        for press in dict.fromkeys(p["policy"] for p in points):
+            cells = [acc.get((press, v, k), acc.get(("full", v, 1.0)) if k >= 1.0 else None)
+                     for v in variants for k in kept]
+            rows.append(f"| {press} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+        return "\n".join(rows)
     psnr, ssim_ = mean_points(points, "psnr_db"), mean_points(points, "ssim")
     kv = mean_points(points, "kv_bytes")
     head = "| policy | budget | PSNR dB | SSIM | K/V MiB |\n|---|---|---|---|---|"

@@ -100,7 +100,7 @@ def run_kvpress(data: dict[str, recall.Batch], kept=KEPT, log=print) -> tuple[li
 def run_text_suite(quick: bool, kept=None, log=print) -> dict:
     torch.manual_seed(0)
     model = load_model()
-    n = 32 if quick else 256
+    n = 32 if quick else 128
     kept = kept or ((1.0, 0.5, 0.25) if quick else KEPT)
     data = {v: eval_set(v, n) for v in recall.VARIANTS}
     with torch.inference_mode():
