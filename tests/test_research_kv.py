@@ -28,12 +28,12 @@ def drive(store: BudgetedKV, chunks: int, make_kv, attend=None) -> list[dict]:
         start = store.chunk_start(c * chunk)
         for layer in range(g.layers):
             k, v = make_kv(layer, c * chunk, chunk)
-            store.keys(layer)[0, start:start + chunk] = k
-            store.values(layer)[0, start:start + chunk] = v
+            store.keys(layer)[0, start : start + chunk] = k
+            store.values(layer)[0, start : start + chunk] = v
             if store.wants_attention and attend is not None:
                 store.observe_attention(layer, attend(start + chunk))
         store.committed(c * chunk, chunk)
-        facts.append(dict(start=start, rows=store.rows, committed=store.committed_tokens))
+        facts.append({"start": start, "rows": store.rows, "committed": store.committed_tokens})
     return facts
 
 
@@ -54,8 +54,8 @@ def test_budget_is_never_exceeded_and_kept_rows_are_untouched(policy, budget, tp
     store = BudgetedKV(g, make_eviction_policy(policy), budget, seed=seed)
     chunk = tpf * fpc
     assert store.capacity <= g.tokens
-    attend = lambda rows: torch.softmax(torch.randn(1, g.heads, chunk, rows, generator=gen), -1)  # noqa: E731
-    facts = drive(store, chunks, lambda layer, lo, n: (full_k[layer, lo:lo + n], full_v[layer, lo:lo + n]), attend)
+    attend = lambda rows: torch.softmax(torch.randn(1, g.heads, chunk, rows, generator=gen), -1)
+    facts = drive(store, chunks, lambda layer, lo, n: (full_k[layer, lo : lo + n], full_v[layer, lo : lo + n]), attend)
     for f in facts:
         assert f["start"] + chunk <= store.capacity  # the active chunk always fits
         assert f["rows"] == min(math.floor(budget * f["committed"]), f["committed"])
@@ -81,7 +81,7 @@ def static_and_moving(tpf=4, fpc=2, chunks=3, heads=2, dim=4):
         f[2:] = torch.randn(tpf - 2, heads, dim, generator=gen) * 3
         frames.append(f)
     kv = torch.cat(frames)
-    return g, lambda layer, lo, n: (kv[lo:lo + n], kv[lo:lo + n] * 0.5)
+    return g, lambda layer, lo, n: (kv[lo : lo + n], kv[lo : lo + n] * 0.5)
 
 
 def test_motion_evicts_static_positions_and_keeps_the_first_frame():
@@ -120,7 +120,7 @@ def test_window_keeps_sinks_and_the_most_recent_rows():
     pos = store._pos[0][: store.rows].tolist()
     sinks = [p for p in pos if p < g.tokens_per_frame]  # what is left of the first frame (evicted rows never return)
     assert 1 <= len(sinks) <= store.rows // 4 and pos[: len(sinks)] == sinks
-    assert pos[len(sinks):] == list(range(g.tokens - (store.rows - len(sinks)), g.tokens))
+    assert pos[len(sinks) :] == list(range(g.tokens - (store.rows - len(sinks)), g.tokens))
 
 
 @pytest.mark.parametrize("policy", ["attention", "lru"])
@@ -141,7 +141,7 @@ def test_attention_policies_keep_what_is_attended(policy):
 
 def test_random_is_seeded_and_full_refuses_a_budget():
     g = KVGeometry(1, 4 * 6, 1, 4, 4, 1)
-    make = lambda layer, lo, n: (torch.ones(n, 1, 4), torch.ones(n, 1, 4))  # noqa: E731
+    make = lambda layer, lo, n: (torch.ones(n, 1, 4), torch.ones(n, 1, 4))
     picks = []
     for _ in range(2):
         store = BudgetedKV(g, make_eviction_policy("random"), 0.3, seed=7)
@@ -156,7 +156,7 @@ def test_random_is_seeded_and_full_refuses_a_budget():
         BudgetedKV(g, make_eviction_policy("window"), 0.0)
 
 
-REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=3, seed=1)
+REQ = {"prompt": "a red circle moves right", "num_frames": 17, "num_inference_steps": 3, "seed": 1}
 
 
 def test_full_budget_is_bit_identical_for_every_policy_and_a_budget_holds(tiny_pipe):
@@ -183,8 +183,9 @@ def test_quick_video_suite_writes_points(tmp_path):
 
     from motioncache_vllm.cli import app
 
-    out = CliRunner().invoke(app, ["research", "kv", "video", "--quick", "--chunks", "2", "--steps", "1",
-                                   "--out", str(tmp_path)])
+    out = CliRunner().invoke(
+        app, ["research", "kv", "video", "--quick", "--chunks", "2", "--steps", "1", "--out", str(tmp_path)]
+    )
     assert out.exit_code == 0, out.output
     result = json.loads((tmp_path / "kv_video.json").read_text())
     points = result["points"]
@@ -218,7 +219,7 @@ def test_recall_presses_keep_sorted_rows_per_head_and_full_is_unpruned():
         gen = torch.Generator().manual_seed(0)
         full = recall.answer_with_press(model, b.context, b.queries, "window", 1.0, gen)
         ids = torch.cat([b.context, b.queries[:, 0]], 1)
-        direct = model(input_ids=ids).logits[:, -1, recall.VALUE0:recall.VALUE0 + recall.N_VALUES].argmax(-1)
+        direct = model(input_ids=ids).logits[:, -1, recall.VALUE0 : recall.VALUE0 + recall.N_VALUES].argmax(-1)
         assert torch.equal(full[:, 0], direct + recall.VALUE0)
 
 

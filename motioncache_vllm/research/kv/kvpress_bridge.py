@@ -71,23 +71,32 @@ def main() -> None:
                     for lo in range(0, context.shape[0], args.batch):
                         cache = DynamicCache()
                         with make(1.0 - kept)(model):
-                            model(input_ids=context[lo:lo + args.batch], past_key_values=cache, use_cache=True)
+                            model(input_ids=context[lo : lo + args.batch], past_key_values=cache, use_cache=True)
                         layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(len(cache.layers))]
-                        pred = answer_from_cache(model, layers, n, queries[lo:lo + args.batch])
-                        correct += int((pred == answers[lo:lo + args.batch]).sum())
-                except Exception as exc:  # report which press could not run, keep the others
+                        pred = answer_from_cache(model, layers, n, queries[lo : lo + args.batch])
+                        correct += int((pred == answers[lo : lo + args.batch]).sum())
+                except Exception as exc:  # noqa: BLE001 -- report which press could not run, keep the others
                     errors[name] = f"{type(exc).__name__}: {exc}"
                     break
                 kept_rows = layers[0][0].shape[2]
                 acc = correct / answers.numel()
-                points.append(dict(policy=f"kvpress:{name}", budget=kept, variant=variant, accuracy=round(acc, 4),
-                                   context_tokens=n, kept_tokens=kept_rows, answers=answers.numel()))
+                points.append(
+                    {
+                        "policy": f"kvpress:{name}",
+                        "budget": kept,
+                        "variant": variant,
+                        "accuracy": round(acc, 4),
+                        "context_tokens": n,
+                        "kept_tokens": kept_rows,
+                        "answers": answers.numel(),
+                    }
+                )
                 print(f"{variant:5s} kvpress:{name:18s} kept {kept:.2f} ({kept_rows}/{n} rows): accuracy {acc:.3f}")
             if name in errors:
                 print(f"kvpress:{name} failed: {errors[name]}")
                 break
     with open(args.out, "w") as f:
-        json.dump(points + [dict(policy=f"kvpress:{k}", error=v) for k, v in errors.items()], f)
+        json.dump(points + [{"policy": f"kvpress:{k}", "error": v} for k, v in errors.items()], f)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ class WindowPolicy(EvictionPolicy):
 
     def select(self, view: ContextView, keep: int) -> torch.Tensor:
         rows = view.positions.numel()
-        sinks = min(int((view.positions < self.sink_frames * view.tokens_per_frame).sum()),
-                    int(keep * self.max_sink_share))
+        sinks = min(
+            int((view.positions < self.sink_frames * view.tokens_per_frame).sum()), int(keep * self.max_sink_share)
+        )
         recent = torch.arange(rows - (keep - sinks), rows)
         return torch.cat([torch.arange(sinks), recent])
 
@@ -125,7 +126,9 @@ def _unrotate(keys: torch.Tensor, positions: torch.Tensor, rope) -> torch.Tensor
     return apply_rotary(keys, cos[positions], -sin[positions])
 
 
-def temporal_change(keys: torch.Tensor, values: torch.Tensor, prev_keys: torch.Tensor, prev_values: torch.Tensor) -> torch.Tensor:
+def temporal_change(
+    keys: torch.Tensor, values: torch.Tensor, prev_keys: torch.Tensor, prev_values: torch.Tensor
+) -> torch.Tensor:
     """Per row: mean of the relative L1 change of RoPE-free keys and of values (over heads and
     channels) against the same spatial position one frame earlier (MotionCache's M_f on K/V)."""
     dk = (keys - prev_keys).abs().mean((-1, -2)) / (prev_keys.abs().mean((-1, -2)) + 1e-8)
@@ -147,7 +150,7 @@ class MotionPolicy(_Scored):
         values = view.values[lo:]
         if view.previous_frame is not None:
             pk, pv = view.previous_frame
-            pk = _unrotate(pk, view.positions[lo:lo + tpf] - tpf, view.rope)
+            pk = _unrotate(pk, view.positions[lo : lo + tpf] - tpf, view.rope)
             prev_k, prev_v = torch.cat([pk, keys[:-tpf]]), torch.cat([pv, values[:-tpf]])
         else:  # the video's first chunk: its first frame has no predecessor
             prev_k, prev_v = torch.cat([keys[:tpf], keys[:-tpf]]), torch.cat([values[:tpf], values[:-tpf]])

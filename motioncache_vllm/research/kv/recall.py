@@ -28,11 +28,20 @@ VALUE0 = KEY0 + N_KEYS
 FILLER0 = VALUE0 + N_VALUES
 VOCAB = FILLER0 + N_FILLERS
 VARIANTS = {"plain": (16, 0), "runs": (8, 48)}  # (pairs, filler tokens)
-MODEL_CONFIG = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False,
-    bos_token_id=BOS, eos_token_id=QUERY, pad_token_id=BOS,
-)
+MODEL_CONFIG = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": BOS,
+    "eos_token_id": QUERY,
+    "pad_token_id": BOS,
+}
 
 
 @dataclass
@@ -78,7 +87,8 @@ def train(steps: int = 3000, batch: int = 16, lr: float = 5e-3, seed: int = 0, l
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
+    )
     t0 = time.perf_counter()
     for step in range(steps):
         variant = "plain" if step % 2 else "runs"
@@ -151,7 +161,7 @@ def keep_indices(name: str, keys, values, attentions, keep: int, model, generato
         if name == "h2o":  # H2O: half heavy hitters, half the most recent tokens
             recent = keep // 2
             score = score.clone()
-            score[..., n - recent:] = float("inf")
+            score[..., n - recent :] = float("inf")
     elif name == "temporal":
         score = temporal_scores(keys, values, rope_free_keys(keys, model)).double()
     else:
@@ -163,10 +173,10 @@ OWN_PRESSES = ("window", "h2o", "lru", "random", "temporal")
 
 
 @torch.no_grad()
-def answer_with_press(model, context: torch.Tensor, queries: torch.Tensor, press: str, kept: float,
-                      generator: torch.Generator) -> torch.Tensor:
+def answer_with_press(
+    model, context: torch.Tensor, queries: torch.Tensor, press: str, kept: float, generator: torch.Generator
+) -> torch.Tensor:
     """Predicted value per (sequence, query) with ``kept`` of the context K/V (per layer and head)."""
-    from transformers import DynamicCache
 
     n = context.shape[1]
     keep = max(1, math.floor(kept * n))

@@ -107,10 +107,18 @@ class BudgetedKV(StreamKV):
         for layer in range(g.layers):
             k, v = self._k[layer][0], self._v[layer][0]
             view = ContextView(
-                layer=layer, keys=k[:total], values=v[:total], positions=self._pos[layer][:total],
-                tokens_per_frame=g.tokens_per_frame, new_from=self.rows, mass=self._mass[layer][:total],
-                last_used=self._used[layer][:total], counts=self._counts[layer][:total],
-                score=self._score[layer][:total], previous_frame=self._prev[layer], rope=self.rope,
+                layer=layer,
+                keys=k[:total],
+                values=v[:total],
+                positions=self._pos[layer][:total],
+                tokens_per_frame=g.tokens_per_frame,
+                new_from=self.rows,
+                mass=self._mass[layer][:total],
+                last_used=self._used[layer][:total],
+                counts=self._counts[layer][:total],
+                score=self._score[layer][:total],
+                previous_frame=self._prev[layer],
+                rope=self.rope,
                 generator=self.generator,
             )
             if keep < total:
@@ -129,8 +137,13 @@ class BudgetedKV(StreamKV):
             if idx is not None:
                 for t in (self._k[layer], self._v[layer]):
                     t[0, :keep] = t[0, idx]
-                for t in (self._pos[layer], self._mass[layer], self._used[layer], self._counts[layer],
-                          self._score[layer]):
+                for t in (
+                    self._pos[layer],
+                    self._mass[layer],
+                    self._used[layer],
+                    self._counts[layer],
+                    self._score[layer],
+                ):
                     t[:keep] = t[idx]
         self.rows = keep
         self.peak_rows = max(self.peak_rows, keep)
@@ -157,6 +170,8 @@ class BudgetedKV(StreamKV):
 
     @property
     def bookkeeping_bytes(self) -> int:
-        extra = sum(t.numel() * t.element_size() for t in self._pos + self._mass + self._used + self._counts + self._score)
+        extra = sum(
+            t.numel() * t.element_size() for t in self._pos + self._mass + self._used + self._counts + self._score
+        )
         extra += sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in filter(None, self._prev))
         return extra

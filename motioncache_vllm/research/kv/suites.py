@@ -58,8 +58,7 @@ def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) 
     return KVSettings(prompts=lines, chunks=8, steps=4, budgets=(1.0, 0.5, 0.25, 0.1))
 
 
-def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, model: str = "embedded",
-              log=print) -> dict:
+def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, model: str = "embedded", log=print) -> dict:
     from motioncache_vllm.bench.common import machine_info
 
     t0 = time.perf_counter()
@@ -77,20 +76,44 @@ def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, mode
         def progress(p: dict) -> None:
             done.append(p)  # a partial result survives an interrupted run
             (out_dir / f"kv_{suite}.partial.json").write_text(json.dumps({"points": done}, indent=1))
-            log(f"{p['prompt'][:32]:32s} {p['policy']:9s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
-                f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB ({p['wall_s']:.0f} s)")
+            log(
+                f"{p['prompt'][:32]:32s} {p['policy']:9s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
+                f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB ({p['wall_s']:.0f} s)"
+            )
 
-        points = run_video_suite(pipe, settings.prompts, settings.chunks, settings.steps, settings.guidance,
-                                 settings.budgets, settings.policies, settings.seed, progress)
-        result = {"points": points, "settings": {
-            "prompts": settings.prompts, "chunks": settings.chunks, "steps": settings.steps,
-            "frames": points[0]["frames"] if points else None,
-            "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
-            "budgets": list(settings.budgets), "seed": settings.seed, "model": model}}
+        points = run_video_suite(
+            pipe,
+            settings.prompts,
+            settings.chunks,
+            settings.steps,
+            settings.guidance,
+            settings.budgets,
+            settings.policies,
+            settings.seed,
+            progress,
+        )
+        result = {
+            "points": points,
+            "settings": {
+                "prompts": settings.prompts,
+                "chunks": settings.chunks,
+                "steps": settings.steps,
+                "frames": points[0]["frames"] if points else None,
+                "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
+                "budgets": list(settings.budgets),
+                "seed": settings.seed,
+                "model": model,
+            },
+        }
     else:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
-    result = {"suite": suite, "quick": quick, **result, "machine": machine_info(),
-              "wall_s": round(time.perf_counter() - t0, 1)}
+    result = {
+        "suite": suite,
+        "quick": quick,
+        **result,
+        "machine": machine_info(),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
     (out_dir / f"kv_{suite}.partial.json").unlink(missing_ok=True)
     plot(result, out_dir / f"kv_{suite}.png")
     return result
@@ -117,8 +140,13 @@ def plot(result: dict, path: Path) -> None:
             full = [p["accuracy"] for p in mine if p["policy"] == "full"]
             for press in dict.fromkeys(p["policy"] for p in mine if p["policy"] != "full"):
                 pts = sorted((p for p in mine if p["policy"] == press), key=lambda p: -p["budget"])
-                ax.plot([1.0] + [p["budget"] for p in pts], full[:1] + [p["accuracy"] for p in pts],
-                        "--" if press.startswith("kvpress:") else "-", marker="o", label=press)
+                ax.plot(
+                    [1.0] + [p["budget"] for p in pts],
+                    full[:1] + [p["accuracy"] for p in pts],
+                    "--" if press.startswith("kvpress:") else "-",
+                    marker="o",
+                    label=press,
+                )
             ax.invert_xaxis()
             label_axes(ax, "K/V kept (share of the context)", "recall accuracy", f"text: recall, {variant}", 6)
         save_figure(fig, path)
@@ -129,14 +157,24 @@ def plot(result: dict, path: Path) -> None:
         budgets = sorted({b for (n, b) in psnr if n == policy}, reverse=True)
         left.plot(budgets, [psnr[(policy, b)] for b in budgets], "o-", label=policy)
     left.invert_xaxis()
-    label_axes(left, "context K/V kept (share of full)", "PSNR vs full K/V (dB, mean over prompts)",
-               f"kv {result['suite']}: quality at a budget", 7)
+    label_axes(
+        left,
+        "context K/V kept (share of full)",
+        "PSNR vs full K/V (dB, mean over prompts)",
+        f"kv {result['suite']}: quality at a budget",
+        7,
+    )
     lowest = min((p["budget"] for p in points if p["policy"] != "full"), default=None)
     for p in points:
         if p["budget"] == lowest and p["prompt"] == points[0]["prompt"]:
             right.plot(p["psnr_db_per_chunk"], ".-", label=p["policy"])
-    label_axes(right, "chunk", "PSNR vs full K/V (dB)",
-               f"per chunk at {lowest:.0%}: {points[0]['prompt'][:30] if points else ''}", 7)
+    label_axes(
+        right,
+        "chunk",
+        "PSNR vs full K/V (dB)",
+        f"per chunk at {lowest:.0%}: {points[0]['prompt'][:30] if points else ''}",
+        7,
+    )
     save_figure(fig, path)
 
 
@@ -149,13 +187,15 @@ def to_table(result: dict) -> str:
         head = "| press | " + " | ".join(f"{v} {k:.0%}" for v in variants for k in kept) + " |"
         rows = [head, "|---|" + "---|" * (len(variants) * len(kept))]
         for press in dict.fromkeys(p["policy"] for p in points):
-            cells = [acc.get((press, v, k), acc.get(("full", v, 1.0)) if k >= 1.0 else None)
-                     for v in variants for k in kept]
+            cells = [
+                acc.get((press, v, k), acc.get(("full", v, 1.0)) if k >= 1.0 else None) for v in variants for k in kept
+            ]
             rows.append(f"| {press} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
         return "\n".join(rows)
     psnr, ssim_ = mean_points(points, "psnr_db"), mean_points(points, "ssim")
     kv = mean_points(points, "kv_bytes")
     head = "| policy | budget | PSNR dB | SSIM | K/V MiB |\n|---|---|---|---|---|"
-    rows = [f"| {n} | {b:.2f} | {psnr[(n, b)]:.2f} | {ssim_[(n, b)]:.4f} | {kv[(n, b)] / 2**20:.1f} |"
-            for (n, b) in psnr]
+    rows = [
+        f"| {n} | {b:.2f} | {psnr[(n, b)]:.2f} | {ssim_[(n, b)]:.4f} | {kv[(n, b)] / 2**20:.1f} |" for (n, b) in psnr
+    ]
     return "\n".join([head, *rows])

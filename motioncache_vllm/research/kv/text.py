@@ -46,8 +46,9 @@ def eval_set(variant: str, sequences: int, seed: int = 1234) -> recall.Batch:
     return recall.make_batch(variant, sequences, 4, torch.Generator().manual_seed(seed + len(variant)))
 
 
-def run_own_presses(model, data: dict[str, recall.Batch], kept=KEPT, presses=recall.OWN_PRESSES, batch: int = 32,
-                    log=print) -> list[dict]:
+def run_own_presses(
+    model, data: dict[str, recall.Batch], kept=KEPT, presses=recall.OWN_PRESSES, batch: int = 32, log=print
+) -> list[dict]:
     points = []
     for variant, b in data.items():
         for press in presses:
@@ -57,13 +58,22 @@ def run_own_presses(model, data: dict[str, recall.Batch], kept=KEPT, presses=rec
                 correct = 0
                 gen = torch.Generator().manual_seed(0)
                 for lo in range(0, b.context.shape[0], batch):
-                    pred = recall.answer_with_press(model, b.context[lo:lo + batch], b.queries[lo:lo + batch],
-                                                    press, share, gen)
-                    correct += int((pred == b.answers[lo:lo + batch]).sum())
+                    pred = recall.answer_with_press(
+                        model, b.context[lo : lo + batch], b.queries[lo : lo + batch], press, share, gen
+                    )
+                    correct += int((pred == b.answers[lo : lo + batch]).sum())
                 acc = correct / b.answers.numel()
                 name = "full" if share >= 1.0 else press
-                points.append(dict(policy=name, budget=share, variant=variant, accuracy=round(acc, 4),
-                                   context_tokens=b.context.shape[1], answers=b.answers.numel()))
+                points.append(
+                    {
+                        "policy": name,
+                        "budget": share,
+                        "variant": variant,
+                        "accuracy": round(acc, 4),
+                        "context_tokens": b.context.shape[1],
+                        "answers": b.answers.numel(),
+                    }
+                )
                 log(f"{variant:5s} {name:9s} kept {share:.2f}: accuracy {acc:.3f}")
     return points
 
@@ -84,14 +94,30 @@ def run_kvpress(data: dict[str, recall.Batch], kept=KEPT, log=print) -> tuple[li
         return [], "no kvpress environment (set MOTIONCACHE_KVPRESS_PYTHON or create ./.venv-kvpress)"
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "data.pt", Path(tmp) / "points.json"
-        torch.save({v: {"context": b.context, "queries": b.queries, "answers": b.answers} for v, b in data.items()}, inp)
+        torch.save(
+            {v: {"context": b.context, "queries": b.queries, "answers": b.answers} for v, b in data.items()}, inp
+        )
         root = str(Path(__file__).resolve().parents[3])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        cmd = [python, "-m", "motioncache_vllm.research.kv.kvpress_bridge", "--model", str(WEIGHTS), "--data", str(inp),
-               "--out", str(out), "--kept", ",".join(str(k) for k in kept)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        cmd = [
+            python,
+            "-m",
+            "motioncache_vllm.research.kv.kvpress_bridge",
+            "--model",
+            str(WEIGHTS),
+            "--data",
+            str(inp),
+            "--out",
+            str(out),
+            "--kept",
+            ",".join(str(k) for k in kept),
+        ]
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            return [], f"kvpress run failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+            return (
+                [],
+                f"kvpress run failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
+            )
         for line in proc.stdout.splitlines():
             log(line)
         return json.loads(out.read_text()), None
@@ -107,11 +133,18 @@ def run_text_suite(quick: bool, kept=None, log=print) -> dict:
         points = run_own_presses(model, data, kept, log=log)
     kv_points, why = run_kvpress(data, kept, log=log)
     failed = {p["policy"]: p["error"] for p in kv_points if "error" in p}
-    return {"points": points + [p for p in kv_points if "error" not in p], "kvpress": why or "ran",
-            "kvpress_failed": failed,
-            "settings": {"sequences_per_variant": n, "queries_per_sequence": 4, "kept": list(kept),
-                         "variants": {v: {"pairs": p, "filler_tokens": f} for v, (p, f) in recall.VARIANTS.items()},
-                         "model": recall.MODEL_CONFIG}}
+    return {
+        "points": points + [p for p in kv_points if "error" not in p],
+        "kvpress": why or "ran",
+        "kvpress_failed": failed,
+        "settings": {
+            "sequences_per_variant": n,
+            "queries_per_sequence": 4,
+            "kept": list(kept),
+            "variants": {v: {"pairs": p, "filler_tokens": f} for v, (p, f) in recall.VARIANTS.items()},
+            "model": recall.MODEL_CONFIG,
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def frames_for_chunks(pipe, chunks: int) -> int:
 
 
 @torch.inference_mode()
-def generate_budgeted(pipe, request: GenerationRequest, policy: str | None, budget: float = 1.0, seed: int = 0,
-                      **policy_settings) -> BudgetedRun:
+def generate_budgeted(
+    pipe, request: GenerationRequest, policy: str | None, budget: float = 1.0, seed: int = 0, **policy_settings
+) -> BudgetedRun:
     """Generate ``request`` with each CFG branch's context K/V held to ``budget`` by ``policy``
     (``None``: the runtime's own store, every finished frame kept)."""
     if policy is None:
@@ -57,8 +58,9 @@ def generate_budgeted(pipe, request: GenerationRequest, policy: str | None, budg
 
         def factory(branch, geometry):
             cos, sin = adapter.rope_rows(0, geometry.tokens // geometry.tokens_per_frame, grid)
-            store = BudgetedKV(geometry, make_eviction_policy(policy, **policy_settings), budget,
-                               rope=(cos[0], sin[0]), seed=seed)
+            store = BudgetedKV(
+                geometry, make_eviction_policy(policy, **policy_settings), budget, rope=(cos[0], sin[0]), seed=seed
+            )
             stores[branch] = store
             return store
 
@@ -75,8 +77,17 @@ def _finite(x: float) -> float:
     return 99.0 if x == float("inf") else round(x, 3)
 
 
-def run_video_suite(pipe, prompts: list[str], chunks: int, steps: int, guidance: float | None,
-                    budgets=BUDGETS, policies=VIDEO_POLICIES, seed: int = 0, progress=None) -> list[dict]:
+def run_video_suite(
+    pipe,
+    prompts: list[str],
+    chunks: int,
+    steps: int,
+    guidance: float | None,
+    budgets=BUDGETS,
+    policies=VIDEO_POLICIES,
+    seed: int = 0,
+    progress=None,
+) -> list[dict]:
     """Every policy at every budget below 1 on every prompt, against the full-K/V video."""
     from motioncache_vllm.bench.suites import chunk_pixel_ranges
 
@@ -84,14 +95,27 @@ def run_video_suite(pipe, prompts: list[str], chunks: int, steps: int, guidance:
     ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
     points = []
     for i, prompt in enumerate(prompts):
-        req = GenerationRequest(prompt=prompt, num_frames=frames, num_inference_steps=steps,
-                                guidance_scale=guidance, seed=seed + i)
+        req = GenerationRequest(
+            prompt=prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i
+        )
         t0 = time.perf_counter()
         ref = generate_budgeted(pipe, req, None)
         full_bytes = ref.kv_bytes
-        points.append(dict(policy="full", budget=1.0, prompt=prompt, psnr_db=99.0, ssim=1.0, kv_bytes=full_bytes,
-                           kv_bytes_full=full_bytes, frames=frames, chunks=chunks,
-                           psnr_db_per_chunk=[99.0] * len(ranges), wall_s=round(time.perf_counter() - t0, 2)))
+        points.append(
+            {
+                "policy": "full",
+                "budget": 1.0,
+                "prompt": prompt,
+                "psnr_db": 99.0,
+                "ssim": 1.0,
+                "kv_bytes": full_bytes,
+                "kv_bytes_full": full_bytes,
+                "frames": frames,
+                "chunks": chunks,
+                "psnr_db_per_chunk": [99.0] * len(ranges),
+                "wall_s": round(time.perf_counter() - t0, 2),
+            }
+        )
         if progress:
             progress(points[-1])
         for budget in sorted(budgets):  # the tightest budgets first: the most telling points
@@ -101,16 +125,23 @@ def run_video_suite(pipe, prompts: list[str], chunks: int, steps: int, guidance:
                 t0 = time.perf_counter()
                 run = generate_budgeted(pipe, req, policy, budget, seed=seed)
                 out = run.result.frames
-                points.append(dict(
-                    policy=policy, budget=budget, prompt=prompt,
-                    psnr_db=_finite(psnr_db(out, ref.result.frames)),
-                    ssim=round(ssim(out, ref.result.frames), 5),
-                    kv_bytes=run.kv_bytes, kv_bytes_full=full_bytes, frames=frames, chunks=chunks,
-                    psnr_db_per_chunk=[_finite(psnr_db(out[a:b], ref.result.frames[a:b])) for a, b in ranges],
-                    bookkeeping_bytes=sum(s.bookkeeping_bytes for s in run.stores.values()),
-                    evicted_rows=sum(s.evicted for s in run.stores.values()),
-                    wall_s=round(time.perf_counter() - t0, 2),
-                ))
+                points.append(
+                    {
+                        "policy": policy,
+                        "budget": budget,
+                        "prompt": prompt,
+                        "psnr_db": _finite(psnr_db(out, ref.result.frames)),
+                        "ssim": round(ssim(out, ref.result.frames), 5),
+                        "kv_bytes": run.kv_bytes,
+                        "kv_bytes_full": full_bytes,
+                        "frames": frames,
+                        "chunks": chunks,
+                        "psnr_db_per_chunk": [_finite(psnr_db(out[a:b], ref.result.frames[a:b])) for a, b in ranges],
+                        "bookkeeping_bytes": sum(s.bookkeeping_bytes for s in run.stores.values()),
+                        "evicted_rows": sum(s.evicted for s in run.stores.values()),
+                        "wall_s": round(time.perf_counter() - t0, 2),
+                    }
+                )
                 if progress:
                     progress(points[-1])
     return points
