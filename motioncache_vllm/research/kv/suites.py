@@ -167,7 +167,8 @@ def plot(result: dict, path: Path) -> None:
     lowest = min((p["budget"] for p in points if p["policy"] != "full"), default=None)
     for p in points:
         if p["budget"] == lowest and p["prompt"] == points[0]["prompt"]:
-            right.plot(p["psnr_db_per_chunk"], ".-", label=p["policy"])
+            curve = p["psnr_db_per_chunk"][1:]  # chunk 0 has no context: exact under every policy
+            right.plot(range(1, len(curve) + 1), curve, ".-", label=p["policy"])
     label_axes(
         right,
         "chunk",
