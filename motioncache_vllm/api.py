@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from motioncache_vllm.config import CacheConfig
+from motioncache_vllm.config import CacheConfig, MotionConfig, PolicyConfigBase, PoolConfig
 
 _ENABLED_CLASSES: dict[type, type] = {}
 
 
-def enable(pipe, config: msgspec.Struct | CacheConfig | None = None, **cache_options) -> None:
+def enable(pipe, config: PolicyConfigBase | CacheConfig | None = None, **cache_options) -> None:
     """Route ``pipe(...)`` through the MotionCache runtime.
 
     Args:
@@ -27,10 +25,10 @@ def enable(pipe, config: msgspec.Struct | CacheConfig | None = None, **cache_opt
             converts a stock ``SkyReelsV2DiffusionForcingPipeline``).
         config: a policy config (``MotionConfig()``, ``FlowCacheConfig()``, ...; its class
             picks the policy) or a full :class:`CacheConfig`. Default: ``MotionConfig()``.
-        cache_options: ``tile``, ``pool_mib``, ``eviction`` when ``config`` is a policy config.
+        cache_options: :class:`~motioncache_vllm.config.PoolConfig` fields (``tile``, ``pool_mib``, ...)
+            when ``config`` is a policy config.
     """
     from motioncache_vllm.models.pipeline import MotionCacheSkyReelsPipeline
-    from motioncache_vllm.policies import MotionConfig, policy_for_config
 
     if not isinstance(pipe, MotionCacheSkyReelsPipeline):
         raise TypeError(
@@ -45,9 +43,9 @@ def enable(pipe, config: msgspec.Struct | CacheConfig | None = None, **cache_opt
         cache = config
     else:
         config = config if config is not None else MotionConfig()
-        cache = CacheConfig(
-            policy=policy_for_config(config), policy_config=msgspec.structs.asdict(config), **cache_options
-        )
+        if not isinstance(config, PolicyConfigBase):
+            raise TypeError(f"config must be a policy config (MotionConfig(), ...) or a CacheConfig, got {config!r}")
+        cache = CacheConfig(policy=config, pool=PoolConfig.decode(cache_options))
     pipe._motioncache = cache
     pipe.motioncache_stats = None
     # in place, as cache-dit's enable_cache: the instance's class becomes a subclass of

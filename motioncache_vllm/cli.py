@@ -8,6 +8,7 @@ diffusers SkyReels-V2 DF folder) and writes a JSON report. User mistakes exit wi
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +45,12 @@ class UsageError(Exception):
     """A mistake in the user's input: reported as one line, exit code 2."""
 
 
+def _lazy_pool_config():
+    from motioncache_vllm.config import PoolConfig  # torch-free: cheap at import
+
+    return PoolConfig
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -65,7 +72,80 @@ def _check_writable(path: Path, what: str) -> None:
         raise UsageError(f"{what} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
+def _struct_options(struct: type, prefix: str = ""):
+    """Add one ``--<prefix><field>`` option per field of the msgspec ``struct`` to a typer
+    command (help = the field's docstring, default = the field's); the command receives
+    them as one dict ``<struct name>_options`` and decodes it once (``msgspec.convert``)."""
+    import functools
+    import inspect
+    import typing
+
+    import msgspec
+
+    from motioncache_vllm.config import field_docs
+
+    docs = field_docs(struct)
+    hints = typing.get_type_hints(struct, include_extras=False)
+    extra, names = [], []
+    for f in msgspec.structs.fields(struct):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        choices = None
+        if typing.get_origin(hint) is typing.Literal or (args and typing.get_origin(args[0]) is typing.Literal):
+            choices = typing.get_args(hint if typing.get_origin(hint) is typing.Literal else args[0])
+            hint = Optional[str] if type(None) in typing.get_args(hint) else str
+        elif args and len(args) == 1 and type(None) in typing.get_args(hint):
+            hint = Optional[args[0]]
+        help_text = docs.get(f.name, "") + (f" One of: {', '.join(choices)}." if choices else "")
+        option = typer.Option(f.default, "--" + (prefix + f.name).replace("_", "-"), help=help_text)
+        extra.append(inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint))
+        names.append(f.name)
+    key = f"{struct.__name__.lower()}_options"
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(**kwargs):
+            kwargs[key] = {name: kwargs.pop(prefix + name) for name in names}
+            return command(**kwargs)
+
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != key]
+        run.__signature__ = signature.replace(parameters=[*own, *extra])
+        run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
+        return run
+
+    return wrap
+
+
+def _usage_error_of(exc: Exception, struct: type | None = None) -> UsageError:
+    """A decode error of the settings as one CLI line: the fields of ``struct`` (whose
+    fields are options) named as their options, other paths as bare field names."""
+    import re
+    import typing
+
+    import msgspec
+
+    text = str(exc)
+    if struct is not None:
+        hints = typing.get_type_hints(struct)
+
+        def choices(name: str) -> str:
+            args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
+            literal = hints[name] if typing.get_origin(hints[name]) is typing.Literal else (args or [None])[0]
+            return ", ".join(typing.get_args(literal)) if typing.get_origin(literal) is typing.Literal else ""
+
+        text = re.sub(
+            r"Invalid enum value '([^']*)' - at `\$\.(\w+)`",
+            lambda m: f"unknown --{m.group(2).replace('_', '-')} {m.group(1)!r}; valid: {choices(m.group(2))}",
+            text,
+        )
+        for f in msgspec.structs.fields(struct):
+            text = re.sub(rf"`\$\.{f.name}`|(?<![-\w]){f.name}\b", "--" + f.name.replace("_", "-"), text)
+    return UsageError(re.sub(r"`\$\.(\w+)`", r"\1", text))
+
+
 @app.command()
+@_struct_options(_lazy_pool_config())
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Caption of the video."),
     model: str = typer.Option("embedded", help="'embedded' or the path of a diffusers SkyReels-V2 DF folder."),
@@ -79,20 +159,8 @@ def generate(
         "none", help="Cache policy: none, teacache, flowcache, motion, magcache, tokenrate."
     ),
     policy_config: list[str] = typer.Option(
-        [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6."
-    ),
-    pool_mib: Optional[float] = typer.Option(None, help="Activation pool budget in MiB (default: unbounded)."),
-    tile: int = typer.Option(1, help="Spatial block side in tokens (1 = per-token, as in the paper)."),
-    eviction: str = typer.Option("motion", help="When the pool is full: evict by motion or lru, or admit (a chunk cached whole or not at all)."),
-    pool_dtype: str = typer.Option(
-        "float32", help="Pool storage: float32 (exact), float16, bfloat16, int8 or int4 (more blocks per MiB)."
-    ),
-    cfg_shared: bool = typer.Option(
-        False, help="The unconditional CFG branch reuses the conditional branch's cache decisions."
-    ),
-    cfg_delta_dtype: Optional[str] = typer.Option(
-        None, help="With --cfg-shared: one slot per block for both CFG branches, the unconditional one "
-        "stored as its difference from the conditional one in this dtype (e.g. int4).",
+        [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6; "
+        "`motioncache policies` lists every policy's settings."
     ),
     runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
     recompute_map: Optional[Path] = typer.Option(None, help="Also write a heat-map video of recomputation."),
@@ -102,29 +170,55 @@ def generate(
     out: Path = typer.Option(Path("video.mp4"), help="Output video (.mp4 or .gif)."),
     report: Optional[Path] = typer.Option(None, help="Write a JSON report here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    poolconfig_options: dict = None,
 ) -> None:
-    """Generate a video from a caption."""
+    """Generate a video from a caption. Pool options (--tile ... --cfg-delta-dtype) are the
+    fields of motioncache_vllm.config.PoolConfig."""
     try:
-        _generate(
-            prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-            eviction, pool_dtype, cfg_shared, cfg_delta_dtype, runtime, recompute_map, compare, out, report, quiet,
+        options = GenerateOptions(
+            prompt=prompt, model=model, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+            seed=seed, cache_policy=cache_policy, policy_config=policy_config, runtime=runtime,
+            recompute_map=recompute_map, compare=compare, out=out, report=report, quiet=quiet,
         )
+        _generate(options, poolconfig_options)
     except UsageError as exc:
         _fail(str(exc))
 
 
-def _generate(
-    prompt, model, frames, height, width, steps, guidance, seed, cache_policy, policy_config, pool_mib, tile,
-    eviction, pool_dtype, cfg_shared, cfg_delta_dtype, runtime, recompute_map, compare, out, report, quiet,
-):
+@dataclass(frozen=True)
+class GenerateOptions:
+    """``motioncache generate``'s own options (the pool's come as a PoolConfig dict)."""
+
+    prompt: str
+    model: str
+    frames: Optional[int]
+    height: Optional[int]
+    width: Optional[int]
+    steps: Optional[int]
+    guidance: Optional[float]
+    seed: int
+    cache_policy: str
+    policy_config: list[str]
+    runtime: str
+    recompute_map: Optional[Path]
+    compare: bool
+    out: Path
+    report: Optional[Path]
+    quiet: bool
+
+
+def _generate(o: GenerateOptions, pool_options: dict):
     import msgspec
 
-    from motioncache_vllm.blocks.eviction import EVICTION_ORDERS
-    from motioncache_vllm.config import POOL_DTYPES
-    from motioncache_vllm.config import CacheConfig, GenerationReport, GenerationRequest
-    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError, make_policy, parse_overrides
+    from motioncache_vllm.config import CacheConfig, ConfigError, GenerationReport, GenerationRequest, PoolConfig
+    from motioncache_vllm.config import decode_policy
+    from motioncache_vllm.policies import parse_overrides
     from motioncache_vllm.video_io import SUPPORTED_SUFFIXES
 
+    prompt, frames, height, width, steps, guidance, seed = (
+        o.prompt, o.frames, o.height, o.width, o.steps, o.guidance, o.seed
+    )
+    runtime, recompute_map, out, report = o.runtime, o.recompute_map, o.out, o.report
     # -- validate everything before any expensive work --------------------------------
     if not prompt.strip():
         raise UsageError("--prompt must not be empty")
@@ -136,26 +230,19 @@ def _generate(
         raise UsageError(f"--frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {frames}")
     if guidance is not None and guidance < 0:
         raise UsageError(f"--guidance must be >= 0, got {guidance}")
+    # decoded once: the policy's and the pool's Structs declare every limit
     try:
-        overrides = parse_overrides(policy_config)
-        make_policy(cache_policy, overrides)  # validates name and settings now, not after loading
-    except (UnknownPolicyError, InvalidPolicyConfig) as exc:
-        raise UsageError(str(exc)) from None
-    if pool_mib is not None and pool_mib < 0:
-        raise UsageError(f"--pool-mib must be >= 0, got {pool_mib}")
-    if tile < 1:
-        raise UsageError(f"--tile must be a positive integer, got {tile}")
-    if pool_dtype not in POOL_DTYPES:
-        raise UsageError(f"unknown --pool-dtype {pool_dtype!r}; valid: {', '.join(POOL_DTYPES)}")
-    if cfg_delta_dtype is not None and cfg_delta_dtype not in POOL_DTYPES:
-        raise UsageError(f"unknown --cfg-delta-dtype {cfg_delta_dtype!r}; valid: {', '.join(POOL_DTYPES)}")
-    if cfg_delta_dtype is not None and not cfg_shared:
-        raise UsageError("--cfg-delta-dtype needs --cfg-shared (both branches must recompute the same blocks)")
-    if eviction not in EVICTION_ORDERS:
-        raise UsageError(f"unknown --eviction {eviction!r}; valid: {', '.join(sorted(EVICTION_ORDERS))}")
+        policy = decode_policy(o.cache_policy, parse_overrides(o.policy_config))
+    except ConfigError as exc:
+        raise _usage_error_of(exc) from None
+    try:
+        cache = CacheConfig(policy=policy, pool=PoolConfig.decode(pool_options))
+    except ConfigError as exc:
+        raise _usage_error_of(exc, PoolConfig) from None
+    tile = cache.pool.tile
     if runtime not in ("chunked", "vanilla"):
         raise UsageError(f"unknown --runtime {runtime!r}; valid: chunked, vanilla")
-    if runtime == "vanilla" and cache_policy != "none":
+    if runtime == "vanilla" and cache.policy.name != "none":
         raise UsageError("--runtime vanilla runs the stock pipeline and only supports --cache-policy none")
     if out.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise UsageError(f"--out {out}: unsupported format {out.suffix or '(none)'}; use .mp4 or .gif")
@@ -167,6 +254,7 @@ def _generate(
         raise UsageError(f"--recompute-map {recompute_map}: use .mp4 or .gif")
     if recompute_map is not None and runtime == "vanilla":
         raise UsageError("--recompute-map needs the chunked runtime")
+    model, quiet, compare = o.model, o.quiet, o.compare
     _quiet_libraries()
     from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
     from motioncache_vllm.runtime.generate import generate_video
@@ -187,14 +275,10 @@ def _generate(
         prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
         guidance_scale=guidance, seed=seed,
     )
-    cache = CacheConfig(
-        policy=cache_policy, policy_config=overrides, tile=tile, pool_mib=pool_mib, eviction=eviction,
-        pool_dtype=pool_dtype, cfg_shared=cfg_shared, cfg_delta_dtype=cfg_delta_dtype,
-    )
     result = generate_video(pipe, request, progress=show_progress, runtime=runtime, cache=cache)
     fields = dict(
         model=str(model), prompt=prompt, seed=seed, frames=result.frames.shape[0], height=result.frames.shape[1],
-        width=result.frames.shape[2], steps=result.steps, guidance=result.guidance, policy=cache_policy,
+        width=result.frames.shape[2], steps=result.steps, guidance=result.guidance, policy=cache.policy.name,
         wall_s=round(result.wall_s, 4), runtime=runtime, **result.stats,
     )
     if result.recompute_map is not None:
@@ -211,9 +295,9 @@ def _generate(
             psnr_db=round(psnr, 3) if psnr != float("inf") else 99.0,
             ssim=round(ssim(result.frames, baseline.frames), 5),
         )
-        if runtime == "chunked" and cache_policy != "none":
+        if runtime == "chunked" and cache.policy.name != "none":
             # keep the two effects apart: chunked execution vs the cache policy itself
-            chunked = generate_video(pipe, request, progress=show_progress, cache=CacheConfig(tile=tile))
+            chunked = generate_video(pipe, request, progress=show_progress, cache=CacheConfig(pool=PoolConfig(tile=tile)))
             fields.update(
                 chunked_wall_s=round(chunked.wall_s, 4),
                 cache_speedup=round(chunked.wall_s / result.wall_s, 4),
@@ -242,6 +326,21 @@ def _generate(
         line += f"; vs full compute: {fields['speedup']:.2f}x, PSNR {fields['psnr_db']:.2f} dB, SSIM {fields['ssim']:.4f}"
     if not quiet:
         typer.echo(line)
+
+
+@app.command()
+def policies() -> None:
+    """List the cache policies and their settings (for --policy-config key=value)."""
+    import msgspec
+
+    from motioncache_vllm.config import field_docs
+    from motioncache_vllm.policies import get_policy_class, policy_names
+
+    for name in policy_names():
+        cls = get_policy_class(name)
+        typer.echo(f"{name}: {cls.description}")
+        for f in msgspec.structs.fields(cls.config_cls):
+            typer.echo(f"  {f.name} = {f.default!r}: {field_docs(cls.config_cls).get(f.name, '')}")
 
 
 @app.command()
@@ -442,8 +541,6 @@ def serve(
         policy, pass_policy = extra_config.get("cache_policy", "motion"), "cache_policy" not in extra_config
     else:
         policy, pass_policy = cache_policy, True
-    if cache_pool_mib is not None and cache_pool_mib < 0:
-        _fail(f"--cache-pool-mib must be >= 0, got {cache_pool_mib}")
     from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     settings = {**extra_config, "cache_policy": policy}

@@ -1,18 +1,47 @@
-"""Typed configuration shared by the CLI, the Python API and (later) the vLLM plugin.
+"""Typed configuration: the one home of every setting (msgspec Structs, torch-free).
 
-Everything that crosses a process boundary is a ``msgspec.Struct``: validated on
-decode, cheap to encode, no pickle of user data.
+- :class:`GenerationRequest`: one video (prompt, size, steps, guidance, seed).
+- Policy configs (:class:`NoneConfig`, :class:`TeaCacheConfig`, :class:`FlowCacheConfig`,
+  :class:`MotionConfig`, :class:`MagCacheConfig`, :class:`TokenRateConfig`): a tagged union, tag field ``policy``
+  (``{"policy": "motion", "threshold": 0.2}``); per request.
+- :class:`PoolConfig`: what fixes the activation pool (slot size, budget, eviction, slot
+  dtypes); engine-wide, shared by every request of a worker.
+- :class:`CacheConfig`: a request's cache settings = one policy config + the pool config.
+
+Every entry point decodes its input once (:func:`decode_policy`, :meth:`CacheConfig.decode`,
+``msgspec.convert`` into :class:`PoolConfig`) and maps :class:`ConfigError` to its own
+error form (CLI: one line, exit 2; HTTP: 400; engine start-up: ValueError). Adding a
+setting = one field here (with its docstring: the CLI help) + the code that uses it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import ast
+import functools
+import inspect
+from typing import Annotated, Any, Literal, Mapping, Union, get_args
 
 import msgspec
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-POOL_DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
 PoolDtype = Literal["float32", "float16", "bfloat16", "int8", "int4"]
+POOL_DTYPES: tuple[str, ...] = get_args(PoolDtype)
+Eviction = Literal["motion", "lru", "admit"]
+EVICTIONS: tuple[str, ...] = get_args(Eviction)
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1e6)]  # finite: NaN and inf are refused
+
+
+class ConfigError(ValueError):
+    """A setting that does not fit its Struct; entry points turn it into their error form."""
+
+
+class UnknownPolicyError(ConfigError):
+    """A policy name that is not registered."""
+
+
+class InvalidPolicyConfig(ConfigError):
+    """Policy settings that do not fit the policy's config."""
 
 
 class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -71,35 +100,227 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     realised_over_ideal: float | None = None
 
 
-class CacheConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """How the runtime caches: which policy, at what granularity, in how much memory."""
+# -- policy configs (per request) -----------------------------------------------------
 
-    policy: str = "none"
-    """Registered policy name (``none``, ``teacache``, ``flowcache``, ``motion``, ``magcache``)."""
-    policy_config: dict = msgspec.field(default_factory=dict)
-    """Overrides of the policy's config fields (validated by the policy)."""
+
+class PolicyConfigBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="policy"):
+    """Base of every policy config; the tag (``policy``) is the registered policy name."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__struct_config__.tag
+
+
+class NoneConfig(PolicyConfigBase, tag="none"):
+    """``none``: full compute every step (no knobs)."""
+
+
+class TeaCacheConfig(PolicyConfigBase, tag="teacache"):
+    """``teacache``: whole-step reuse per chunk (TeaCache)."""
+
+    threshold: Threshold = 0.1
+    """Accumulated rescaled distance that triggers a recompute (higher = faster)."""
+    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """First steps of every chunk that always run in full."""
+    coefficients: list[float] | None = None
+    """Rescale polynomial (highest power first); None = the model's (see policies/calibration.py)."""
+
+
+class FlowCacheConfig(PolicyConfigBase, tag="flowcache"):
+    """``flowcache``: token-level reuse per chunk (FlowCache)."""
+
+    threshold: Threshold = 0.1
+    """tau: accumulated need at which a token wants a recompute (0 = every step)."""
+    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """First steps of every chunk that always run in full."""
+    vote_fraction: Fraction = 0.5
+    """Share of a block's tokens (across the chunk's frames) that must need an update."""
+    min_update_ratio: Fraction = 0.4
+    """Below this share of selected blocks the step is skipped and the need kept."""
+    coefficients: list[float] | None = None
+    """Rescale polynomial (highest power first); None = the model's (see policies/calibration.py)."""
+
+
+class MotionConfig(FlowCacheConfig, tag="motion"):
+    """``motion``: MotionCache = FlowCache with motion-weighted need."""
+
+    alpha: Fraction = 0.6
+    """Lowest motion weight (static tokens); 1 disables motion weighting (= flowcache)."""
+    phase1_updates: Annotated[int, msgspec.Meta(ge=0)] = 6
+    """Compute events with W = 1 before motion weights switch on (K)."""
+
+
+class MagCacheConfig(PolicyConfigBase, tag="magcache"):
+    """``magcache``: MagCache's whole-step skip rule with calibrated magnitude ratios."""
+
+    threshold: Threshold = 0.12
+    """Accumulated magnitude error below which steps are skipped (diffusers' default: 0.06)."""
+    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 3
+    """At most this many skipped steps in a row (K in the paper)."""
+    retention_ratio: Fraction = 0.2
+    """Share of each chunk's first steps that always run in full."""
+    mag_ratios: list[float] | None = None
+    """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
+
+
+class TokenRateConfig(PolicyConfigBase, tag="tokenrate"):
+    """``tokenrate``: each spatial block recomputed at the rate its own residual changes."""
+
+    threshold: Threshold = 0.3
+    """Predicted relative change of a block's residual at which it is recomputed."""
+    warmup_steps: Annotated[int, msgspec.Meta(ge=1)] = 4
+    """First steps of every chunk that always run in full (they seed the rates)."""
+    join_fraction: Fraction = 0.5
+    """When a step recomputes some blocks, blocks at this share of the threshold join it."""
+    min_update_ratio: Fraction = 0.0
+    """A partial step of fewer blocks than this share is deferred (the need is kept) ...
+    (0 = off: deferring measured worse here, 24.3 vs 41.1 dB at similar work)"""
+    defer_limit: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+    """... unless a block's predicted change reaches this multiple of the threshold."""
+    full_ratio: Fraction = 0.75
+    """At or above this share of blocks the whole step is computed."""
+    min_weight: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    """Lowest weight of a token: its rate over the chunk's mean rate, clipped here ..."""
+    max_weight: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0
+    """... and here."""
+    rate_smoothing: Fraction = 0.5
+    """Weight of the newest rate measurement (1 = only the latest)."""
+    cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
+    """Scene-cut guard: a warm-up mean rate this many times the previous chunk's is a cut."""
+    cut_warmup: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """Extra full steps of a chunk after a cut (0 disables the guard)."""
+    coefficients: list[float] | None = None
+    """Rescale polynomial of the distance (highest power first); None = the model's."""
+
+
+PolicyConfig = Union[NoneConfig, TeaCacheConfig, FlowCacheConfig, MotionConfig, MagCacheConfig, TokenRateConfig]
+"""The built-in policy configs as one tagged union (``msgspec.convert(data, PolicyConfig)``)."""
+
+_POLICY_CONFIGS: dict[str, type[PolicyConfigBase]] = {c.__struct_config__.tag: c for c in get_args(PolicyConfig)}
+
+
+def register_policy_config(cls: type[PolicyConfigBase]) -> type[PolicyConfigBase]:
+    """Make a policy config (of a policy registered elsewhere, e.g. a research one) decodable."""
+    tag = cls.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{cls.__name__} needs a string tag (class {cls.__name__}(PolicyConfigBase, tag='name'))")
+    if _POLICY_CONFIGS.get(tag, cls) is not cls:
+        raise ValueError(f"policy config {tag!r} is already registered by {_POLICY_CONFIGS[tag].__qualname__}")
+    _POLICY_CONFIGS[tag] = cls
+    return cls
+
+
+def policy_config_class(name: str) -> type[PolicyConfigBase]:
+    try:
+        return _POLICY_CONFIGS[name]
+    except KeyError:
+        valid = ", ".join(sorted(_POLICY_CONFIGS))
+        raise UnknownPolicyError(f"unknown cache policy {name!r}; valid policies: {valid}") from None
+
+
+def decode_policy(name: str, overrides: Mapping[str, Any] | None = None) -> PolicyConfigBase:
+    """The typed config of policy ``name`` with ``overrides`` (one ``msgspec.convert``;
+    unknown keys and out-of-range values raise :class:`InvalidPolicyConfig`)."""
+    cls = policy_config_class(name)
+    try:
+        return msgspec.convert({**(overrides or {}), "policy": name}, cls)
+    except msgspec.ValidationError as exc:
+        fields = ", ".join(f.name for f in msgspec.structs.fields(cls)) or "(none)"
+        raise InvalidPolicyConfig(f"policy {name!r}: {exc}; its fields: {fields}") from None
+
+
+# -- pool config (engine-wide) ---------------------------------------------------------
+
+
+class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The activation pool: one per worker, shared by its requests; these settings fix
+    its slot layout and size, so they are engine-wide (``additional_config`` keys
+    ``cache_<field>``; CLI ``--<field>``)."""
+
     tile: PositiveInt = 1
-    """Spatial block side in tokens (1 = the paper's per-token granularity)."""
-    pool_mib: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    """Spatial block side in tokens (1 = per-token, as in the paper); must divide the token grid."""
+    pool_mib: Annotated[float, msgspec.Meta(ge=0.0, le=2.0**30)] | None = None
     """Activation pool budget in MiB; None = unbounded."""
-    eviction: str = "motion"
-    """When the pool is full: evict by ``motion`` (expected reuse) or ``lru``, or ``admit``
-    (no eviction: a chunk is cached whole or not at all; for pools shared by many requests)."""
+    eviction: Eviction = "motion"
+    """When the pool is full: evict by motion (expected reuse) or lru, or admit (no eviction:
+    a chunk is cached whole or not at all; for pools shared by many requests)."""
     pool_dtype: PoolDtype = "float32"
-    """Storage of cached residuals: float32 is exact; float16/bfloat16 halve the bytes per
-    block, int8 / int4 (Hadamard-rotated rows, one scale per row) about a quarter / an eighth,
-    so a budget holds more blocks."""
+    """Storage of cached residuals: float32 (exact), float16, bfloat16, int8 or int4
+    (Hadamard-rotated rows, one scale per row): more blocks per MiB."""
     cfg_shared: bool = False
-    """The unconditional CFG branch reuses the conditional branch's decision of the same
-    step (no scoring of its own) instead of keeping per-branch state."""
+    """The unconditional CFG branch reuses the conditional branch's cache decisions of the
+    same step instead of keeping per-branch state."""
     cfg_delta_dtype: PoolDtype | None = None
-    """With ``cfg_shared``: keep both CFG branches of a block in one slot, the conditional
-    residual (``pool_dtype``) and the unconditional one as its difference from it (this
-    dtype). The difference is ~12% of the residual's size here, so it takes coarse storage
-    well, and a lossy slot's error is no longer multiplied by the guidance scale (the
-    branches' errors were independent; CFG adds them up ~6x). Both branches' blocks are
-    then held or evicted together. None: one slot per branch."""
+    """With cfg_shared: one slot per block for both CFG branches, the unconditional residual
+    stored as its difference from the conditional one in this dtype (e.g. int4). The
+    difference is ~12% of the residual's size, so it takes coarse storage well."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:
             raise ValueError("cfg_delta_dtype needs cfg_shared (both branches must recompute the same blocks)")
+
+    @classmethod
+    def decode(cls, options: Mapping[str, Any]) -> PoolConfig:
+        """``options`` (field -> value) -> PoolConfig, or :class:`ConfigError`."""
+        try:
+            return msgspec.convert(dict(options), cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"pool settings: {exc}") from None
+
+
+# -- a request's cache settings --------------------------------------------------------
+
+
+class CacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the runtime caches one request: its policy config and the pool's settings."""
+
+    policy: PolicyConfig = NoneConfig()
+    """The cache policy and its settings (the config's class picks the policy)."""
+    pool: PoolConfig = PoolConfig()
+    """The activation pool's settings (engine-wide when served)."""
+
+    @classmethod
+    def decode(
+        cls, policy: str | PolicyConfigBase = "none", policy_config: Mapping[str, Any] | None = None, **pool: Any
+    ) -> CacheConfig:
+        """The library's entry point: a policy name (+ its overrides) or config, and pool
+        fields as keywords, decoded once; raises :class:`ConfigError`.
+
+        >>> CacheConfig.decode("motion", {"threshold": 0.2}, tile=2).policy.threshold
+        0.2
+        """
+        if isinstance(policy, PolicyConfigBase):
+            if policy_config:
+                raise ConfigError("give the policy's settings inside its config, not as policy_config")
+            typed = policy
+        else:
+            typed = decode_policy(policy, policy_config)
+        return cls(policy=typed, pool=PoolConfig.decode(pool))
+
+
+# -- docs of fields (CLI help) ---------------------------------------------------------
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of ``cls`` and its bases (``field: T = x`` then ``\"\"\"doc\"\"\"``),
+    whitespace collapsed: the help text of options generated from a Struct."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__ in ("builtins", "msgspec") or klass is msgspec.Struct:
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

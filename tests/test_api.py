@@ -31,7 +31,7 @@ def test_enable_routes_calls_through_the_cache_and_disable_restores(embedded_pip
     # the same request through generate_video gives the same video
     ref = generate_video(
         pipe, GenerationRequest(prompt="a red circle moves right", seed=4, **{"num_frames": 17, "num_inference_steps": 10}),
-        cache=CacheConfig(policy="motion", policy_config={"threshold": 2.0}),
+        cache=CacheConfig.decode(policy="motion", policy_config={"threshold": 2.0}),
     )
     assert np.abs((cached * 255).round().astype(int) - ref.frames.astype(int)).max() <= 1
     torch.manual_seed(0)
@@ -42,7 +42,8 @@ def test_enable_routes_calls_through_the_cache_and_disable_restores(embedded_pip
 def test_enable_picks_policy_from_config_class(embedded_pipe):
     motioncache_vllm.enable(embedded_pipe, FlowCacheConfig(threshold=0.2), tile=2)
     try:
-        assert embedded_pipe._motioncache.policy == "flowcache" and embedded_pipe._motioncache.tile == 2
+        assert embedded_pipe._motioncache.policy == FlowCacheConfig(threshold=0.2)
+        assert embedded_pipe._motioncache.pool.tile == 2
     finally:
         motioncache_vllm.disable(embedded_pipe)
 

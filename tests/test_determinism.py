@@ -15,7 +15,7 @@ pipe.set_progress_bar_config(disable=True)
 req = GenerationRequest(prompt="a yellow square moves down slowly", num_frames=17, num_inference_steps=2, seed=1234)
 out = [torch.get_num_threads()]
 for runtime, policy in (("vanilla", "none"), ("chunked", "motion")):
-    frames = generate_video(pipe, req, runtime=runtime, cache=CacheConfig(policy=policy)).frames
+    frames = generate_video(pipe, req, runtime=runtime, cache=CacheConfig.decode(policy)).frames
     out.append(hashlib.md5(frames.tobytes()).hexdigest())
 print(*out)
 """

@@ -107,7 +107,7 @@ def test_concurrent_requests_all_finish_with_single_engine_frames(fleet, embedde
     assert workers == {0, 1}  # routed to both
     for request, (_, body) in zip(requests, answers):
         gen = {k: v for k, v in request.items() if k != "cache"}
-        ref = generate_video(embedded_pipe, GenerationRequest(**gen), cache=CacheConfig(policy="none"))
+        ref = generate_video(embedded_pipe, GenerationRequest(**gen), cache=CacheConfig.decode(policy="none"))
         assert body["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest(), request["prompt"]
         assert body["num_frames"] == 17 and body["stats"]["fleet"]["attempts"] == 1
 
@@ -144,7 +144,7 @@ def _continuation_reference(pipe, first: dict, more: dict) -> str:
     gen = {k: v for k, v in first.items() if k != "cache"}
     plan = VideoPlan.of(resolve(pipe, GenerationRequest(**gen)))
     plan = plan.extended(more["prompt"], plan.num_frames + more["num_frames"], more["seed"])
-    run = PlanGeneration(pipe, plan, None, cache=CacheConfig(policy="none"))
+    run = PlanGeneration(pipe, plan, None, cache=CacheConfig.decode(policy="none"))
     while not run.done:
         run.step()
     return hashlib.sha256(run.result().frames.tobytes()).hexdigest()

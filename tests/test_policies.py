@@ -153,7 +153,7 @@ def test_magcache_on_the_chunked_runtime_uses_the_shipped_ratios(embedded_pipe):
 
     req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=9, num_inference_steps=20, seed=0)
     full = generate_video(embedded_pipe, req)
-    cached = generate_video(embedded_pipe, req, cache=CacheConfig(policy="magcache", policy_config={"threshold": 0.24}))
+    cached = generate_video(embedded_pipe, req, cache=CacheConfig.decode(policy="magcache", policy_config={"threshold": 0.24}))
     assert 0 < cached.stats["skipped_steps"] and cached.stats["partial_steps"] == 0
     assert cached.stats["token_steps_computed"] < cached.stats["token_steps_total"]
     assert psnr_db(cached.frames, full.frames) > 30

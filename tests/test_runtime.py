@@ -18,7 +18,7 @@ REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps
 
 
 def run(pipe, policy="none", runtime="chunked", **cache):
-    return generate_video(pipe, GenerationRequest(**REQ), runtime=runtime, cache=CacheConfig(policy=policy, **cache))
+    return generate_video(pipe, GenerationRequest(**REQ), runtime=runtime, cache=CacheConfig.decode(policy=policy, **cache))
 
 
 def test_chunked_none_reproduces_the_stock_pipeline(tiny_pipe):
@@ -220,9 +220,9 @@ def test_a_pool_short_of_the_need_costs_speed_never_quality(embedded_pipe):
     reference = generate_video(embedded_pipe, req)
     cache = dict(policy="motion", policy_config={"threshold": 0.5})
     need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
-    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig(**cache))
-    short = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, pool_mib=0.9 * need / 2**20))
-    half = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, pool_mib=0.5 * need / 2**20,
+    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache))
+    short = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, pool_mib=0.9 * need / 2**20))
+    half = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, pool_mib=0.5 * need / 2**20,
                                                                 pool_dtype="float16"))
     assert short.stats["evictions"] > 0 and short.stats["forced_blocks"] > 0
     assert short.stats["partial_steps"] == 0
@@ -240,9 +240,9 @@ def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
     reference = generate_video(embedded_pipe, req)
     cache = dict(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True)
     need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
-    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig(**cache))
-    exact_pair = generate_video(embedded_pipe, req, cache=CacheConfig(**cache, cfg_delta_dtype="float32"))
-    quarter = generate_video(embedded_pipe, req, cache=CacheConfig(
+    unbounded = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache))
+    exact_pair = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, cfg_delta_dtype="float32"))
+    quarter = generate_video(embedded_pipe, req, cache=CacheConfig.decode(
         **cache, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.25 * need / 2**20))
     assert quarter.stats["forced_blocks"] == quarter.stats["evictions"] == 0
     assert quarter.stats["pool_peak_bytes"] <= 0.25 * need
@@ -253,13 +253,13 @@ def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
     assert psnr_db(exact_pair.frames, unbounded.frames) > 50
     # one branch (no guidance): the pair's second half is unused, caching still works
     single = generate_video(embedded_pipe, msgspec.structs.replace(req, guidance_scale=1.0),
-                            cache=CacheConfig(**cache, cfg_delta_dtype="int4"))
+                            cache=CacheConfig.decode(**cache, cfg_delta_dtype="int4"))
     assert single.stats["token_steps_computed"] < single.stats["token_steps_total"]
 
 
 def test_cfg_delta_needs_shared_decisions():
     with pytest.raises(ValueError, match="needs cfg_shared"):
-        CacheConfig(policy="motion", cfg_delta_dtype="int4")
+        CacheConfig.decode(policy="motion", cfg_delta_dtype="int4")
 
 
 def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
@@ -273,8 +273,8 @@ def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
     need = 2 * 64 * 3 * 256 * 4  # one request's chunk, both branches, float32
     computed = {}
     for eviction in ("lru", "admit"):
-        cache = CacheConfig(policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction)
-        pool = make_pool(embedded_pipe, cache)
+        cache = CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction)
+        pool = make_pool(embedded_pipe, cache.pool)
         gens = [StepwiseGeneration(embedded_pipe, r, cache=cache, pool=pool, request_id=f"r{i}")
                 for i, r in enumerate(requests)]
         while not all(g.done for g in gens):

@@ -17,7 +17,7 @@ from motioncache_vllm.runtime.snapshot import GenerationSnapshot, TensorData, Vi
 from motioncache_vllm.runtime.stepwise import PlanGeneration, StepwiseGeneration
 
 REQUEST = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=3, seed=5)
-CACHE = CacheConfig(policy="motion")
+CACHE = CacheConfig.decode(policy="motion")
 
 
 def sha(frames: np.ndarray) -> str:

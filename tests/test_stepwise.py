@@ -35,7 +35,7 @@ def run_to_end(gen):
 
 @pytest.mark.parametrize("policy,config", [("none", {}), ("motion", MOTION)])
 def test_stepwise_is_bit_identical_to_generate_video(tiny_pipe, policy, config):
-    cache = CacheConfig(policy=policy, policy_config=config)
+    cache = CacheConfig.decode(policy=policy, policy_config=config)
     ref = generate_video(tiny_pipe, GenerationRequest(**REQ), cache=cache)
     assert_clean(tiny_pipe)
     gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache)
@@ -55,9 +55,9 @@ def test_stepwise_is_bit_identical_to_generate_video(tiny_pipe, policy, config):
 def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pipe):
     requests = [dict(REQ, seed=s, prompt=p) for s, p in [(3, "a red circle"), (4, "a blue square"), (5, "dots")]]
     requests[2]["num_frames"] = 9  # a shorter request (2 chunks) finishes first
-    cache = CacheConfig(policy="motion", policy_config=MOTION)
+    cache = CacheConfig.decode(policy="motion", policy_config=MOTION)
     solo = [generate_video(tiny_pipe, GenerationRequest(**r), cache=cache) for r in requests]
-    pool = make_pool(tiny_pipe, cache)  # unbounded: sharing it cannot change a decision
+    pool = make_pool(tiny_pipe, cache.pool)  # unbounded: sharing it cannot change a decision
     gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**r), cache=cache, pool=pool, request_id=f"r{i}")
             for i, r in enumerate(requests)]
     rounds = 0
@@ -78,8 +78,8 @@ def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pi
 
 def test_interleaved_generations_keep_a_shared_pool_in_budget(tiny_pipe):
     slot = 2 * 64 * 4  # frames per chunk x dim x fp32
-    cache = CacheConfig(policy="motion", policy_config=MOTION, pool_mib=30 * slot / 2**20)
-    pool = make_pool(tiny_pipe, cache)
+    cache = CacheConfig.decode(policy="motion", policy_config=MOTION, pool_mib=30 * slot / 2**20)
+    pool = make_pool(tiny_pipe, cache.pool)
     gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**dict(REQ, seed=s)), cache=cache, pool=pool,
                                request_id=f"b{s}") for s in range(3)]
     while not all(g.done for g in gens):
@@ -94,8 +94,8 @@ def test_interleaved_generations_keep_a_shared_pool_in_budget(tiny_pipe):
 
 
 def test_closing_an_unfinished_generation_frees_its_blocks_and_the_hooks(tiny_pipe):
-    cache = CacheConfig(policy="motion", policy_config=MOTION)
-    pool = make_pool(tiny_pipe, cache)
+    cache = CacheConfig.decode(policy="motion", policy_config=MOTION)
+    pool = make_pool(tiny_pipe, cache.pool)
     gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache, pool=pool, request_id="x")
     for _ in range(3):
         gen.step()
@@ -113,7 +113,7 @@ def test_closing_an_unfinished_generation_frees_its_blocks_and_the_hooks(tiny_pi
 @pytest.mark.slow
 def test_stepwise_on_the_embedded_model(embedded_pipe):
     req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=4, seed=3)
-    cache = CacheConfig(policy="none")
+    cache = CacheConfig.decode(policy="none")
     ref = generate_video(embedded_pipe, req, cache=cache)
     _, out = run_to_end(StepwiseGeneration(embedded_pipe, req, cache=cache))
     assert np.array_equal(out.frames, ref.frames)

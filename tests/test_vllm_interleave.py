@@ -105,7 +105,7 @@ def test_interleaved_videos_equal_generate_video_and_pool_stays_in_budget(output
 
     pipe = load_pipeline("embedded")  # after the engine: same torch thread settings
     for data, out in zip(REQUESTS, outputs):
-        ref = generate_video(pipe, GenerationRequest(**data), cache=CacheConfig(policy="none"))
+        ref = generate_video(pipe, GenerationRequest(**data), cache=CacheConfig.decode(policy="none"))
         assert out["frames_sha256"] == hashlib.sha256(ref.frames.tobytes()).hexdigest(), data["prompt"]
     budget = int(POOL_MIB * 2**20)
     for out in outputs:

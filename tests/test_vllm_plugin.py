@@ -55,7 +55,7 @@ def encode(llm, data: dict) -> dict:
 def reference(pipe, policy: str, policy_config: dict | None = None):
     from motioncache_vllm.runtime.generate import generate_video
 
-    cache = CacheConfig(policy=policy, policy_config=policy_config or {}, pool_mib=POOL_MIB)
+    cache = CacheConfig.decode(policy=policy, policy_config=policy_config or {}, pool_mib=POOL_MIB)
     return generate_video(pipe, GenerationRequest(**REQUEST), cache=cache)
 
 
@@ -100,7 +100,8 @@ def test_engine_cache_settings_carry_the_pool_layout_and_reject_bad_ones():
         "cache_cfg_shared": True, "cache_cfg_delta_dtype": "int4", "unrelated_key": 1,
     })
     cache = settings.cache_config(CacheOverrides())
-    assert (cache.pool_dtype, cache.cfg_shared, cache.cfg_delta_dtype) == ("int8", True, "int4")
+    assert (cache.pool.pool_dtype, cache.pool.cfg_shared, cache.pool.cfg_delta_dtype) == ("int8", True, "int4")
+    assert cache.policy.name == "motion" and settings.pool.pool_mib == 1
     with pytest.raises(ValueError, match="needs cfg_shared"):
         EngineCacheSettings.from_additional_config({"cache_cfg_delta_dtype": "int4"})
     with pytest.raises(ValueError, match="cache_pool_dtype"):

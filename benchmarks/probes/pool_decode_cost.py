@@ -7,8 +7,8 @@ from motioncache_vllm.runtime.generate import generate_video
 torch.set_num_threads(2)
 pipe = load_pipeline()
 req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=33, seed=0)
-c = CacheConfig(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.094)
-u = CacheConfig(policy="motion", policy_config={"threshold": 0.5})
+c = CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.094)
+u = CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5})
 generate_video(pipe, req, cache=c)
 for cfg in (u, c, u, c):
     r = generate_video(pipe, req, cache=cfg); print(cfg.pool_dtype, round(r.wall_s, 3), r.stats["timings"])

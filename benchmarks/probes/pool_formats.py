@@ -14,16 +14,16 @@ base = dict(policy="motion", policy_config={"threshold": 0.5})
 need = 2 * 64 * 3 * 256 * 4
 q = need * 0.25 / 2**20
 runs = {
- "chunked none": CacheConfig(),
- "unbounded f32": CacheConfig(**base),
- "shared f32": CacheConfig(**base, cfg_shared=True),
- "pair f32/f32": CacheConfig(**base, cfg_shared=True, cfg_delta_dtype="float32"),
- "int8 (per-branch) unb": CacheConfig(**base, pool_dtype="int8"),
- "pair int8/int8 unb": CacheConfig(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int8"),
- "pair int8/int4 unb": CacheConfig(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4"),
- "pair int8/int4 25%": CacheConfig(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=q),
- "pair int4/int4 25%": CacheConfig(**base, cfg_shared=True, pool_dtype="int4", cfg_delta_dtype="int4", pool_mib=q),
- "f16 25% lru": CacheConfig(**base, pool_dtype="float16", pool_mib=q, eviction="lru"),
+ "chunked none": CacheConfig.decode(),
+ "unbounded f32": CacheConfig.decode(**base),
+ "shared f32": CacheConfig.decode(**base, cfg_shared=True),
+ "pair f32/f32": CacheConfig.decode(**base, cfg_shared=True, cfg_delta_dtype="float32"),
+ "int8 (per-branch) unb": CacheConfig.decode(**base, pool_dtype="int8"),
+ "pair int8/int8 unb": CacheConfig.decode(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int8"),
+ "pair int8/int4 unb": CacheConfig.decode(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4"),
+ "pair int8/int4 25%": CacheConfig.decode(**base, cfg_shared=True, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=q),
+ "pair int4/int4 25%": CacheConfig.decode(**base, cfg_shared=True, pool_dtype="int4", cfg_delta_dtype="int4", pool_mib=q),
+ "f16 25% lru": CacheConfig.decode(**base, pool_dtype="float16", pool_mib=q, eviction="lru"),
 }
 for name, c in runs.items():
     r = generate_video(pipe, req, cache=c)

@@ -15,7 +15,7 @@ def store(self, blocks, residual):
     return orig(self, blocks, residual)
 chunked.ChunkStream._store = store
 req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, seed=0)
-generate_video(pipe, req, cache=CacheConfig(policy="none"))
+generate_video(pipe, req, cache=CacheConfig.decode(policy="none"))
 by = {}
 for (rid, c, b), step, r in cap:
     by[(c, step, b)] = r

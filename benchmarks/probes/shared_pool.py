@@ -17,9 +17,9 @@ for n_req in (2, 4):
     for share in (0.5, 0.75):
         for ev in ("motion", "lru", "admit"):
             budget = share * n_req * pair_need
-            cache = CacheConfig(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True, pool_dtype="int8",
+            cache = CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5}, cfg_shared=True, pool_dtype="int8",
                                 cfg_delta_dtype="int4", pool_mib=budget / 2**20, eviction=ev)
-            pool = make_pool(pipe, cache)
+            pool = make_pool(pipe, cache.pool)
             gens = [StepwiseGeneration(pipe, r, cache=cache, pool=pool, request_id=f"r{i}") for i, r in enumerate(reqs[:n_req])]
             t0 = time.perf_counter()
             while not all(g.done for g in gens):

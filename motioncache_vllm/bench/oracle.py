@@ -216,7 +216,7 @@ def run_oracle(pipe, request, config: OracleConfig, context: Context = "stale"):
     from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
     policy = OraclePolicy(config)
-    gen = StepwiseGeneration(pipe, request, cache=CacheConfig(policy="none"))
+    gen = StepwiseGeneration(pipe, request, cache=CacheConfig())
     runner = _runner_class()(pipe, policy, gen.pool, context)
     # the generation's run drives our runner and policy from here on (same adapter, pool)
     gen.run.runner, gen.run.policy, gen.runner = runner, policy, runner
@@ -283,7 +283,7 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
                 progress()
         for policy, thresholds in s.policies.items():
             for tau in thresholds:
-                res = generate_video(pipe, req, cache=CacheConfig(policy=policy, policy_config={"threshold": tau}))
+                res = generate_video(pipe, req, cache=CacheConfig.decode(policy, {"threshold": tau}))
                 add(policy, tau, res)
                 progress()
     summary = {}

@@ -104,7 +104,7 @@ def measure(pipe, candidates: list[Candidate], s: BenchSettings, progress) -> li
 
 
 def _cache_candidate(pipe, policy: str, knob: str, value, **cache) -> Candidate:
-    config = CacheConfig(policy=policy, policy_config={knob: value} if knob != "-" else {}, **cache)
+    config = CacheConfig.decode(policy=policy, policy_config={knob: value} if knob != "-" else {}, **cache)
     return Candidate(policy, knob, value, lambda r: generate_video(pipe, r, cache=config))
 
 
@@ -285,7 +285,7 @@ def granularity_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidat
 def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     """Motion policy at shrinking pool budgets, motion-aware vs LRU eviction."""
     req = bench_requests(s)[0]
-    probe = generate_video(pipe, req, cache=CacheConfig(policy="motion", policy_config={"threshold": 0.5}))
+    probe = generate_video(pipe, req, cache=CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5}))
     peak = max(probe.stats["pool_peak_bytes"], 1)
     # the unbounded peak holds one chunk per CFG branch: "one chunk" (of one branch) is the 50% row
     budgets = {"unbounded": None, "50%=one_chunk": peak * 0.5, "25%": peak * 0.25, "10%": peak * 0.1}
@@ -336,7 +336,7 @@ def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
     """Realised vs ideal speedup, and where a cached step's time goes."""
     rows = []
     for threshold in ([0.5] if quick else [0.3, 0.5, 0.8]):
-        config = CacheConfig(policy="motion", policy_config={"threshold": threshold})
+        config = CacheConfig.decode(policy="motion", policy_config={"threshold": threshold})
         for req in bench_requests(s)[: 1 if quick else 3]:
             full = generate_video(pipe, req)
             res = generate_video(pipe, req, cache=config)
@@ -420,7 +420,7 @@ def run_per_chunk(pipe, suite: str, s: BenchSettings, quick: bool, out_dir: Path
         ref = generate_video(pipe, req, runtime="vanilla" if reference == "vanilla" else "chunked")
         ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
         for policy, threshold in policies.items():
-            out = generate_video(pipe, req, cache=CacheConfig(policy=policy, policy_config={"threshold": threshold}))
+            out = generate_video(pipe, req, cache=CacheConfig.decode(policy=policy, policy_config={"threshold": threshold}))
             per_chunk = [finite(psnr_db(out.frames[a:b], ref.frames[a:b])) for a, b in ranges]
             curves.append({"prompt": prompt, "policy": policy, "threshold": threshold, "frames": frames,
                            "reference": reference, "psnr_db_per_chunk": per_chunk,

@@ -1,7 +1,12 @@
 """Cache policies behind one interface (:class:`~.base.CachePolicy`), registered by name.
 
-    >>> make_policy("motion", {"threshold": 0.2}).config.threshold
+A policy's settings are its config Struct in :mod:`motioncache_vllm.config` (tag = the
+policy's name); the policy object is built once per request from that typed config::
+
+    >>> make_policy(MotionConfig(threshold=0.2)).config.threshold
     0.2
+    >>> make_policy("motion", {"threshold": 0.2}).config == MotionConfig(threshold=0.2)
+    True
 """
 
 from __future__ import annotations
@@ -10,35 +15,44 @@ from typing import Any
 
 import msgspec
 
+from motioncache_vllm.config import (
+    FlowCacheConfig,
+    InvalidPolicyConfig,
+    MagCacheConfig,
+    MotionConfig,
+    NoneConfig,
+    PolicyConfigBase,
+    TeaCacheConfig,
+    TokenRateConfig,
+    UnknownPolicyError,
+    decode_policy,
+    register_policy_config,
+)
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-from motioncache_vllm.policies.flowcache import FlowCacheConfig, FlowCachePolicy
-from motioncache_vllm.policies.magcache import MagCacheConfig, MagCachePolicy
-from motioncache_vllm.policies.motion import MotionConfig, MotionPolicy
-from motioncache_vllm.policies.none import NoneConfig, NonePolicy
-from motioncache_vllm.policies.teacache import TeaCacheConfig, TeaCachePolicy
-from motioncache_vllm.policies.tokenrate import TokenRateConfig, TokenRatePolicy
+from motioncache_vllm.policies.flowcache import FlowCachePolicy
+from motioncache_vllm.policies.magcache import MagCachePolicy
+from motioncache_vllm.policies.motion import MotionPolicy
+from motioncache_vllm.policies.none import NonePolicy
+from motioncache_vllm.policies.teacache import TeaCachePolicy
+from motioncache_vllm.policies.tokenrate import TokenRatePolicy
 
 __all__ = [
     "CachePolicy", "Decision", "PolicyState", "StepObservation", "UnknownPolicyError", "InvalidPolicyConfig",
-    "register_policy", "policy_names", "policy_for_config", "get_policy_class", "make_policy", "parse_overrides",
+    "register_policy", "policy_names", "get_policy_class", "make_policy", "decode_policy", "parse_overrides",
     "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig", "MagCacheConfig", "TokenRateConfig",
 ]
-
-
-class UnknownPolicyError(ValueError):
-    """A policy name that is not registered."""
-
-
-class InvalidPolicyConfig(ValueError):
-    """Policy overrides that do not fit the policy's config."""
 
 
 _REGISTRY: dict[str, type[CachePolicy]] = {}
 
 
 def register_policy(cls: type[CachePolicy]) -> type[CachePolicy]:
+    """Register a policy class; its ``config_cls`` must be a PolicyConfigBase tagged with its name."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"policy name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
+    if not issubclass(cls.config_cls, PolicyConfigBase) or cls.config_cls.__struct_config__.tag != cls.name:
+        raise TypeError(f"{cls.__qualname__}.config_cls must subclass PolicyConfigBase with tag={cls.name!r}")
+    register_policy_config(cls.config_cls)
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -58,34 +72,23 @@ def get_policy_class(name: str) -> type[CachePolicy]:
         raise UnknownPolicyError(f"unknown cache policy {name!r}; valid policies: {', '.join(policy_names())}") from None
 
 
-# kept for callers that only need to validate a name
-get_policy_spec = get_policy_class
-
-
 def make_policy(
-    name: str,
+    config: PolicyConfigBase | str,
     overrides: dict[str, Any] | None = None,
     model_coefficients: tuple[float, ...] | None = None,
     model_fit_range: tuple[float, float] | None = None,
     model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
 ) -> CachePolicy:
-    """Build a policy from its name and config overrides (validated, unknown keys rejected)."""
-    cls = get_policy_class(name)
-    try:
-        config = msgspec.convert(overrides or {}, cls.config_cls)
-    except msgspec.ValidationError as exc:
-        fields = ", ".join(f.name for f in msgspec.structs.fields(cls.config_cls)) or "(none)"
-        raise InvalidPolicyConfig(f"policy {name!r}: {exc}; its fields: {fields}") from None
-    return cls(config, model_coefficients=model_coefficients, model_fit_range=model_fit_range,
-               model_mag_ratios=model_mag_ratios)
-
-
-def policy_for_config(config: msgspec.Struct) -> str:
-    """The registered policy name whose config class is exactly ``type(config)``."""
-    for name, cls in _REGISTRY.items():
-        if type(config) is cls.config_cls:
-            return name
-    raise InvalidPolicyConfig(f"{type(config).__name__} is not the config of a registered policy")
+    """The policy of a decoded config (or of a name + overrides, decoded here), with the
+    model's calibration. The runtime builds one per request."""
+    if isinstance(config, str):
+        config = decode_policy(config, overrides)
+    elif overrides:
+        raise TypeError("overrides go with a policy name; a config already holds its settings")
+    return get_policy_class(config.name)(
+        config, model_coefficients=model_coefficients, model_fit_range=model_fit_range,
+        model_mag_ratios=model_mag_ratios,
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-import msgspec
 import torch
 
 from motioncache_vllm.blocks.layout import ChunkLayout
+from motioncache_vllm.config import PolicyConfigBase
 from motioncache_vllm.policies.calibration import IDENTITY_COEFFICIENTS, Rescaler
 
 Mode = Literal["full", "skip", "partial"]
@@ -72,12 +72,12 @@ class CachePolicy(ABC):
     """Base class: subclasses set ``name``, ``config_cls`` and implement ``decide``."""
 
     name: ClassVar[str]
-    config_cls: ClassVar[type[msgspec.Struct]]
+    config_cls: ClassVar[type[PolicyConfigBase]]
     description: ClassVar[str] = ""
 
     def __init__(
         self,
-        config: msgspec.Struct | None = None,
+        config: PolicyConfigBase | None = None,
         model_coefficients: tuple[float, ...] | None = None,
         model_fit_range: tuple[float, float] | None = None,
         model_mag_ratios: dict[int, tuple[float, ...]] | None = None,

@@ -12,28 +12,12 @@ worthwhile partial steps. Recomputed blocks restart at ``A = 0``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
 import torch
 
+from motioncache_vllm.config import FlowCacheConfig
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-
-Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-
-
-class FlowCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
-    """tau: accumulated need at which a token wants a recompute (0 = every step)."""
-    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 4
-    """First steps of every chunk that always run in full."""
-    vote_fraction: Fraction = 0.5
-    """Share of a block's tokens (across the chunk's frames) that must need an update."""
-    min_update_ratio: Fraction = 0.4
-    """Below this share of selected blocks the step is skipped and the need kept."""
-    coefficients: list[float] | None = None
-    """Rescale polynomial (highest power first); None = the model's (see policies/calibration.py)."""
 
 
 @dataclass

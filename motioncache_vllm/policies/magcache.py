@@ -13,23 +13,10 @@ spatial blocks): the peer to measure the per-token policies against on the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
-
+from motioncache_vllm.config import MagCacheConfig
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
 from motioncache_vllm.policies.calibration import MagRatios, ratios_for
-
-
-class MagCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.12
-    """Accumulated magnitude error below which steps are skipped (diffusers' default: 0.06)."""
-    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 3
-    """At most this many skipped steps in a row (K in the paper)."""
-    retention_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2
-    """Share of each chunk's first steps that always run in full."""
-    mag_ratios: list[float] | None = None
-    """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
 
 
 @dataclass

@@ -9,21 +9,12 @@ Phase 2: every step, ``W`` comes from inter-frame differences of the block-stack
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
 import torch
 
+from motioncache_vllm.config import MotionConfig
 from motioncache_vllm.motion import inter_frame_motion, motion_weights
 from motioncache_vllm.policies.base import StepObservation
-from motioncache_vllm.policies.flowcache import AccumulatorState, FlowCacheConfig, FlowCachePolicy
-
-
-class MotionConfig(FlowCacheConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    alpha: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6
-    """Lowest motion weight (static tokens); 1 disables motion weighting (= flowcache)."""
-    phase1_updates: Annotated[int, msgspec.Meta(ge=0)] = 6
-    """Compute events with W = 1 before motion weights switch on (K)."""
+from motioncache_vllm.policies.flowcache import AccumulatorState, FlowCachePolicy
 
 
 class MotionPolicy(FlowCachePolicy):

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import msgspec
-
+from motioncache_vllm.config import NoneConfig
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-
-
-class NoneConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """No knobs."""
 
 
 class NonePolicy(CachePolicy):

@@ -8,22 +8,12 @@ everything is recomputed and the sum restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
 import torch
 
+from motioncache_vllm.config import TeaCacheConfig
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-
-
-class TeaCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
-    """Accumulated rescaled distance that triggers a recompute (higher = faster)."""
-    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 4
-    """First steps of every chunk that always run in full."""
-    coefficients: list[float] | None = None
-    """Rescale polynomial (highest power first); None = the model's (see policies/calibration.py)."""
 
 
 @dataclass

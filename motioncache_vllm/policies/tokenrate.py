@@ -41,49 +41,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
 import torch
 
+from motioncache_vllm.config import TokenRateConfig
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-
-Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-
-
-class TokenRateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.3
-    """Predicted relative change of a block's residual at which it is recomputed."""
-    warmup_steps: Annotated[int, msgspec.Meta(ge=1)] = 4
-    """First steps of every chunk that always run in full (they seed the rates)."""
-    join_fraction: Fraction = 0.5
-    """When a step recomputes some blocks, blocks at this share of the threshold join it."""
-    min_update_ratio: Fraction = 0.0
-    """A partial step of fewer blocks than this share is deferred (the need is kept) ...
-    (0 = off: deferring measured worse here, 24.3 vs 41.1 dB at similar work)"""
-    defer_limit: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
-    """... unless a block's predicted change reaches this multiple of the threshold."""
-    full_ratio: Fraction = 0.75
-    """At or above this share of blocks the whole step is computed."""
-    min_weight: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
-    """Lowest weight of a token: its rate over the chunk's mean rate, clipped here ..."""
-    max_weight: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0
-    """... and here."""
-    rate_smoothing: Fraction = 0.5
-    """Weight of the newest rate measurement (1 = only the latest)."""
-    cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
-    """Measured (benchmarks/RESULTS.md, "Motion-aware in fact?"): its recompute map follows
-motion (Spearman 0.53 with pixel motion on unseen moving-object clips, where the step
-caches' maps are flat), but on unseen captions its quality per unit of work is well below
-MagCache's (28.1 vs 38.9 dB at ~2.1-2.2x ideal): its partial steps leave stale K/V. Use it
-to study spatial caching, not for speed.
-
-Scene-cut guard: a warm-up mean rate this many times the previous chunk's is a cut."""
-    cut_warmup: Annotated[int, msgspec.Meta(ge=0)] = 4
-    """Extra full steps of a chunk after a cut (0 disables the guard)."""
-    coefficients: list[float] | None = None
-    """Rescale polynomial of the distance (highest power first); None = the model's."""
 
 
 @dataclass

@@ -70,7 +70,7 @@ def calibrate(
     three times as much per step as a 30-step one."""
     from motioncache_vllm.runtime.chunked import ChunkedRunner
     from motioncache_vllm.runtime.request import make_pool, resolve, seeded_generator
-    from motioncache_vllm.config import CacheConfig
+    from motioncache_vllm.config import PoolConfig
 
     policy = _RecordingPolicy()
     jobs = [(i, prompt, n) for n in steps for i, prompt in enumerate(prompts)]
@@ -89,7 +89,7 @@ def calibrate(
         )[0]
         embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
         policy.finished_norms.clear()
-        ChunkedRunner(pipe, policy, make_pool(pipe, CacheConfig())).denoise(embeds, latents, r.steps, r.guidance)
+        ChunkedRunner(pipe, policy, make_pool(pipe, PoolConfig())).denoise(embeds, latents, r.steps, r.guidance)
         for norms in policy.finished_norms:  # one (chunk, branch) stream: r.steps residuals
             ratios_by_length.setdefault(r.steps, []).append(magnitude_ratios(norms))
     x, y = np.array(policy.samples).T

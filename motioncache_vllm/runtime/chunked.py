@@ -69,11 +69,10 @@ class ChunkedRunner:
                 "before using the MotionCache runtime"
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
-        self.cfg_shared = cfg_shared  # uncond copies cond's decision each step (see CacheConfig)
+        # uncond copies cond's decision each step; a paired pool (PoolConfig.cfg_delta_dtype) implies it
+        self.cfg_shared = cfg_shared or pool.paired
         # (branch, geometry) -> the K/V store of one branch; default: keep every finished frame
         self.kv_factory = kv_factory or (lambda branch, geometry: StreamKV.for_geometry(geometry))
-        if pool.paired and not cfg_shared:
-            raise ValueError("a paired pool (cfg_delta_dtype) stores both CFG branches per slot and needs cfg_shared")
         self.adapter = shared_adapter(pipe.transformer)
 
     def start(

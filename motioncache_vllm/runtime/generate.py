@@ -43,14 +43,14 @@ def generate_video(
         pipe: a loaded :class:`MotionCacheSkyReelsPipeline`.
         policy: cache policy name (overridden by ``cache.policy`` when ``cache`` is given).
         runtime: ``"chunked"`` (default) or ``"vanilla"`` (stock pipeline; policy must be none).
-        cache: full cache settings (policy config, tile, pool budget, eviction).
+        cache: full cache settings (policy config + pool config).
         pool: an existing pool to share (e.g. across requests); built from ``cache`` if None.
         request_id: owner id of this request's blocks in a shared pool (unique per live request).
     """
-    cache = cache or CacheConfig(policy=policy)
+    cache = cache or CacheConfig.decode(policy)
     r = resolve(pipe, request)
     if runtime == "vanilla":
-        if cache.policy != "none":
+        if cache.policy.name != "none":
             raise ValueError("the vanilla runtime only runs policy 'none'")
         return _generate_vanilla(pipe, r, progress)
     if runtime != "chunked":

@@ -13,7 +13,7 @@ import torch
 
 from motioncache_vllm.blocks.eviction import make_eviction_order
 from motioncache_vllm.blocks.pool import ActivationPool
-from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.config import GenerationRequest, PoolConfig
 from motioncache_vllm.video_io import to_uint8
 
 
@@ -60,14 +60,14 @@ def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def make_pool(pipe, cache: CacheConfig, latent_frames_per_chunk: int | None = None) -> ActivationPool:
+def make_pool(pipe, config: PoolConfig, latent_frames_per_chunk: int | None = None) -> ActivationPool:
     """A pool whose slots hold one spatial block (tile x tile tokens x chunk frames)."""
     frames = latent_frames_per_chunk or pipe.causal_block_size
     dim = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
-    budget = None if cache.pool_mib is None else int(cache.pool_mib * 2**20)
+    budget = None if config.pool_mib is None else int(config.pool_mib * 2**20)
     return ActivationPool(
-        frames * cache.tile * cache.tile, dim, budget, make_eviction_order(cache.eviction),
-        dtype=cache.pool_dtype, pair_dtype=cache.cfg_delta_dtype,
+        frames * config.tile * config.tile, dim, budget, make_eviction_order(config.eviction),
+        dtype=config.pool_dtype, pair_dtype=config.cfg_delta_dtype,
     )
 
 

@@ -162,17 +162,17 @@ class StepwiseGeneration:
             coefficients, fit_range, mag_ratios = model_calibration(
                 getattr(pipe, "name_or_path", None), pipe.transformer.config
             )
-            policy = make_policy(cache.policy, cache.policy_config, coefficients, fit_range, mag_ratios)
-            self.pool = pool if pool is not None else make_pool(pipe, cache)
+            policy = make_policy(cache.policy, None, coefficients, fit_range, mag_ratios)  # once per request
+            self.pool = pool if pool is not None else make_pool(pipe, cache.pool)
             pipe._guidance_scale = plan.guidance
             embeds = self._embeds(plan.prompt)
             self.runner = ChunkedRunner(
-                pipe, policy, self.pool, tile=cache.tile, cfg_shared=cache.cfg_shared, kv_factory=kv_factory
+                pipe, policy, self.pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared, kv_factory=kv_factory
             )
             chunks = latents.shape[2] // pipe.causal_block_size
             done = restore.chunks_done if restore is not None else 0
             self._resumed_chunks = done
-            self._bar = tqdm(total=(chunks - done) * r.steps, disable=not progress, leave=False, desc=cache.policy)
+            self._bar = tqdm(total=(chunks - done) * r.steps, disable=not progress, leave=False, desc=cache.policy.name)
             self._latent_shape = latents.shape
             self.run = self.runner.start(
                 embeds, latents, r.steps, r.guidance, request_id=self.request_id, progress=self._bar
@@ -314,7 +314,7 @@ class StepwiseGeneration:
             stats["resumed_chunks"] = self._resumed_chunks
         self._result = GenerationResult(
             frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
-            recompute_map=recompute_map_frames(c, grid, cache.tile),
+            recompute_map=recompute_map_frames(c, grid, cache.pool.tile),
         )
         return self._result
 

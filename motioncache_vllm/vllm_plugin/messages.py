@@ -17,13 +17,22 @@ every path (offline, HTTP, with or without multiprocessing).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Any, Mapping
 
 import msgspec
 import numpy as np
 import torch
 
-from motioncache_vllm.config import CacheConfig, GenerationRequest, PoolDtype
+from motioncache_vllm.config import (
+    CacheConfig,
+    ConfigError,
+    GenerationRequest,
+    NoneConfig,
+    PolicyConfig,
+    PoolConfig,
+    decode_policy,
+)
 from motioncache_vllm.runtime.snapshot import VideoPlan
 
 MAX_PROMPT_CHARS = 1000
@@ -146,63 +155,59 @@ SETTINGS_PREFIX = "cache_"
 """``additional_config`` keys of this plugin; other keys belong to vLLM or other plugins."""
 
 
-class EngineCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Engine-wide cache settings, read from ``VllmConfig.additional_config``."""
+class EngineDefaults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The engine's settings that are not the pool's (``additional_config`` keys ``cache_<field>``)."""
 
-    cache_policy: str = "none"
+    policy: str = "none"
     """Default policy of requests (``--cache-policy``)."""
-    cache_policy_config: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Default policy config overrides."""
-    cache_pool_mib: float | None = None
-    """Budget of the activation pool shared by all requests of this worker; None = unbounded."""
-    cache_tile: int = 1
-    """Spatial block side in tokens; engine-wide because it fixes the pool's slot size."""
-    cache_eviction: str = "motion"
-    """Pool eviction order: ``motion``, ``lru`` or ``admit`` (see CacheConfig.eviction)."""
-    cache_pool_dtype: PoolDtype = "float32"
-    """Storage of the pool: float32, float16, bfloat16, int8 or int4 (see CacheConfig)."""
-    cache_cfg_shared: bool = False
-    """The unconditional CFG branch reuses the conditional branch's decisions."""
-    cache_cfg_delta_dtype: PoolDtype | None = None
-    """With cache_cfg_shared: both branches in one slot, uncond as a difference (see CacheConfig)."""
-    cache_session_mib: float | None = 512.0
+    policy_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Default policy config overrides (for the default policy)."""
+    session_mib: Annotated[float, msgspec.Meta(ge=0.0, le=2.0**30)] | None = 512.0
     """Budget of finished videos' stored state (for extensions; LRU past it; None: unbounded)."""
 
+
+class EngineCacheSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Engine-wide cache settings, decoded once from ``VllmConfig.additional_config``: the
+    pool every request shares, the default policy config, and the engine's other settings.
+    ``cache_<field>`` keys: the fields of :class:`~motioncache_vllm.config.PoolConfig` and
+    of :class:`EngineDefaults`."""
+
+    pool: PoolConfig = PoolConfig()
+    policy: PolicyConfig = NoneConfig()
+    """The default policy config of requests (decoded at start-up: a bad name fails there)."""
+    engine: EngineDefaults = EngineDefaults()
+
     @classmethod
-    def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "EngineCacheSettings":
-        ours = {k: v for k, v in (additional_config or {}).items() if k.startswith(SETTINGS_PREFIX)}
+    def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> EngineCacheSettings:
+        """Raises ValueError (naming the MotionCache keys) on a bad setting."""
+        ours = {k.removeprefix(SETTINGS_PREFIX): v for k, v in (additional_config or {}).items()
+                if k.startswith(SETTINGS_PREFIX)}
+        pool_fields = PoolConfig.__struct_fields__
         try:
-            settings = msgspec.convert(ours, cls)
-        except msgspec.ValidationError as exc:
-            fields = ", ".join(f.name for f in msgspec.structs.fields(cls))
-            raise ValueError(f"additional_config: {exc}; MotionCache keys: {fields}") from None
-        settings.cache_config(CacheOverrides())  # unknown policy names fail at start-up, not per request
-        return settings
+            pool = PoolConfig.decode({k: v for k, v in ours.items() if k in pool_fields})
+            engine = msgspec.convert({k: v for k, v in ours.items() if k not in pool_fields}, EngineDefaults)
+            policy = decode_policy(engine.policy, engine.policy_config)
+        except (ConfigError, msgspec.ValidationError) as exc:
+            keys = ", ".join(SETTINGS_PREFIX + f for f in (*pool_fields, *EngineDefaults.__struct_fields__))
+            where = re.sub(r"`\$\.(\w+)`", SETTINGS_PREFIX + r"\1", str(exc))
+            raise ValueError(f"additional_config: {where}; MotionCache keys: {keys}") from None
+        return cls(pool=pool, policy=policy, engine=engine)
 
     def cache_config(self, overrides: CacheOverrides) -> CacheConfig:
-        """The cache settings of one request; validates the policy name and config."""
-        from motioncache_vllm.policies import make_policy
-
+        """The cache settings of one request (its policy decoded once); raises ConfigError."""
         if overrides.policy is None:
-            policy = self.cache_policy
-            policy_config = self.cache_policy_config if overrides.policy_config is None else overrides.policy_config
-        else:
-            # another policy: the engine's config was written for the engine's policy
-            policy, policy_config = overrides.policy, overrides.policy_config or {}
-        make_policy(policy, policy_config)  # raises UnknownPolicyError / InvalidPolicyConfig
-        return CacheConfig(
-            policy=policy, policy_config=dict(policy_config), tile=self.cache_tile, pool_mib=self.cache_pool_mib,
-            eviction=self.cache_eviction, pool_dtype=self.cache_pool_dtype,
-            cfg_shared=self.cache_cfg_shared, cfg_delta_dtype=self.cache_cfg_delta_dtype,
-        )
+            policy = self.policy if overrides.policy_config is None else decode_policy(
+                self.policy.name, overrides.policy_config
+            )
+        else:  # another policy: the engine's config was written for the engine's policy
+            policy = decode_policy(overrides.policy, overrides.policy_config)
+        return CacheConfig(policy=policy, pool=self.pool)
 
 
 def validate_request(data: object, settings: "EngineCacheSettings") -> VideoRequest:
     """A client's request data -> :class:`VideoRequest`, checked as the engine would check it
     (frames of the form 4k+1, a known policy with a valid config); raises InvalidVideoRequest.
     The IO processor's ``parse_data`` and the Ray fleet's front both call it."""
-    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
-
     request = decode_request(data)
     if request.num_frames is not None and (request.num_frames - 1) % 4:
         lo = (request.num_frames - 1) // 4 * 4 + 1
@@ -212,7 +217,7 @@ def validate_request(data: object, settings: "EngineCacheSettings") -> VideoRequ
         )
     try:
         settings.cache_config(request.cache)
-    except (UnknownPolicyError, InvalidPolicyConfig) as exc:
+    except ConfigError as exc:
         raise InvalidVideoRequest(f"invalid video request: cache: {exc}") from None
     if request.continue_from is not None:
         plan = request.continue_from.plan

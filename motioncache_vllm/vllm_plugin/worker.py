@@ -17,7 +17,6 @@ import torch
 
 from motioncache_vllm.config import CacheConfig
 from motioncache_vllm.vllm_plugin.messages import (
-    CacheOverrides,
     EngineCacheSettings,
     VideoPayload,
     VideoRequest,
@@ -65,7 +64,7 @@ class VideoWorker:
         self.settings = EngineCacheSettings.from_additional_config(additional_config)
         self.pipe = load_pipeline(pipeline)
         # one memory budget for the whole worker, whatever the number of requests
-        self.pool = make_pool(self.pipe, self.settings.cache_config(CacheOverrides()))
+        self.pool = make_pool(self.pipe, self.settings.pool)
         self.engine_steps = 0
         self.records: list[tuple[int, str, int]] = []
         # listeners of a serving layer above the engine (the Ray fleet's per-chunk checkpoints),
@@ -74,7 +73,7 @@ class VideoWorker:
         # commit (``chunks`` = the job's finished chunks; the generation is between chunks)
         self.start_listeners: list[Callable[[VideoJob], None]] = []
         self.chunk_listeners: list[Callable[[VideoJob, int], None]] = []
-        mib = self.settings.cache_session_mib
+        mib = self.settings.engine.session_mib
         # finished videos' state (GenerationSnapshot), by job id: what an extension continues
         self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20))
         # progress / streamed frames to the API server; its commands (None: no server listening)
@@ -206,7 +205,7 @@ class VideoWorker:
             except Exception:  # noqa: BLE001  (an extension then regenerates; the video is fine)
                 logger.exception("could not keep the state of video %s", job.request.job)
         frames = np.ascontiguousarray(result.frames, dtype=np.uint8)
-        stats = dict(result.stats, policy=job.cache.policy, wall_s=round(result.wall_s, 4), steps=result.steps,
+        stats = dict(result.stats, policy=job.cache.policy.name, wall_s=round(result.wall_s, 4), steps=result.steps,
                      guidance=result.guidance, engine_steps=list(job.engine_steps))
         # the shared pool as of now, for the API process's /metrics (see metrics.py)
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
