@@ -28,7 +28,7 @@ for i, prompt in enumerate(prompts):
     req = GenerationRequest(prompt=prompt, num_frames=frames, num_inference_steps=steps, seed=i)
     ref = generate_video(pipe, req)
     for policy, cfg in candidates:
-        r = generate_video(pipe, req, cache=CacheConfig(policy=policy, policy_config=cfg))
+        r = generate_video(pipe, req, cache=CacheConfig.decode(policy, cfg))
         rho = recompute_motion_spearman(r.recompute_map, ref.frames, pipe.causal_block_size)
         s = r.stats
         print(f"{prompt[:30]:30s} {policy:10s} {cfg} ideal {s['ideal_speedup']:.3f} "
