@@ -220,14 +220,13 @@ def _generate(o: GenerateOptions, pool_options: dict):
     )
     runtime, recompute_map, out, report = o.runtime, o.recompute_map, o.out, o.report
     # -- validate everything before any expensive work --------------------------------
-    if not prompt.strip():
-        raise UsageError("--prompt must not be empty")
+    import math
+
     for name, value in (("--frames", frames), ("--steps", steps), ("--height", height), ("--width", width)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be a positive integer, got {value}")
-    if frames is not None and (frames - 1) % 4:
-        lo = (frames - 1) // 4 * 4 + 1
-        raise UsageError(f"--frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {frames}")
+    if guidance is not None and not math.isfinite(guidance):
+        raise UsageError(f"--guidance must be a finite number, got {guidance}")
     if guidance is not None and guidance < 0:
         raise UsageError(f"--guidance must be >= 0, got {guidance}")
     # decoded once: the policy's and the pool's Structs declare every limit
@@ -239,6 +238,7 @@ def _generate(o: GenerateOptions, pool_options: dict):
         cache = CacheConfig(policy=policy, pool=PoolConfig.decode(pool_options))
     except ConfigError as exc:
         raise _usage_error_of(exc, PoolConfig) from None
+    _check_shape(o.model, prompt, frames, height, width, guidance, cache.pool.pool_mib)
     tile = cache.pool.tile
     if runtime not in ("chunked", "vanilla"):
         raise UsageError(f"unknown --runtime {runtime!r}; valid: chunked, vanilla")
@@ -264,9 +264,6 @@ def _generate(o: GenerateOptions, pool_options: dict):
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None
     factor = pipe.spatial_factor
-    for name, value in (("--height", height), ("--width", width)):
-        if value is not None and value % factor:
-            raise UsageError(f"{name} must be divisible by {factor} for this model, got {value}")
     grid = ((height or pipe.config.default_height) // factor, (width or pipe.config.default_width) // factor)
     if runtime == "chunked" and (grid[0] % tile or grid[1] % tile):
         raise UsageError(f"--tile {tile} must divide the token grid {grid[0]}x{grid[1]}")
@@ -326,6 +323,32 @@ def _generate(o: GenerateOptions, pool_options: dict):
         line += f"; vs full compute: {fields['speedup']:.2f}x, PSNR {fields['psnr_db']:.2f} dB, SSIM {fields['ssim']:.4f}"
     if not quiet:
         typer.echo(line)
+
+
+def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> None:
+    """The checks every entry point shares (:mod:`motioncache_vllm.limits`), and the memory
+    check, from the model folder's JSON: before any weight is loaded."""
+    from motioncache_vllm.limits import (
+        InvalidRequest, check_memory, check_request, default_budget_bytes, read_geometry, request_memory,
+    )
+    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS, ModelNotFoundError, resolve_model_path
+
+    try:
+        geometry = read_geometry(resolve_model_path(model), SKYREELS_DF_DEFAULTS)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"model {model}: unreadable configuration ({exc})") from None
+    names = {"prompt": "--prompt", "num_frames": "--frames", "height": "--height", "width": "--width",
+             "guidance_scale": "--guidance"}
+    try:
+        check_request(geometry, prompt=prompt, num_frames=frames, height=height, width=width,
+                      guidance_scale=guidance, names=names)
+        need = request_memory(geometry, num_frames=frames, height=height, width=width, guidance_scale=guidance,
+                              pool_bounded=pool_mib is not None)
+        check_memory(need, default_budget_bytes())
+    except InvalidRequest as exc:
+        raise UsageError(str(exc)) from None
 
 
 @app.command()
@@ -521,6 +544,14 @@ def serve(
     fleet_config: Optional[str] = typer.Option(
         None, help="With --workers: JSON of fleet settings (FleetConfig: max_attempts, cpus_per_worker, ...)."
     ),
+    memory_budget_mib: Optional[float] = typer.Option(
+        None, help="Memory of the requests running at once, by their peak estimate; a request over it is "
+        "refused (400), one that fits later waits. Default: 80% of the memory available at start-up, "
+        "less the pool budget.",
+    ),
+    request_timeout: Optional[float] = typer.Option(
+        None, help="Seconds one generation request may run before it is cancelled (504). Default: no limit."
+    ),
 ) -> None:
     """Serve the video model over HTTP with vLLM (POST /v1/videos, POST /pooling, GET /metrics)."""
     import json
@@ -546,10 +577,21 @@ def serve(
     settings = {**extra_config, "cache_policy": policy}
     if cache_pool_mib is not None:
         settings["cache_pool_mib"] = cache_pool_mib
+    from motioncache_vllm.limits import MIB, ServeSettings
+
+    serve_settings = {k: v for k, v in extra_config.items() if k.startswith("serve_")}
+    for key, value in (("serve_memory_budget_mib", memory_budget_mib), ("serve_request_timeout_s", request_timeout)):
+        if value is not None:
+            serve_settings[key] = value
     try:  # what the engine will check at start-up, checked now
         EngineCacheSettings.from_additional_config(settings)
+        serve_limits = ServeSettings.from_additional_config(serve_settings)
     except (ValueError, UnknownPolicyError, InvalidPolicyConfig) as exc:
-        _fail(str(exc))
+        flag = {"serve_memory_budget_mib": "--memory-budget-mib", "serve_request_timeout_s": "--request-timeout"}
+        _fail(next((str(exc).replace(k, v) for k, v in flag.items() if k in str(exc)), str(exc)))
+    # one budget for the API process and the engine: derived once, here
+    pool_mib = settings.get("cache_pool_mib")
+    serve_settings["serve_memory_budget_mib"] = round(serve_limits.memory_budget_bytes(pool_mib) / MIB, 1)
     if not 0 < port < 65536:
         _fail(f"--port must be in 1..65535, got {port}")
     try:
@@ -592,7 +634,8 @@ def serve(
         return
     launcher.launch(
         str(model_dir), host=host, port=port, served_model_name=model, extra=extra,
-        cache_policy=policy if pass_policy else None, cache_pool_mib=cache_pool_mib, ready_line=ready,
+        cache_policy=policy if pass_policy else None, cache_pool_mib=cache_pool_mib, serve_settings=serve_settings,
+        ready_line=ready,
     )
 
 

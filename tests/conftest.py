@@ -92,3 +92,56 @@ def video_server(tmp_path_factory):
         yield proc
     finally:
         proc.stop()
+
+
+SERVER_KEY = "test-key-3b1f"
+SERVED_REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
+
+
+class Served:
+    """One real ``motioncache serve`` (vLLM API server + engine-core process) for the session."""
+
+    def __init__(self, proc, budget_bytes: int) -> None:
+        self.proc, self.url, self.budget_bytes = proc, proc.url, budget_bytes
+
+    def post(self, path: str, body, *, key: str | None = SERVER_KEY, headers: dict | None = None, timeout=300):
+        from motioncache_vllm.vllm_plugin.server_process import post_json
+
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return post_json(f"{self.url}{path}", body, timeout=timeout, headers={**auth, **(headers or {})})
+
+    def metrics(self) -> dict[str, float]:
+        from motioncache_vllm.vllm_plugin.server_process import get_text
+
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in get_text(f"{self.url}/metrics").splitlines()
+            if line.startswith("motioncache_") and " " in line
+        }
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The server of the guard tests (test_guard.py): api key on, a 64 MiB pool, and a memory
+    budget of 1.5 requests of the size they send (so a second one waits: admission is exercised)."""
+    pytest.importorskip("vllm")
+    from motioncache_vllm.limits import MIB, read_geometry, request_memory
+    from motioncache_vllm.models.embedded import EMBEDDED_DIR
+    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS
+    from motioncache_vllm.vllm_plugin.server_process import ServerError, ServerProcess
+
+    geometry = read_geometry(EMBEDDED_DIR, SKYREELS_DF_DEFAULTS)
+    need = request_memory(geometry, num_frames=17, pool_bounded=True).total
+    budget_mib = round(1.5 * need / MIB, 3)
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+    args = ["--cache-pool-mib", str(SERVER_POOL_MIB), "--api-key", SERVER_KEY, "--memory-budget-mib", str(budget_mib),
+            "--max-num-seqs", "4"]
+    try:
+        proc = ServerProcess.start(args, log_path, env=env, ready_timeout_s=600)
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield Served(proc, int(budget_mib * MIB))
+    finally:
+        proc.stop()

@@ -102,6 +102,16 @@ class ActivationPool:
             return
         for slot in table[table >= 0].tolist():
             self._free_slot(slot)
+        if self.budget_bytes is None and self.stats.in_use_slots == 0:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """An unbounded pool gives its storage back once nothing is cached (it grows again by
+        doubling on the next writes); a bounded pool keeps its fixed, preallocated storage."""
+        self.storage = torch.empty((0, self.slot_bytes), dtype=torch.uint8, device=self.device)
+        self.free = FreeSlotQueue(0)
+        self._slot_owner = []
+        self.stats.capacity_slots = 0
 
     # -- data ----------------------------------------------------------------------------
     def read(

@@ -29,6 +29,7 @@ While one is active, one transformer call runs a single chunk of frames:
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from typing import Protocol
 
 import torch
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 _HOOK_NAME = "motioncache_block"
+ROPE_CACHE_BYTES = 64 * 2**20
+"""Bound of an adapter's RoPE-row cache (least recently used rows go first)."""
 
 
 def register_diffusers_block_metadata() -> None:
@@ -195,7 +198,10 @@ class WanFamilyAdapter:
         self.temb_token_dim = 2 if self.diffusion_forcing else 1
         self.execution: StackExecution | None = None
         self.run: _Run | None = None
-        self._rope_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # RoPE rows per (first frame, frames, grid), least recently used first; bounded in bytes
+        # (one large request must not leave its tables behind for the life of the server)
+        self._rope_cache: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._rope_bytes = 0
         self._installed = False
         self._installs = 0  # live users (e.g. interleaved generations): hooks stay while > 0
 
@@ -244,14 +250,21 @@ class WanFamilyAdapter:
     def rope_rows(self, frame_start: int, frames: int, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE rows of latent frames ``[frame_start, frame_start + frames)`` at absolute positions."""
         key = (frame_start, frames, *grid)
-        if key not in self._rope_cache:
-            h, w = grid
-            # the rope module only reads the shape of its input
-            probe = torch.empty((1, 1, frame_start + frames, h * self.patch_size[1], w * self.patch_size[2]))
-            cos, sin = self.transformer.rope(probe)
-            lo = frame_start * h * w
-            self._rope_cache[key] = (cos[:, lo:].contiguous(), sin[:, lo:].contiguous())
-        return self._rope_cache[key]
+        rows = self._rope_cache.get(key)
+        if rows is not None:
+            self._rope_cache.move_to_end(key)
+            return rows
+        h, w = grid
+        # the rope module only reads the shape of its input
+        probe = torch.empty((1, 1, frame_start + frames, h * self.patch_size[1], w * self.patch_size[2]))
+        cos, sin = self.transformer.rope(probe)
+        lo = frame_start * h * w
+        rows = self._rope_cache[key] = (cos[:, lo:].contiguous(), sin[:, lo:].contiguous())
+        self._rope_bytes += sum(t.numel() * t.element_size() for t in rows)
+        while self._rope_bytes > ROPE_CACHE_BYTES and len(self._rope_cache) > 1:
+            _, old = self._rope_cache.popitem(last=False)
+            self._rope_bytes -= sum(t.numel() * t.element_size() for t in old)
+        return rows
 
     def activate(self, execution: StackExecution | None) -> None:
         self.execution = execution

@@ -105,9 +105,15 @@ class VideosEndpoint:
     """Loaded only where the model serves IO-processor (``plugin``) requests."""
 
     def attach_router(self, app: FastAPI) -> None:
+        from motioncache_vllm.vllm_plugin import guard
+
+        guard.install(app)  # api key, body limits, JSON depth, admission, cancellation, timeout (every route)
         app.include_router(videos_router(_service))
 
     async def init_state(self, engine_client, state, args) -> None:
+        from motioncache_vllm.vllm_plugin import guard
+
+        await guard.init_state(engine_client, state, args)  # the guard's settings, admission, engine watchdog
         handler = getattr(state, "serving_pooling", None)
         if handler is None:
             return

@@ -162,6 +162,7 @@ def serve_argv(
     extra: Sequence[str] = (),
     cache_policy: str | None = None,
     cache_pool_mib: float | None = None,
+    serve_settings: Mapping[str, object] | None = None,
 ) -> list[str]:
     """``vllm serve`` arguments: our defaults where ``extra`` does not set them, then ``extra``,
     then the explicit cache options (which thus win over an ``--additional-config`` in ``extra``)."""
@@ -177,6 +178,8 @@ def serve_argv(
         argv += ["--cache-policy", cache_policy]
     if cache_pool_mib is not None:
         argv += ["--additional-config", json.dumps({"cache_pool_mib": cache_pool_mib})]
+    if serve_settings:
+        argv += ["--additional-config", json.dumps(dict(serve_settings))]
     return argv
 
 
@@ -227,6 +230,7 @@ def launch(
     extra: Sequence[str] = (),
     cache_policy: str | None = None,
     cache_pool_mib: float | None = None,
+    serve_settings: Mapping[str, object] | None = None,
     ready_line: str,
     environ: Mapping[str, str] | None = None,
 ) -> None:
@@ -234,7 +238,15 @@ def launch(
     prepare_environment(os.environ if environ is None else environ)
     argv = serve_argv(
         model_dir, host=host, port=port, served_model_name=served_model_name, extra=extra,
-        cache_policy=cache_policy, cache_pool_mib=cache_pool_mib,
+        cache_policy=cache_policy, cache_pool_mib=cache_pool_mib, serve_settings=serve_settings,
     )
     watch_until_ready(f"http://{probe_host(host)}:{port}", ready_line)
-    run_vllm_cli(argv)
+    from motioncache_vllm.vllm_plugin import guard
+
+    try:
+        run_vllm_cli(argv)
+    finally:
+        if guard.engine_died:  # the watchdog stopped the server: say so in the exit status
+            print(f"motioncache: the engine core died; exiting with status {guard.ENGINE_DIED_EXIT}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(guard.ENGINE_DIED_EXIT)

@@ -17,6 +17,7 @@ every path (offline, HTTP, with or without multiprocessing).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Annotated, Any, Mapping
 
@@ -46,6 +47,10 @@ MAX_SIDE = 2048
 
 class InvalidVideoRequest(ValueError):
     """A video request that does not fit :class:`VideoRequest` (wrong type, unknown field, bad value)."""
+
+
+class RequestTooLargeError(InvalidVideoRequest):
+    """A valid request whose peak memory is over the server's budget (it can never run here)."""
 
 
 class VideoGenerationError(RuntimeError):
@@ -204,17 +209,47 @@ class EngineCacheSettings(msgspec.Struct, frozen=True, kw_only=True):
         return CacheConfig(policy=policy, pool=self.pool)
 
 
-def validate_request(data: object, settings: "EngineCacheSettings") -> VideoRequest:
-    """A client's request data -> :class:`VideoRequest`, checked as the engine would check it
-    (frames of the form 4k+1, a known policy with a valid config); raises InvalidVideoRequest.
-    The IO processor's ``parse_data`` and the Ray fleet's front both call it."""
+def validate_request(
+    data: object,
+    settings: EngineCacheSettings,
+    geometry=None,
+    *,
+    memory_budget_bytes: int | None = None,
+    max_units: int | None = None,
+) -> VideoRequest:
+    """A client's request data -> :class:`VideoRequest`, checked as the engine would check it:
+    the checks every entry point shares (:mod:`motioncache_vllm.limits`: a caption that is
+    not blank, frames of the form 4k+1, sides that are multiples of the model's spatial
+    factor when its ``geometry`` is known, finite numbers), the peak memory against
+    ``memory_budget_bytes``, the units against ``max_units`` (the prompt window), a known
+    policy with a valid config. Raises InvalidVideoRequest. The IO processor's ``parse_data``
+    and the Ray fleet's front both call it."""
+    from motioncache_vllm.limits import InvalidRequest, RequestTooLarge, check_finite
+    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
     request = decode_request(data)
-    if request.num_frames is not None and (request.num_frames - 1) % 4:
-        lo = (request.num_frames - 1) // 4 * 4 + 1
-        raise InvalidVideoRequest(
-            f"invalid video request: num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), "
-            f"got {request.num_frames}"
-        )
+    try:
+        if geometry is None:  # no model at hand: what holds for every Wan-family model
+            check_finite(request.cache.policy_config or {}, "cache.policy_config")
+            if not request.prompt.strip():
+                raise InvalidRequest("prompt must not be blank")
+            if request.num_frames is not None and (request.num_frames - 1) % TEMPORAL_FACTOR:
+                lo = (request.num_frames - 1) // 4 * 4 + 1
+                raise InvalidRequest(f"num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {request.num_frames}")
+        else:
+            check_video_request(request, geometry, memory_budget_bytes, settings.pool.pool_mib)
+            if max_units is not None:
+                g = geometry
+                work = work_units(request.num_frames or g.default_num_frames,
+                                  request.num_inference_steps or g.default_steps, g.causal_block, g.temporal_factor)
+                if work > max_units:
+                    raise InvalidRequest(
+                        f"the request has {work} units (chunks x (steps + 1)); this server runs at most "
+                        f"{max_units} per request (--max-model-len): ask for fewer frames or steps"
+                    )
+    except RequestTooLarge as exc:
+        raise RequestTooLargeError(f"invalid video request: {exc}") from None
+    except InvalidRequest as exc:
+        raise InvalidVideoRequest(f"invalid video request: {exc}") from None
     try:
         settings.cache_config(request.cache)
     except ConfigError as exc:
@@ -269,3 +304,24 @@ def request_from_token_ids(token_ids: torch.Tensor) -> VideoRequest:
     if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) > 255:
         raise ValueError("the prompt is not a MotionCache video request (send {'data': {...}} requests)")
     return msgspec.json.decode(ids.to(torch.uint8).numpy().tobytes(), type=VideoRequest)
+
+
+def check_video_request(
+    request: VideoRequest, geometry, memory_budget_bytes: int | None = None, pool_mib: float | None = None
+) -> None:
+    """What :class:`VideoRequest`'s types cannot say, for the served model (``geometry``, a
+    :class:`~motioncache_vllm.limits.ModelGeometry`): the checks every entry point shares,
+    and the memory check against the budget. Raises ``limits.InvalidRequest``."""
+    from motioncache_vllm.limits import check_finite, check_memory, check_request, request_memory
+
+    check_finite(request.cache.policy_config or {}, "cache.policy_config")
+    check_request(
+        geometry, prompt=request.prompt, num_frames=request.num_frames, height=request.height,
+        width=request.width, guidance_scale=request.guidance_scale,
+    )
+    if memory_budget_bytes is not None:
+        need = request_memory(
+            geometry, num_frames=request.num_frames, height=request.height, width=request.width,
+            guidance_scale=request.guidance_scale, pool_bounded=pool_mib is not None,
+        )
+        check_memory(need, memory_budget_bytes)

@@ -61,3 +61,41 @@ def record(stats: Mapping[str, Any]) -> None:
             m["peak"].set(int(stats["pool_peak_bytes"]))
         budget = stats.get("pool_budget_bytes")
         m["budget"].set(math.inf if budget is None else int(budget))
+
+
+_serving: dict[str, Any] | None = None
+
+
+def _serving_metrics() -> dict[str, Any]:
+    global _serving
+    if _serving is None:
+        from prometheus_client import Counter, Gauge
+
+        _serving = {
+            "requests": Counter(
+                "motioncache_requests_ended_early",
+                "Video requests that did not run to the end: cancelled (client gone or job deleted), "
+                "timed_out (past serve_request_timeout_s), refused (over the memory budget)",
+                ["reason"],
+            ),
+            "admitted": Gauge("motioncache_admitted_bytes", "Peak-memory estimate of the video requests admitted now"),
+            "budget": Gauge("motioncache_memory_budget_bytes", "Memory budget of the video requests running at once"),
+            "waiting": Gauge("motioncache_requests_waiting", "Video requests waiting for memory"),
+        }
+        for reason in ("cancelled", "timed_out", "refused"):
+            _serving["requests"].labels(reason=reason)  # shown at 0 from the start
+    return _serving
+
+
+def count_request(reason: str) -> None:
+    """One request ended early: ``cancelled``, ``timed_out`` or ``refused``."""
+    with _lock:
+        _serving_metrics()["requests"].labels(reason=reason).inc()
+
+
+def set_admission(admitted_bytes: int, budget_bytes: int, waiting: int) -> None:
+    with _lock:
+        m = _serving_metrics()
+        m["admitted"].set(admitted_bytes)
+        m["budget"].set(budget_bytes)
+        m["waiting"].set(waiting)

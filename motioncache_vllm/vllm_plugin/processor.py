@@ -23,6 +23,7 @@ from vllm.plugins.io_processors.interface import IOProcessor
 from vllm.pooling_params import PoolingParams
 from vllm.renderers import BaseRenderer
 
+from motioncache_vllm.limits import ModelGeometry, ServeSettings, read_geometry
 from motioncache_vllm.vllm_plugin.messages import (
     FILLER_TOKEN,
     EngineCacheSettings,
@@ -44,23 +45,14 @@ def encode_mp4(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
         return write_video(Path(tmp) / "video.mp4", frames, fps=fps).read_bytes()
 
 
-def pipeline_work_defaults(vllm_config: VllmConfig) -> tuple[int, int, int] | None:
-    """(default frames, default steps, latent frames per chunk) of the served pipeline, read
-    from its folder's JSON (the front end does not load the pipeline); None if unreadable
-    (prompts are then not padded: a request's remaining units run in its last step)."""
-    import json
+def served_geometry(vllm_config: VllmConfig) -> ModelGeometry:
+    """The geometry of the served pipeline, read from its folder's JSON files (the front end
+    does not load the pipeline; a folder without generation defaults gets the loader's)."""
+    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS, resolve_model_path
 
-    try:
-        from motioncache_vllm.models.loading import resolve_model_path
-
-        hf_config = vllm_config.model_config.hf_config
-        folder = resolve_model_path(getattr(hf_config, "motioncache_pipeline", "embedded"))
-        index = json.loads((folder / "model_index.json").read_text())
-        transformer = json.loads((folder / "transformer" / "config.json").read_text())
-        return (int(index["default_num_frames"]), int(index["default_num_inference_steps"]),
-                max(int(transformer.get("num_frame_per_block", 1)), 1))
-    except Exception:  # noqa: BLE001
-        return None
+    hf_config = vllm_config.model_config.hf_config
+    folder = resolve_model_path(getattr(hf_config, "motioncache_pipeline", "embedded"))
+    return read_geometry(folder, SKYREELS_DF_DEFAULTS)
 
 
 class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
@@ -73,10 +65,24 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         super().__init__(vllm_config, renderer)
         # same defaults as the worker: a request naming an unknown policy is refused here
         self.settings = EngineCacheSettings.from_additional_config(vllm_config.additional_config)
-        self.work_defaults = pipeline_work_defaults(vllm_config)
+        serve = ServeSettings.from_additional_config(vllm_config.additional_config)
+        self.geometry = served_geometry(vllm_config)
+        self.memory_budget_bytes = serve.memory_budget_bytes(self.settings.pool.pool_mib)
+        self.max_units = vllm_config.model_config.max_model_len
 
     def parse_data(self, data: object) -> VideoRequest:
-        return validate_request(data, self.settings)
+        from motioncache_vllm.vllm_plugin.messages import RequestTooLargeError
+
+        try:
+            return validate_request(
+                data, self.settings, self.geometry, memory_budget_bytes=self.memory_budget_bytes,
+                max_units=self.max_units,
+            )
+        except RequestTooLargeError:
+            from motioncache_vllm.vllm_plugin.metrics import count_request
+
+            count_request("refused")
+            raise
 
     def merge_pooling_params(self, params: PoolingParams | None = None) -> PoolingParams:
         params = params or PoolingParams()
@@ -88,15 +94,15 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         # then filler tokens up to the request's work, so that with one token per engine
         # step (long_prefill_token_threshold=1) its prompt lasts as many steps as its units
         ids = list(msgspec.json.encode(prompt))
-        if self.work_defaults is not None:
-            num_frames, steps, per_chunk = self.work_defaults
-            steps = prompt.num_inference_steps or steps
-            work = work_units(prompt.num_frames or num_frames, steps, per_chunk)
-            if prompt.continue_from is not None and len(prompt.continue_from.plan.segments) > 1:
-                # an extension: the units of its new segment (a lost session regenerates more,
-                # which then finishes in the last step)
-                work -= work_units(prompt.continue_from.plan.segments[-2].num_frames, steps, per_chunk)
-            ids += [FILLER_TOKEN] * max(work - len(ids), 0)
+        g = self.geometry
+        steps = prompt.num_inference_steps or g.default_steps
+        work = work_units(prompt.num_frames or g.default_num_frames, steps, g.causal_block, g.temporal_factor)
+        if prompt.continue_from is not None and len(prompt.continue_from.plan.segments) > 1:
+            # an extension: the units of its new segment (a lost session regenerates more,
+            # which then finishes in the last step)
+            work -= work_units(prompt.continue_from.plan.segments[-2].num_frames, steps, g.causal_block,
+                               g.temporal_factor)
+        ids += [FILLER_TOKEN] * max(work - len(ids), 0)
         return {"prompt_token_ids": ids}
 
     def post_process(

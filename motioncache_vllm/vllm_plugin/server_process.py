@@ -45,10 +45,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post_json(url: str, body: Any, timeout: float = 120) -> tuple[int, dict]:
+def post_json(
+    url: str, body: Any, timeout: float = 120, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict]:
     """POST ``body`` (JSON-encoded unless already bytes); ``(status, decoded answer)``, 4xx/5xx included."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
+    )
     try:
         with _opener.open(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())

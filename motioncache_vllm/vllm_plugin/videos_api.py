@@ -219,6 +219,14 @@ def spritesheet_png(mp4: bytes, count: int = SPRITES, per_row: int = 4) -> bytes
     return _png(sheet)
 
 
+def _count_cancelled() -> None:
+    """On /metrics (``motioncache_requests_ended_early_total{reason="cancelled"}``)."""
+    with contextlib.suppress(Exception):
+        from motioncache_vllm.vllm_plugin.metrics import count_request
+
+        count_request("cancelled")
+
+
 class VideoService:
     """Jobs over an engine (see module docstring). Runs in one event loop (the API server's)."""
 
@@ -335,6 +343,7 @@ class VideoService:
             mp4 = base64.b64decode(result.pop("video"))
         except asyncio.CancelledError:
             self._fail(job, "cancelled", "the video was cancelled (deleted, or its client went away)")
+            _count_cancelled()
             raise
         except ApiError as exc:
             self._fail(job, "invalid_request", str(exc))

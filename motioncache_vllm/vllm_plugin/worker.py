@@ -55,6 +55,7 @@ class VideoWorker:
     MAX_RECORDS = 100_000
 
     def __init__(self, pipeline: str, additional_config: Mapping[str, Any] | None) -> None:
+        from motioncache_vllm.limits import ServeSettings, geometry_of
         from motioncache_vllm.models.loading import load_pipeline
         from motioncache_vllm.runtime.request import make_pool
 
@@ -62,7 +63,11 @@ class VideoWorker:
         from motioncache_vllm.vllm_plugin.events import WorkerChannel
 
         self.settings = EngineCacheSettings.from_additional_config(additional_config)
+        serve = ServeSettings.from_additional_config(additional_config)
+        self.memory_budget_bytes = serve.memory_budget_bytes(self.settings.pool.pool_mib)
         self.pipe = load_pipeline(pipeline)
+        self.geometry = geometry_of(self.pipe)
+        self.live: set[str] = set()  # request ids of open generations (stats: live_requests)
         # one memory budget for the whole worker, whatever the number of requests
         self.pool = make_pool(self.pipe, self.settings.pool)
         self.engine_steps = 0
@@ -94,14 +99,14 @@ class VideoWorker:
                 state.motioncache_job = job
                 if job.gen is not None:
                     # an aborted request's states are dropped unfinished: free its blocks then
-                    weakref.finalize(state, job.gen.close)
+                    weakref.finalize(state, self._abandon, job.gen, job.request_id)
             if not job.done:
                 self._advance(job, step)
             if last:
                 while not job.done:  # a prompt shorter than the work: finish in this step
                     self._advance(job, step)
                 state.motioncache_job = None
-                outputs.append(payload_to_tensor(self._payload(job)))
+                outputs.append(self._output(job))
             else:
                 outputs.append(None)
         return outputs
@@ -117,6 +122,11 @@ class VideoWorker:
             # also the path of vLLM's start-up dummy run, whose prompts are all zeros
             return VideoJob(request_id, error=f"undecodable video request: {exc}")
         try:
+            from motioncache_vllm.vllm_plugin.messages import check_video_request
+
+            # the front end checked it too; a request reaching the worker another way (or
+            # with another budget) is refused here, before anything large is allocated
+            check_video_request(request, self.geometry, self.memory_budget_bytes, self.settings.pool.pool_mib)
             cache = self.settings.cache_config(request.cache)
             plan, snapshot = self._plan(request)
             gen = PlanGeneration(self.pipe, plan, snapshot, cache=cache, pool=self.pool, request_id=request_id)
@@ -124,12 +134,13 @@ class VideoWorker:
             logger.exception("video request failed")
             return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}", request=request)
         job = VideoJob(request_id, gen=gen, cache=cache, request=request)
+        self.live.add(request_id)
         try:
             for listener in self.start_listeners:
                 listener(job)
         except Exception as exc:  # noqa: BLE001  (e.g. an unusable snapshot: this request fails)
             logger.exception("video request failed")
-            job.gen.close()
+            self._abandon(job.gen, request_id)
             return VideoJob(request_id, error=f"{type(exc).__name__}: {exc}", request=request)
         return job
 
@@ -189,6 +200,27 @@ class VideoWorker:
         if len(self.records) > self.MAX_RECORDS:
             del self.records[: len(self.records) - self.MAX_RECORDS]
 
+    def _output(self, job: VideoJob) -> torch.Tensor:
+        """The pooler output of a finished job. Every failure here (decoding, copying the
+        frames, encoding the payload, MemoryError included) fails this request alone: it
+        gets a small error payload, and the engine step goes on for the others."""
+        try:
+            return payload_to_tensor(self._payload(job))
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("video request failed while building its answer")
+            return payload_to_tensor(VideoPayload(error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._finish(job)
+
+    def _finish(self, job: VideoJob) -> None:
+        self._abandon(job.gen, job.request_id)
+
+    def _abandon(self, gen, request_id: str) -> None:
+        """Close a generation (idempotent: frees its pool blocks, drops its hooks)."""
+        if gen is not None:
+            gen.close()
+        self.live.discard(request_id)
+
     def _payload(self, job: VideoJob) -> VideoPayload:
         if job.error is None:
             try:
@@ -211,6 +243,7 @@ class VideoWorker:
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
         # the CPU worker pins its torch threads; a fair library-path comparison needs the number
         stats["torch_threads"] = torch.get_num_threads()
+        stats["live_requests"] = len(self.live - {job.request_id})  # other generations still open
         return VideoPayload(frames=frames.tobytes(), shape=frames.shape, stats=stats, plan=job.gen.plan)
 
     def run(self, token_ids: torch.Tensor) -> VideoPayload:
@@ -220,4 +253,7 @@ class VideoWorker:
         self.engine_steps += 1
         while not job.done:
             self._advance(job, step)
-        return self._payload(job)
+        try:
+            return self._payload(job)
+        finally:
+            self._finish(job)
