@@ -17,7 +17,7 @@ PKG = "motioncache_vllm"
 
 # a module may import modules of its own layer or lower ones (DESIGN.md, layering)
 LAYERS = [
-    {"config", "metrics", "video_io", "motion", "data", "blocks", "policies", "models"},
+    {"config", "limits", "metrics", "video_io", "motion", "data", "blocks", "policies", "models"},
     {"runtime"},
     {"api", "bench", "train", "vllm_plugin", "research"},
     {"fleet"},

@@ -173,3 +173,16 @@ def test_decoded_request_json_refuses_nan_literals():
                  b'{"prompt": "x", "guidance_scale": 1e999}'):
         with pytest.raises(msgspec.DecodeError):
             msgspec.json.decode(body)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"prompt": "  "}, "prompt must not be blank"), ({"height": 68}, "multiple of 8"),
+     ({"guidance_scale": math.nan}, "finite")],
+)
+def test_library_path_refuses_the_same_requests(embedded_pipe, fields, message):
+    from motioncache_vllm.config import GenerationRequest
+    from motioncache_vllm.runtime.generate import generate_video
+
+    with pytest.raises(InvalidRequest, match=message):
+        generate_video(embedded_pipe, GenerationRequest(**{"prompt": "a red circle", "num_frames": 17, **fields}))

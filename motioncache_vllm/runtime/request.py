@@ -40,6 +40,16 @@ class ResolvedRequest:
 
 
 def resolve(pipe, request: GenerationRequest) -> ResolvedRequest:
+    """The request with the model's defaults filled in, after the checks every entry point
+    shares (``limits.check_request``: a blank caption, sizes that are not multiples of the
+    model's spatial factor, frames not 4k+1, a non-finite guidance raise ``InvalidRequest``,
+    a ``ValueError``)."""
+    from motioncache_vllm.limits import check_request, geometry_of
+
+    check_request(
+        geometry_of(pipe), prompt=request.prompt, num_frames=request.num_frames, height=request.height,
+        width=request.width, guidance_scale=request.guidance_scale,
+    )
     cfg = pipe.config
     return ResolvedRequest(
         prompt=request.prompt,
