@@ -134,7 +134,7 @@ def test_policy_none_matches_generate_video(engine, reference_pipe):
 
 
 def test_bad_requests_fail_clearly_and_engine_keeps_serving(engine, reference_pipe):
-    from motioncache_vllm.vllm_plugin.messages import InvalidVideoRequest, VideoGenerationError
+    from motioncache_vllm.vllm_plugin.messages import InvalidVideoRequest
 
     with pytest.raises(InvalidVideoRequest, match="unknown field `fps`"):
         encode(engine, {**REQUEST, "fps": 8})
@@ -146,9 +146,12 @@ def test_bad_requests_fail_clearly_and_engine_keeps_serving(engine, reference_pi
         encode(engine, {**REQUEST, "cache": {"policy": "fast"}})
     with pytest.raises(InvalidVideoRequest, match="threshold"):
         encode(engine, {**REQUEST, "cache": {"policy": "motion", "policy_config": {"threshold": -1}}})
-    # valid JSON that fails inside the worker: an error for this request only
-    with pytest.raises(VideoGenerationError, match="failed: RuntimeError"):
-        encode(engine, {**REQUEST, "height": 36, "num_inference_steps": 1})  # not a multiple of 8
+    # a side that is not a multiple of the model's spatial factor: refused before the engine
+    # (it used to fail inside the worker with a tensor size mismatch)
+    with pytest.raises(InvalidVideoRequest, match="height must be a positive multiple of 8"):
+        encode(engine, {**REQUEST, "height": 36, "num_inference_steps": 1})
+    with pytest.raises(InvalidVideoRequest, match="prompt must not be blank"):
+        encode(engine, {**REQUEST, "prompt": "   "})
     # the next good request is served, with caching: the motion policy (per-request override)
     data = {**REQUEST, "cache": {"policy": "motion", "policy_config": MOTION_CONFIG}}
     out = encode(engine, data)
