@@ -118,13 +118,13 @@ def test_serve_settings_refuse_bad_values():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"cache_tile": -1}, "Expected `int` >= 1 - at `$.cache_tile`"),
+        ({"cache_tile": -1}, "Expected `int` >= 1 - at cache_tile"),
         ({"cache_tile": 0}, "Expected `int` >= 1"),
         ({"cache_pool_mib": math.nan}, "cache_pool_mib"),
-        ({"cache_pool_mib": math.inf}, "must be a finite number"),
+        ({"cache_pool_mib": math.inf}, "cache_pool_mib"),
         ({"cache_pool_mib": -2}, ">= 0.0"),
         ({"cache_eviction": "fifo"}, "cache_eviction"),
-        ({"cache_cfg_delta_dtype": "int4"}, "needs cache_cfg_shared"),
+        ({"cache_cfg_delta_dtype": "int4"}, "needs cfg_shared"),
     ],
 )
 def test_engine_settings_refused_at_start_up(config, message):
