@@ -26,6 +26,16 @@ _LAZY = {
     "MotionCacheSkyReelsPipeline": "motioncache_vllm.models.pipeline",
     "enable": "motioncache_vllm.api",
     "disable": "motioncache_vllm.api",
+    # settings (torch-free)
+    "CacheConfig": "motioncache_vllm.config",
+    "PoolConfig": "motioncache_vllm.config",
+    "GenerationRequest": "motioncache_vllm.config",
+    "NoneConfig": "motioncache_vllm.config",
+    "TeaCacheConfig": "motioncache_vllm.config",
+    "FlowCacheConfig": "motioncache_vllm.config",
+    "MotionConfig": "motioncache_vllm.config",
+    "MagCacheConfig": "motioncache_vllm.config",
+    "generate_video": "motioncache_vllm.runtime.generate",
     # diffusers resolves pipeline components as ``<library>.<ClassName>``
     "FixedLinearVideoAutoencoder": "motioncache_vllm.models.latent",
 }

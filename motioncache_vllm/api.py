@@ -1,40 +1,54 @@
-"""One-call API for diffusers users, in diffusers' style.
+"""One-call API for diffusers users, in diffusers' style (as cache-dit's ``enable_cache``).
 
     >>> import motioncache_vllm
-    >>> from motioncache_vllm.policies import MotionConfig
-    >>> pipe = motioncache_vllm.load_pipeline("embedded")
+    >>> from motioncache_vllm import MotionConfig
+    >>> pipe = motioncache_vllm.load_pipeline("embedded")   # or any SkyReelsV2DiffusionForcingPipeline
     >>> motioncache_vllm.enable(pipe, MotionConfig(threshold=0.2))
-    >>> video = pipe("a red circle moves right").frames[0]   # chunked runtime + MotionCache
+    >>> video = pipe("a red circle moves right").frames[0]   # the chunked runtime + MotionCache
     >>> pipe.motioncache_stats["ideal_speedup"]
     >>> motioncache_vllm.disable(pipe)                        # back to the stock loop
+
+The enabled pipeline takes the stock call: ``prompt`` or ``prompt_embeds`` (and the
+negative ones), ``ar_step`` 0 or > 0, ``causal_block_size``, long videos
+(``base_num_frames``, ``overlap_history``, ``addnoise_condition``), ``generator``,
+``output_type``, ``return_dict``. The stock timestep matrix runs on the chunked runtime
+(:mod:`motioncache_vllm.runtime.forcing`); what it cannot run (several videos per call,
+callbacks, given ``latents``, ``attention_kwargs``, a transformer without block-causal
+attention, another cache enabled on it) runs the stock loop, with one warning.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import torch
+
 from motioncache_vllm.config import CacheConfig, MotionConfig, PolicyConfigBase, PoolConfig
+
+logger = logging.getLogger(__name__)
 
 _ENABLED_CLASSES: dict[type, type] = {}
 
 
-def enable(pipe, config: PolicyConfigBase | CacheConfig | None = None, **cache_options) -> None:
-    """Route ``pipe(...)`` through the MotionCache runtime.
+def enable(pipe, config: PolicyConfigBase | CacheConfig | None = None, **cache_options: Any) -> None:
+    """Route ``pipe(...)`` through the MotionCache runtime, in place.
 
     Args:
-        pipe: a :class:`~motioncache_vllm.models.pipeline.MotionCacheSkyReelsPipeline`
-            (``load_pipeline`` returns one; ``MotionCacheSkyReelsPipeline.from_pipe(p)``
-            converts a stock ``SkyReelsV2DiffusionForcingPipeline``).
+        pipe: a diffusers ``SkyReelsV2DiffusionForcingPipeline`` (stock, or the
+            :class:`~motioncache_vllm.models.pipeline.MotionCacheSkyReelsPipeline` that
+            ``load_pipeline`` returns).
         config: a policy config (``MotionConfig()``, ``FlowCacheConfig()``, ...; its class
             picks the policy) or a full :class:`CacheConfig`. Default: ``MotionConfig()``.
-        cache_options: :class:`~motioncache_vllm.config.PoolConfig` fields (``tile``, ``pool_mib``, ...)
-            when ``config`` is a policy config.
+        cache_options: :class:`~motioncache_vllm.config.PoolConfig` fields (``tile``,
+            ``pool_mib``, ...) when ``config`` is a policy config.
     """
-    from motioncache_vllm.models.pipeline import MotionCacheSkyReelsPipeline
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
 
-    if not isinstance(pipe, MotionCacheSkyReelsPipeline):
-        raise TypeError(
-            f"enable() needs a MotionCacheSkyReelsPipeline, got {type(pipe).__name__}; "
-            "convert with MotionCacheSkyReelsPipeline.from_pipe(pipe)"
-        )
+    if not isinstance(pipe, SkyReelsV2DiffusionForcingPipeline):
+        raise TypeError(f"enable() needs a SkyReelsV2DiffusionForcingPipeline, got {type(pipe).__name__}")
     if getattr(pipe, "_motioncache", None) is not None:
         raise RuntimeError("MotionCache is already enabled on this pipeline; call disable(pipe) first")
     if isinstance(config, CacheConfig):
@@ -48,9 +62,8 @@ def enable(pipe, config: PolicyConfigBase | CacheConfig | None = None, **cache_o
         cache = CacheConfig(policy=config, pool=PoolConfig.decode(cache_options))
     pipe._motioncache = cache
     pipe.motioncache_stats = None
-    # in place, as cache-dit's enable_cache: the instance's class becomes a subclass of
-    # its own whose __call__ runs the chunked runtime; the pipeline class itself never
-    # calls up into the runtime
+    # in place: the instance's class becomes a subclass of its own whose __call__ runs the
+    # chunked runtime; the pipeline class itself never calls up into the runtime
     pipe.__class__ = _enabled_class(type(pipe))
 
 
@@ -71,66 +84,134 @@ def _enabled_class(cls: type) -> type:
     return sub
 
 
-def _cached_call(
-    self,
-    prompt=None,
-    negative_prompt=None,
-    height=None,
-    width=None,
-    num_frames=None,
-    num_inference_steps=None,
-    guidance_scale=None,
-    ar_step=None,
-    max_sequence_length=None,
-    output_type="np",
-    **pipeline_kwargs,
-):
-    """``pipe(...)`` of an enabled pipeline."""
-    return call_with_cache(
-        self, self._motioncache, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
-        guidance_scale, ar_step, max_sequence_length, output_type, pipeline_kwargs,
-    )
+def _cached_call(self, *args: Any, **kwargs: Any):
+    """``pipe(...)`` of an enabled pipeline: the stock call's arguments, the chunked runtime."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    from motioncache_vllm.models.pipeline import MotionCacheSkyReelsPipeline
+
+    stock_cls = type(self)._motioncache_stock_class
+    keep = None
+    if isinstance(self, MotionCacheSkyReelsPipeline):  # its defaults and frame padding first
+        kwargs, keep = self.stock_arguments(*args, **kwargs)
+        args = ()
+    try:
+        bound = inspect.signature(SkyReelsV2DiffusionForcingPipeline.__call__).bind(self, *args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{stock_cls.__name__}.__call__: {exc}") from None
+    bound.apply_defaults()
+    call = dict(bound.arguments)
+    call.pop("self")
+    reason = _uncacheable(self, call)
+    if reason is not None:
+        warnings.warn(f"MotionCache: {reason}; running the stock loop for this call", stacklevel=2)
+        self.motioncache_stats = None
+        out = SkyReelsV2DiffusionForcingPipeline.__call__(self, **call)
+    else:
+        with torch.inference_mode():  # as generate_video: the same kernels as the CLI and the server
+            out = _forcing_call(self, self._motioncache, call)
+    return out if keep is None else self.trim_frames(out, keep, call["output_type"])
 
 
-def call_with_cache(
-    pipe, cache: CacheConfig, prompt, negative_prompt, height, width, num_frames, num_inference_steps,
-    guidance_scale, ar_step, max_sequence_length, output_type, extra: dict,
-):
-    """``pipe(...)`` after :func:`motioncache_vllm.enable`: same arguments, chunked runtime."""
-    import numpy as np
-    import torch
+def _uncacheable(pipe, call: dict) -> str | None:
+    """Why the runtime cannot run this call (the stock loop will), or None."""
+    prompt, embeds = call["prompt"], call["prompt_embeds"]
+    batch = len(prompt) if isinstance(prompt, list) else (1 if prompt is not None or embeds is None else embeds.shape[0])
+    from motioncache_vllm.runtime.forcing import window_latent_frames
+
+    cfg = pipe.transformer.config
+    block = call["causal_block_size"] or cfg.num_frame_per_block
+    t = pipe.vae_scale_factor_temporal
+    frames = max(call["num_frames"] // t * t + 1 if call["num_frames"] % t != 1 else call["num_frames"], 1)
+    windows = window_latent_frames(t, frames, call["base_num_frames"], call["overlap_history"])
+    checks = [
+        (batch * (call["num_videos_per_prompt"] or 1) != 1, "one video per call only"),
+        (call["latents"] is not None, "given latents"),
+        (call["callback_on_step_end"] is not None, "callback_on_step_end"),
+        (call["attention_kwargs"] is not None, "attention_kwargs"),
+        (block < 2, f"causal_block_size {block}: the transformer's attention is not block-causal"),
+        (any(w % block for w in windows), f"windows of {windows} latent frames are not whole causal blocks of {block}"),
+        (getattr(pipe.transformer, "is_cache_enabled", False), "a diffusers cache is enabled on the transformer"),
+        (call["output_type"] not in ("np", "pil", "pt", "latent"), f"output_type {call['output_type']!r}"),
+    ]
+    return next((why for bad, why in checks if bad), None)
+
+
+class _ForcingArgs:
+    """The stock call's arguments the schedule needs (see ``runtime.forcing``)."""
+
+    def __init__(self, call: dict, num_frames: int, causal_block_size: int) -> None:
+        self.height, self.width, self.num_frames = call["height"], call["width"], num_frames
+        self.num_inference_steps, self.guidance_scale = call["num_inference_steps"], call["guidance_scale"]
+        self.ar_step, self.causal_block_size = call["ar_step"], causal_block_size
+        self.overlap_history, self.base_num_frames = call["overlap_history"], call["base_num_frames"]
+        self.addnoise_condition = call["addnoise_condition"]
+
+
+def _forcing_call(pipe, cache: CacheConfig, call: dict):
+    """The stock ``__call__`` with its denoising loop replaced by the chunked runtime."""
     from diffusers.pipelines.skyreels_v2.pipeline_output import SkyReelsV2PipelineOutput
 
-    from motioncache_vllm.config import GenerationRequest
-    from motioncache_vllm.runtime.generate import generate_chunked
-    from motioncache_vllm.runtime.request import ResolvedRequest, resolve
+    from motioncache_vllm.policies import make_policy
+    from motioncache_vllm.policies.calibration import model_calibration
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+    from motioncache_vllm.runtime.forcing import diffusion_forcing_latents
+    from motioncache_vllm.runtime.request import make_pool
 
-    unsupported = sorted(set(extra) - {"generator", "return_dict"})
-    if not isinstance(prompt, str) or negative_prompt is not None or ar_step is not None or unsupported:
-        raise ValueError(
-            "with MotionCache enabled the pipeline takes one prompt string and "
-            "height/width/num_frames/num_inference_steps/guidance_scale/generator/output_type; "
-            f"got also: {', '.join(unsupported) or 'negative_prompt/ar_step/prompt list'}. "
-            "Call motioncache_vllm.disable(pipe) for the stock pipeline."
-        )
-    request = GenerationRequest(
-        prompt=prompt, num_frames=num_frames, height=height, width=width,
-        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+    c = call
+    pipe.check_inputs(
+        c["prompt"], c["negative_prompt"], c["height"], c["width"], c["prompt_embeds"], c["negative_prompt_embeds"],
+        c["callback_on_step_end_tensor_inputs"], c["overlap_history"], c["num_frames"], c["base_num_frames"],
     )
-    r = resolve(pipe, request)
-    if max_sequence_length:
-        r = ResolvedRequest(**{**r.__dict__, "max_sequence_length": max_sequence_length})
-    generator = extra.get("generator") or torch.Generator("cpu").manual_seed(0)
-    with torch.inference_mode():  # as generate_video
-        result = generate_chunked(pipe, r, cache, pool=None, progress=False, generator=generator)
-    pipe.motioncache_stats = result.stats
-    frames = result.frames[None].astype(np.float32) / 255.0
-    if output_type == "pil":
-        from PIL import Image
+    num_frames = c["num_frames"]
+    if num_frames % pipe.vae_scale_factor_temporal != 1:  # as the stock call rounds
+        num_frames = num_frames // pipe.vae_scale_factor_temporal * pipe.vae_scale_factor_temporal + 1
+    num_frames = max(num_frames, 1)
+    pipe._guidance_scale, pipe._attention_kwargs = c["guidance_scale"], None
+    pipe._current_timestep, pipe._interrupt = None, False
+    device = pipe._execution_device
+    cond, uncond = pipe.encode_prompt(
+        prompt=c["prompt"], negative_prompt=c["negative_prompt"], do_classifier_free_guidance=pipe.do_classifier_free_guidance,
+        num_videos_per_prompt=1, prompt_embeds=c["prompt_embeds"], negative_prompt_embeds=c["negative_prompt_embeds"],
+        max_sequence_length=c["max_sequence_length"], device=device,
+    )
+    dtype = pipe.transformer.dtype
+    embeds = {"cond": cond.to(dtype)} | ({"uncond": uncond.to(dtype)} if pipe.do_classifier_free_guidance else {})
+    block = c["causal_block_size"]
+    if block is None:
+        block = pipe.transformer.config.num_frame_per_block
+    else:
+        pipe.transformer._set_ar_attention(block)  # the stock call's side effect, kept
+    coefficients, fit_range, mag_ratios = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+    policy = make_policy(cache.policy, None, coefficients, fit_range, mag_ratios)  # once per call
+    pool = make_pool(pipe, cache.pool, block)
+    runner = ChunkedRunner(pipe, policy, pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared)
+    if pipe.transformer.config.inject_sample_info:
+        runner.call_kwargs = {"fps": [0 if c["fps"] == 16 else 1]}
+    latents, counters = diffusion_forcing_latents(pipe, runner, embeds, _ForcingArgs(c, num_frames, block),
+                                                  c["generator"], device)
+    pipe.motioncache_stats = _stats(counters, pool)
+    if c["output_type"] == "latent":
+        video = latents
+    else:
+        vae = pipe.vae
+        latents = latents.to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        video = vae.decode(latents * std + mean, return_dict=False)[0]
+        video = pipe.video_processor.postprocess_video(video, output_type=c["output_type"])
+    pipe.maybe_free_model_hooks()
+    return SkyReelsV2PipelineOutput(frames=video) if c["return_dict"] else (video,)
 
-        frames = [[Image.fromarray(f) for f in result.frames]]
-    elif output_type == "pt":
-        frames = torch.from_numpy(frames)
-    if extra.get("return_dict", True):
-        return SkyReelsV2PipelineOutput(frames=frames)
-    return (frames,)
+
+def _stats(counters: list, pool) -> dict:
+    total = sum(k.token_steps_total for k in counters)
+    computed = sum(k.token_steps_computed for k in counters)
+    commits = sum(k.commit_tokens for k in counters)
+    return dict(
+        token_steps_total=total, token_steps_computed=computed, commit_token_passes=commits,
+        ideal_speedup=round((total + commits) / max(computed + commits, 1), 4),
+        full_steps=sum(k.full_steps for k in counters), partial_steps=sum(k.partial_steps for k in counters),
+        skipped_steps=sum(k.skipped_steps for k in counters), forced_blocks=sum(k.forced_blocks for k in counters),
+        pool_peak_bytes=pool.stats.peak_bytes, evictions=pool.stats.evictions, windows=len(counters),
+    )

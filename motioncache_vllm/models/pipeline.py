@@ -66,8 +66,7 @@ class MotionCacheSkyReelsPipeline(SkyReelsV2DiffusionForcingPipeline):
         latent = -(-latent // block) * block
         return (latent - 1) * t + 1
 
-    @torch.no_grad()
-    def __call__(
+    def stock_arguments(
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
@@ -80,39 +79,46 @@ class MotionCacheSkyReelsPipeline(SkyReelsV2DiffusionForcingPipeline):
         max_sequence_length: int | None = None,
         output_type: str = "np",
         **pipeline_kwargs: Any,
-    ):
-        """Generate a video; every argument left ``None`` takes the model's default.
-
-        Other keyword arguments (``generator``, ``latents``, ``callback_on_step_end``,
-        ``base_num_frames``, ``overlap_history``, ...) go to the diffusers pipeline as is.
-        """
+    ) -> tuple[dict[str, Any], int]:
+        """This pipeline's call as the stock pipeline's keyword arguments (defaults filled
+        in, frames padded to whole causal blocks) and the number of frames to return."""
         cfg = self.config
-        height = height or cfg.default_height
-        width = width or cfg.default_width
         num_frames = num_frames or cfg.default_num_frames
         steps = num_inference_steps or cfg.default_num_inference_steps
-        guidance = cfg.default_guidance_scale if guidance_scale is None else guidance_scale
-        if ar_step is None:  # >= steps: block i waits for block i-1 to finish
-            ar_step = steps
-        padded = self.padded_num_frames(num_frames)
-        out = super().__call__(
+        stock = dict(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            height=height,
-            width=width,
-            num_frames=padded,
+            height=height or cfg.default_height,
+            width=width or cfg.default_width,
+            num_frames=self.padded_num_frames(num_frames),
             num_inference_steps=steps,
-            guidance_scale=guidance,
-            ar_step=ar_step,
+            guidance_scale=cfg.default_guidance_scale if guidance_scale is None else guidance_scale,
+            ar_step=steps if ar_step is None else ar_step,  # >= steps: block i waits for block i-1 to finish
             max_sequence_length=max_sequence_length or cfg.default_max_sequence_length,
             output_type=output_type,
             **pipeline_kwargs,
         )
-        if padded != num_frames and output_type != "latent":
-            frames = out.frames if hasattr(out, "frames") else out[0]
-            frames = frames[:, :num_frames]
-            if hasattr(out, "frames"):
-                out.frames = frames
-            else:
-                out = (frames,)
-        return out
+        return stock, num_frames
+
+    @staticmethod
+    def trim_frames(out, num_frames: int, output_type: str):
+        """The first ``num_frames`` frames of a pipeline output (padding frames dropped)."""
+        if output_type == "latent":
+            return out
+        frames = out.frames if hasattr(out, "frames") else out[0]
+        if len(frames[0]) == num_frames:
+            return out
+        frames = frames[:, :num_frames] if not isinstance(frames, list) else [f[:num_frames] for f in frames]
+        if hasattr(out, "frames"):
+            out.frames = frames
+            return out
+        return (frames,)
+
+    @torch.no_grad()
+    def __call__(self, *args: Any, **kwargs: Any):
+        """Generate a video; every argument left ``None`` takes the model's default (see
+        :meth:`stock_arguments`). Other keyword arguments (``generator``, ``prompt_embeds``,
+        ``base_num_frames``, ``overlap_history``, ...) go to the diffusers pipeline as is."""
+        stock, num_frames = self.stock_arguments(*args, **kwargs)
+        out = super().__call__(**stock)
+        return self.trim_frames(out, num_frames, stock["output_type"])

@@ -74,6 +74,7 @@ class ChunkedRunner:
         # (branch, geometry) -> the K/V store of one branch; default: keep every finished frame
         self.kv_factory = kv_factory or (lambda branch, geometry: StreamKV.for_geometry(geometry))
         self.adapter = shared_adapter(pipe.transformer)
+        self.call_kwargs: dict = {}  # more transformer arguments of every call (e.g. the stock call's fps)
 
     def start(
         self,
@@ -111,7 +112,8 @@ class ChunkedRunner:
         t0 = time.perf_counter()
         try:
             return self.pipe.transformer(
-                hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t)
+                hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t),
+                **self.call_kwargs,
             )[0]
         finally:
             self.adapter.activate(None)
@@ -130,9 +132,9 @@ class DenoiseRun:
     """
 
     def __init__(self, runner: ChunkedRunner, prompt_embeds, latents, num_inference_steps, guidance_scale,
-                 request_id, progress) -> None:
+                 request_id, progress, frames_per_chunk: int | None = None) -> None:
         pipe = runner.pipe
-        per_chunk = pipe.causal_block_size
+        per_chunk = frames_per_chunk or pipe.causal_block_size
         _, _, frames, lh, lw = latents.shape
         if frames % per_chunk:
             raise ValueError(f"{frames} latent frames are not a whole number of causal blocks of {per_chunk}")
@@ -286,15 +288,16 @@ class DenoiseRun:
         if self.progress is not None:
             self.progress.update(1)
 
-    def _commit(self, c: int, lo: int, hi: int) -> None:
-        # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it
+    def _commit(self, c: int, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> None:
+        # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it (a long
+        # video's re-noised prefix: other latents ``x`` at ``t``)
         per_chunk, lay = self.frames_per_chunk, self.layout
+        x = self.latents[:, :, lo:hi] if x is None else x
         for b in self.branches:
             stream = self.streams[b]
             stream.commit = True
             self.counters.commit_tokens += lay.num_tokens
-            self.runner._call(stream, self.latents[:, :, lo:hi], torch.zeros(1, per_chunk, dtype=torch.long),
-                              self.prompt_embeds[b])
+            self.runner._call(stream, x, torch.full((1, per_chunk), t, dtype=torch.long), self.prompt_embeds[b])
             h = stream.last_input[0].view(per_chunk, lay.tokens_per_frame, -1)
             self.previous_last[b] = h[-1].clone()
             self.pool.release(stream.owner)
