@@ -17,7 +17,6 @@ every path (offline, HTTP, with or without multiprocessing).
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from typing import Annotated, Any, Mapping
 
@@ -225,7 +224,6 @@ def validate_request(
     policy with a valid config. Raises InvalidVideoRequest. The IO processor's ``parse_data``
     and the Ray fleet's front both call it."""
     from motioncache_vllm.limits import InvalidRequest, RequestTooLarge, check_finite
-    from motioncache_vllm.policies import InvalidPolicyConfig, UnknownPolicyError
     request = decode_request(data)
     try:
         if geometry is None:  # no model at hand: what holds for every Wan-family model
