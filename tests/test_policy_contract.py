@@ -45,18 +45,7 @@ def run(policy, state, seed: int) -> list:
     return decisions
 
 
-# tokenrate's second run after reset() decides differently from its first (found by this
-# test at landing; left to its owner, see notes/issue-10.md): strict, so a fix shows up
-KNOWN_BROKEN = {"tokenrate": "reset() then the same observations: different decisions"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[n])) if n in KNOWN_BROKEN else n
-        for n in policy_names()
-    ],
-)
+@pytest.mark.parametrize("name", policy_names())
 def test_policy_contract(name):
     config = decode_policy(name, {})
     # the config round-trips through the tagged union (what an entry point decodes)

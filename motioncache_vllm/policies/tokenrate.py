@@ -55,7 +55,7 @@ class TokenRateState(PolicyState):
     since: torch.Tensor | None = None  # (N,) distance accumulated since the last recompute
     reference: torch.Tensor | None = None  # (N, C) residual at each token's last recompute
     latest: torch.Tensor | None = None  # (N, C) this step's residual (reported before on_computed)
-    warmup: int = 0  # full steps of this chunk (warm-up, extended after a cut)
+    extra_warmup: int = 0  # full steps added to the configured warm-up after a scene cut
     warmup_rates: list | None = None
     cut: bool = False
 
@@ -64,7 +64,7 @@ class TokenRateState(PolicyState):
         n = self.layout.num_tokens
         self.rate, self.since = torch.ones(n), torch.zeros(n)
         self.reference = self.latest = None
-        self.warmup, self.warmup_rates, self.cut = 0, [], False
+        self.extra_warmup, self.warmup_rates, self.cut = 0, [], False
 
     def __post_init__(self) -> None:
         self.reset()
@@ -82,16 +82,18 @@ class TokenRatePolicy(CachePolicy):
         self._previous_chunk_rate: OrderedDict = OrderedDict()
 
     def new_state(self, layout) -> TokenRateState:
-        state = TokenRateState(layout)
-        state.warmup = self.config.warmup_steps
-        return state
+        return TokenRateState(layout)
+
+    def _warmup(self, state: TokenRateState) -> int:
+        """Full steps of this chunk: the configured warm-up, extended after a scene cut."""
+        return self.config.warmup_steps + state.extra_warmup
 
     def decide(self, state: TokenRateState, obs: StepObservation) -> Decision:
         cfg = self.config
         previous, state.previous_e0 = state.previous_e0, obs.e0
         if previous is not None:
             state.since += self.rescale(relative_l1(obs.e0, previous))
-        if state.step < state.warmup or previous is None:
+        if state.step < self._warmup(state) or previous is None:
             return Decision.full()
         lay = state.layout
         need = self.weights(state) * state.since
@@ -134,13 +136,14 @@ class TokenRatePolicy(CachePolicy):
             old = state.rate[tokens]
             state.rate[tokens] = torch.where(valid, (1 - cfg.rate_smoothing) * old + cfg.rate_smoothing * measured, old)
             state.reference[tokens] = latest[tokens]
-            if blocks is None and state.step < state.warmup and bool(valid.any()):
+            if blocks is None and state.step < self._warmup(state) and bool(valid.any()):
                 state.warmup_rates.append(float(measured[valid].mean()))
         state.since[tokens] = 0.0
         state.latest = None
-        if state.step >= state.warmup:
+        warmup = self._warmup(state)
+        if state.step >= warmup:
             state.updates += 1
-        elif state.step == state.warmup - 1 and not state.cut:
+        elif state.step == warmup - 1 and not state.cut:
             self._check_cut(state)
 
     def _check_cut(self, state: TokenRateState) -> None:
@@ -158,7 +161,7 @@ class TokenRatePolicy(CachePolicy):
                 self._previous_chunk_rate.popitem(last=False)
         if cfg.cut_warmup and before is not None and mean_rate > cfg.cut_factor * before:
             state.cut = True
-            state.warmup += cfg.cut_warmup
+            state.extra_warmup += cfg.cut_warmup
             state.stats["scene_cut"] = True
 
     def steps_until_recompute(self, state: TokenRateState) -> torch.Tensor:
