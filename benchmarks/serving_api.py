@@ -65,8 +65,12 @@ def stream_once(url: str, body: dict) -> dict:
                 if kind == "video.failed":
                     raise RuntimeError(line)
                 total = time.perf_counter() - t0
-    return {"first_chunk_s": round(first, 3), "completed_s": round(total, 3), "chunks": chunks,
-            "first_over_whole": round(first / total, 4)}
+    return {
+        "first_chunk_s": round(first, 3),
+        "completed_s": round(total, 3),
+        "chunks": chunks,
+        "first_over_whole": round(first / total, 4),
+    }
 
 
 def main() -> None:
@@ -89,29 +93,62 @@ def main() -> None:
         rows = []
         for i in range(args.rounds):
             seed = {"seed": i}
-            whole_s, whole = timed(lambda: completed(client, client.videos.create(
-                prompt="a red circle moves right slowly", seconds="2", extra_body={**extra, **seed})))
-            base_s, base = timed(lambda: completed(client, client.videos.create(
-                prompt="a red circle moves right slowly", seconds="1", extra_body={**extra, **seed})))
-            ext_s, ext = timed(lambda: completed(client, client.videos.extend(
-                prompt="a red circle moves right slowly", seconds="1", video=openai.omit,
-                extra_body={"video": {"id": base.id}})))
+            whole_s, whole = timed(
+                lambda: completed(
+                    client,
+                    client.videos.create(
+                        prompt="a red circle moves right slowly", seconds="2", extra_body={**extra, **seed}
+                    ),
+                )
+            )
+            base_s, base = timed(
+                lambda: completed(
+                    client,
+                    client.videos.create(
+                        prompt="a red circle moves right slowly", seconds="1", extra_body={**extra, **seed}
+                    ),
+                )
+            )
+            ext_s, ext = timed(
+                lambda: completed(
+                    client,
+                    client.videos.extend(
+                        prompt="a red circle moves right slowly",
+                        seconds="1",
+                        video=openai.omit,
+                        extra_body={"video": {"id": base.id}},
+                    ),
+                )
+            )
             b, e = base.model_extra["motioncache"], ext.model_extra["motioncache"]
-            rows.append({
-                "whole_33_s": round(whole_s, 3), "base_17_s": round(base_s, 3), "extension_17_to_33_s": round(ext_s, 3),
-                "extension_over_whole": round(ext_s / whole_s, 4),
-                "first_frames_equal": e["frame_sha256"][:17] == b["frame_sha256"] and e["num_frames"] == 33,
-                "resumed_chunks": e["stats"].get("resumed_chunks", 0),
-            })
+            rows.append(
+                {
+                    "whole_33_s": round(whole_s, 3),
+                    "base_17_s": round(base_s, 3),
+                    "extension_17_to_33_s": round(ext_s, 3),
+                    "extension_over_whole": round(ext_s / whole_s, 4),
+                    "first_frames_equal": e["frame_sha256"][:17] == b["frame_sha256"] and e["num_frames"] == 33,
+                    "resumed_chunks": e["stats"].get("resumed_chunks", 0),
+                }
+            )
             print(rows[-1], flush=True)
         streams = []
         for i in range(args.rounds):
-            streams.append(stream_once(server.url, {"prompt": "a blue square bounces up", "num_frames": 33,
-                                                    "num_inference_steps": args.steps, "seed": i}))
+            streams.append(
+                stream_once(
+                    server.url,
+                    {
+                        "prompt": "a blue square bounces up",
+                        "num_frames": 33,
+                        "num_inference_steps": args.steps,
+                        "seed": i,
+                    },
+                )
+            )
             print(streams[-1], flush=True)
     summary = {
         "command": f"flock -x /tmp/mc-cpu.lock python benchmarks/serving_api.py --steps {args.steps} "
-                   f"--rounds {args.rounds}",
+        f"--rounds {args.rounds}",
         "steps": args.steps,
         "extension": rows,
         "extension_over_whole_median": statistics.median(r["extension_over_whole"] for r in rows),

@@ -32,16 +32,25 @@ def main() -> None:
     from motioncache_vllm.vllm_plugin import build_model_dir
 
     llm = LLM(
-        model=str(build_model_dir(args.model)), runner="pooling", enforce_eager=True, dtype="float32",
-        max_model_len=4096, max_num_seqs=2,
+        model=str(build_model_dir(args.model)),
+        runner="pooling",
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=4096,
+        max_num_seqs=2,
         additional_config={"cache_policy": args.policy, "cache_pool_mib": args.pool_mib},
     )
     args.out.mkdir(parents=True, exist_ok=True)
     requests = [
         {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 0},
         # per-request cache override
-        {"prompt": "a blue square bounces up", "num_frames": 17, "num_inference_steps": 4, "seed": 1,
-         "cache": {"policy": "none"}},
+        {
+            "prompt": "a blue square bounces up",
+            "num_frames": 17,
+            "num_inference_steps": 4,
+            "seed": 1,
+            "cache": {"policy": "none"},
+        },
     ]
     for i, data in enumerate(requests):
         t0 = time.perf_counter()
@@ -50,9 +59,11 @@ def main() -> None:
         path = args.out / f"offline_{i}.mp4"
         path.write_bytes(base64.b64decode(video["video"]))
         s = video["stats"]
-        print(f"{path}: {video['num_frames']} frames {video['height']}x{video['width']}, policy {s['policy']}, "
-              f"computed {s['token_steps_computed']}/{s['token_steps_total']} token-steps "
-              f"in {time.perf_counter() - t0:.2f}s")
+        print(
+            f"{path}: {video['num_frames']} frames {video['height']}x{video['width']}, policy {s['policy']}, "
+            f"computed {s['token_steps_computed']}/{s['token_steps_total']} token-steps "
+            f"in {time.perf_counter() - t0:.2f}s"
+        )
 
 
 if __name__ == "__main__":

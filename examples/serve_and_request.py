@@ -40,8 +40,11 @@ def main() -> int:
     parser.add_argument("--api-key", default="unused", help="the server's --api-key, if it has one")
     args = parser.parse_args()
     if args.url is None:
-        print(f"no --url given; start a server with\n    {SERVE_COMMAND}\nand run\n"
-              f"    python {sys.argv[0]} --url http://127.0.0.1:8000", file=sys.stderr)
+        print(
+            f"no --url given; start a server with\n    {SERVE_COMMAND}\nand run\n"
+            f"    python {sys.argv[0]} --url http://127.0.0.1:8000",
+            file=sys.stderr,
+        )
         return 2
     import openai
 
@@ -52,8 +55,10 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         # three jobs queued at once; the engine interleaves their denoising steps
-        jobs = [client.videos.create(prompt=p, seconds=args.seconds, extra_body={**extra, "seed": i})
-                for i, p in enumerate(PROMPTS)]
+        jobs = [
+            client.videos.create(prompt=p, seconds=args.seconds, extra_body={**extra, "seed": i})
+            for i, p in enumerate(PROMPTS)
+        ]
         videos = [client.videos.poll(job.id, poll_interval_ms=250) for job in jobs]
         for i, video in enumerate(videos):
             if video.status != "completed":
@@ -63,23 +68,31 @@ def main() -> int:
             client.videos.download_content(video.id).write_to_file(path)
             m = video.model_extra["motioncache"]
             s = m["stats"]
-            print(f"{path}: {video.prompt!r}, {m['num_frames']} frames {video.size}, policy {s['policy']}, "
-                  f"computed {s['token_steps_computed']}/{s['token_steps_total']} token-steps, "
-                  f"server {s['wall_s']:.2f}s")
+            print(
+                f"{path}: {video.prompt!r}, {m['num_frames']} frames {video.size}, policy {s['policy']}, "
+                f"computed {s['token_steps_computed']}/{s['token_steps_total']} token-steps, "
+                f"server {s['wall_s']:.2f}s"
+            )
         print(f"3 videos in {time.perf_counter() - t0:.2f}s")
         # continue the first one by one more second from its stored state (openai 3.57's
         # extend() wants a file in `video`, so the id rides in extra_body)
         t1 = time.perf_counter()
-        extended = client.videos.extend(prompt="it turns around and moves back", seconds="1",
-                                        video=openai.omit, extra_body={"video": {"id": videos[0].id}})
+        extended = client.videos.extend(
+            prompt="it turns around and moves back",
+            seconds="1",
+            video=openai.omit,
+            extra_body={"video": {"id": videos[0].id}},
+        )
         extended = client.videos.poll(extended.id, poll_interval_ms=250)
         if extended.status != "completed":
             print(f"error: extension {extended.status}: {extended.error}", file=sys.stderr)
             return 1
         path = args.out / "video_0_extended.mp4"
         client.videos.download_content(extended.id).write_to_file(path)
-        print(f"{path}: {extended.seconds} s in all, the first {videos[0].seconds} s unchanged, "
-              f"in {time.perf_counter() - t1:.2f}s")
+        print(
+            f"{path}: {extended.seconds} s in all, the first {videos[0].seconds} s unchanged, "
+            f"in {time.perf_counter() - t1:.2f}s"
+        )
     except openai.APIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

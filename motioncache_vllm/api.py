@@ -79,7 +79,9 @@ def _enabled_class(cls: type) -> type:
     sub = _ENABLED_CLASSES.get(cls)
     if sub is None:
         sub = _ENABLED_CLASSES[cls] = type(
-            cls.__name__, (cls,), {"__call__": _cached_call, "_motioncache_stock_class": cls, "__module__": cls.__module__}
+            cls.__name__,
+            (cls,),
+            {"__call__": _cached_call, "_motioncache_stock_class": cls, "__module__": cls.__module__},
         )
     return sub
 
@@ -116,7 +118,9 @@ def _cached_call(self, *args: Any, **kwargs: Any):
 def _uncacheable(pipe, call: dict) -> str | None:
     """Why the runtime cannot run this call (the stock loop will), or None."""
     prompt, embeds = call["prompt"], call["prompt_embeds"]
-    batch = len(prompt) if isinstance(prompt, list) else (1 if prompt is not None or embeds is None else embeds.shape[0])
+    batch = (
+        len(prompt) if isinstance(prompt, list) else (1 if prompt is not None or embeds is None else embeds.shape[0])
+    )
     from motioncache_vllm.runtime.forcing import window_latent_frames
 
     cfg = pipe.transformer.config
@@ -160,8 +164,16 @@ def _forcing_call(pipe, cache: CacheConfig, call: dict):
 
     c = call
     pipe.check_inputs(
-        c["prompt"], c["negative_prompt"], c["height"], c["width"], c["prompt_embeds"], c["negative_prompt_embeds"],
-        c["callback_on_step_end_tensor_inputs"], c["overlap_history"], c["num_frames"], c["base_num_frames"],
+        c["prompt"],
+        c["negative_prompt"],
+        c["height"],
+        c["width"],
+        c["prompt_embeds"],
+        c["negative_prompt_embeds"],
+        c["callback_on_step_end_tensor_inputs"],
+        c["overlap_history"],
+        c["num_frames"],
+        c["base_num_frames"],
     )
     num_frames = c["num_frames"]
     if num_frames % pipe.vae_scale_factor_temporal != 1:  # as the stock call rounds
@@ -171,9 +183,14 @@ def _forcing_call(pipe, cache: CacheConfig, call: dict):
     pipe._current_timestep, pipe._interrupt = None, False
     device = pipe._execution_device
     cond, uncond = pipe.encode_prompt(
-        prompt=c["prompt"], negative_prompt=c["negative_prompt"], do_classifier_free_guidance=pipe.do_classifier_free_guidance,
-        num_videos_per_prompt=1, prompt_embeds=c["prompt_embeds"], negative_prompt_embeds=c["negative_prompt_embeds"],
-        max_sequence_length=c["max_sequence_length"], device=device,
+        prompt=c["prompt"],
+        negative_prompt=c["negative_prompt"],
+        do_classifier_free_guidance=pipe.do_classifier_free_guidance,
+        num_videos_per_prompt=1,
+        prompt_embeds=c["prompt_embeds"],
+        negative_prompt_embeds=c["negative_prompt_embeds"],
+        max_sequence_length=c["max_sequence_length"],
+        device=device,
     )
     dtype = pipe.transformer.dtype
     embeds = {"cond": cond.to(dtype)} | ({"uncond": uncond.to(dtype)} if pipe.do_classifier_free_guidance else {})
@@ -182,14 +199,17 @@ def _forcing_call(pipe, cache: CacheConfig, call: dict):
         block = pipe.transformer.config.num_frame_per_block
     else:
         pipe.transformer._set_ar_attention(block)  # the stock call's side effect, kept
-    coefficients, fit_range, mag_ratios = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+    coefficients, fit_range, mag_ratios = model_calibration(
+        getattr(pipe, "name_or_path", None), pipe.transformer.config
+    )
     policy = make_policy(cache.policy, None, coefficients, fit_range, mag_ratios)  # once per call
     pool = make_pool(pipe, cache.pool, block)
     runner = ChunkedRunner(pipe, policy, pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared)
     if pipe.transformer.config.inject_sample_info:
         runner.call_kwargs = {"fps": [0 if c["fps"] == 16 else 1]}
-    latents, counters = diffusion_forcing_latents(pipe, runner, embeds, _ForcingArgs(c, num_frames, block),
-                                                  c["generator"], device)
+    latents, counters = diffusion_forcing_latents(
+        pipe, runner, embeds, _ForcingArgs(c, num_frames, block), c["generator"], device
+    )
     pipe.motioncache_stats = _stats(counters, pool)
     if c["output_type"] == "latent":
         video = latents
@@ -209,9 +229,15 @@ def _stats(counters: list, pool) -> dict:
     computed = sum(k.token_steps_computed for k in counters)
     commits = sum(k.commit_tokens for k in counters)
     return dict(
-        token_steps_total=total, token_steps_computed=computed, commit_token_passes=commits,
+        token_steps_total=total,
+        token_steps_computed=computed,
+        commit_token_passes=commits,
         ideal_speedup=round((total + commits) / max(computed + commits, 1), 4),
-        full_steps=sum(k.full_steps for k in counters), partial_steps=sum(k.partial_steps for k in counters),
-        skipped_steps=sum(k.skipped_steps for k in counters), forced_blocks=sum(k.forced_blocks for k in counters),
-        pool_peak_bytes=pool.stats.peak_bytes, evictions=pool.stats.evictions, windows=len(counters),
+        full_steps=sum(k.full_steps for k in counters),
+        partial_steps=sum(k.partial_steps for k in counters),
+        skipped_steps=sum(k.skipped_steps for k in counters),
+        forced_blocks=sum(k.forced_blocks for k in counters),
+        pool_peak_bytes=pool.stats.peak_bytes,
+        evictions=pool.stats.evictions,
+        windows=len(counters),
     )

@@ -98,7 +98,9 @@ def _struct_options(struct: type, prefix: str = ""):
             hint = Optional[args[0]]
         help_text = docs.get(f.name, "") + (f" One of: {', '.join(choices)}." if choices else "")
         option = typer.Option(f.default, "--" + (prefix + f.name).replace("_", "-"), help=help_text)
-        extra.append(inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint))
+        extra.append(
+            inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint)
+        )
         names.append(f.name)
     key = f"{struct.__name__.lower()}_options"
 
@@ -149,7 +151,9 @@ def _usage_error_of(exc: Exception, struct: type | None = None) -> UsageError:
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Caption of the video."),
     model: str = typer.Option("embedded", help="'embedded' or the path of a diffusers SkyReels-V2 DF folder."),
-    frames: Optional[int] = typer.Option(None, help="Frames, of the form 4k+1 (17, 33, 65, ...). Default: the model's."),
+    frames: Optional[int] = typer.Option(
+        None, help="Frames, of the form 4k+1 (17, 33, 65, ...). Default: the model's."
+    ),
     height: Optional[int] = typer.Option(None, help="Height in pixels. Default: the model's."),
     width: Optional[int] = typer.Option(None, help="Width in pixels. Default: the model's."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk. Default: the model's."),
@@ -159,8 +163,10 @@ def generate(
         "none", help="Cache policy: none, teacache, flowcache, motion, magcache, tokenrate."
     ),
     policy_config: list[str] = typer.Option(
-        [], "--policy-config", help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6; "
-        "`motioncache policies` lists every policy's settings."
+        [],
+        "--policy-config",
+        help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6; "
+        "`motioncache policies` lists every policy's settings.",
     ),
     runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
     recompute_map: Optional[Path] = typer.Option(None, help="Also write a heat-map video of recomputation."),
@@ -176,9 +182,22 @@ def generate(
     fields of motioncache_vllm.config.PoolConfig."""
     try:
         options = GenerateOptions(
-            prompt=prompt, model=model, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
-            seed=seed, cache_policy=cache_policy, policy_config=policy_config, runtime=runtime,
-            recompute_map=recompute_map, compare=compare, out=out, report=report, quiet=quiet,
+            prompt=prompt,
+            model=model,
+            frames=frames,
+            height=height,
+            width=width,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            cache_policy=cache_policy,
+            policy_config=policy_config,
+            runtime=runtime,
+            recompute_map=recompute_map,
+            compare=compare,
+            out=out,
+            report=report,
+            quiet=quiet,
         )
         _generate(options, poolconfig_options)
     except UsageError as exc:
@@ -216,7 +235,13 @@ def _generate(o: GenerateOptions, pool_options: dict):
     from motioncache_vllm.video_io import SUPPORTED_SUFFIXES
 
     prompt, frames, height, width, steps, guidance, seed = (
-        o.prompt, o.frames, o.height, o.width, o.steps, o.guidance, o.seed
+        o.prompt,
+        o.frames,
+        o.height,
+        o.width,
+        o.steps,
+        o.guidance,
+        o.seed,
     )
     runtime, recompute_map, out, report = o.runtime, o.recompute_map, o.out, o.report
     # -- validate everything before any expensive work --------------------------------
@@ -269,14 +294,28 @@ def _generate(o: GenerateOptions, pool_options: dict):
         raise UsageError(f"--tile {tile} must divide the token grid {grid[0]}x{grid[1]}")
     show_progress = not quiet and sys.stderr.isatty()
     request = GenerationRequest(
-        prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
-        guidance_scale=guidance, seed=seed,
+        prompt=prompt,
+        num_frames=frames,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
     )
     result = generate_video(pipe, request, progress=show_progress, runtime=runtime, cache=cache)
     fields = dict(
-        model=str(model), prompt=prompt, seed=seed, frames=result.frames.shape[0], height=result.frames.shape[1],
-        width=result.frames.shape[2], steps=result.steps, guidance=result.guidance, policy=cache.policy.name,
-        wall_s=round(result.wall_s, 4), runtime=runtime, **result.stats,
+        model=str(model),
+        prompt=prompt,
+        seed=seed,
+        frames=result.frames.shape[0],
+        height=result.frames.shape[1],
+        width=result.frames.shape[2],
+        steps=result.steps,
+        guidance=result.guidance,
+        policy=cache.policy.name,
+        wall_s=round(result.wall_s, 4),
+        runtime=runtime,
+        **result.stats,
     )
     if result.recompute_map is not None:
         # per spatial block (the map broadcasts each block's count over its tile x tile tokens)
@@ -294,7 +333,9 @@ def _generate(o: GenerateOptions, pool_options: dict):
         )
         if runtime == "chunked" and cache.policy.name != "none":
             # keep the two effects apart: chunked execution vs the cache policy itself
-            chunked = generate_video(pipe, request, progress=show_progress, cache=CacheConfig(pool=PoolConfig(tile=tile)))
+            chunked = generate_video(
+                pipe, request, progress=show_progress, cache=CacheConfig(pool=PoolConfig(tile=tile))
+            )
             fields.update(
                 chunked_wall_s=round(chunked.wall_s, 4),
                 cache_speedup=round(chunked.wall_s / result.wall_s, 4),
@@ -320,7 +361,9 @@ def _generate(o: GenerateOptions, pool_options: dict):
         report.write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=2) + b"\n")
     line = f"wrote {out} ({fields['frames']} frames, {fields['height']}x{fields['width']}) in {fields['wall_s']:.2f}s"
     if compare:
-        line += f"; vs full compute: {fields['speedup']:.2f}x, PSNR {fields['psnr_db']:.2f} dB, SSIM {fields['ssim']:.4f}"
+        line += (
+            f"; vs full compute: {fields['speedup']:.2f}x, PSNR {fields['psnr_db']:.2f} dB, SSIM {fields['ssim']:.4f}"
+        )
     if not quiet:
         typer.echo(line)
 
@@ -329,7 +372,12 @@ def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> No
     """The checks every entry point shares (:mod:`motioncache_vllm.limits`), and the memory
     check, from the model folder's JSON: before any weight is loaded."""
     from motioncache_vllm.limits import (
-        InvalidRequest, check_memory, check_request, default_budget_bytes, read_geometry, request_memory,
+        InvalidRequest,
+        check_memory,
+        check_request,
+        default_budget_bytes,
+        read_geometry,
+        request_memory,
     )
     from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS, ModelNotFoundError, resolve_model_path
 
@@ -339,13 +387,25 @@ def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> No
         raise UsageError(str(exc)) from None
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"model {model}: unreadable configuration ({exc})") from None
-    names = {"prompt": "--prompt", "num_frames": "--frames", "height": "--height", "width": "--width",
-             "guidance_scale": "--guidance"}
+    names = {
+        "prompt": "--prompt",
+        "num_frames": "--frames",
+        "height": "--height",
+        "width": "--width",
+        "guidance_scale": "--guidance",
+    }
     try:
-        check_request(geometry, prompt=prompt, num_frames=frames, height=height, width=width,
-                      guidance_scale=guidance, names=names)
-        need = request_memory(geometry, num_frames=frames, height=height, width=width, guidance_scale=guidance,
-                              pool_bounded=pool_mib is not None)
+        check_request(
+            geometry, prompt=prompt, num_frames=frames, height=height, width=width, guidance_scale=guidance, names=names
+        )
+        need = request_memory(
+            geometry,
+            num_frames=frames,
+            height=height,
+            width=width,
+            guidance_scale=guidance,
+            pool_bounded=pool_mib is not None,
+        )
         check_memory(need, default_budget_bytes())
     except InvalidRequest as exc:
         raise UsageError(str(exc)) from None
@@ -393,7 +453,9 @@ def calibrate(
         _fail(str(exc))
     record = fit(pipe, lines, degree=degree, num_frames=frames, steps=schedule)
     path = save_calibration(record, resolve_model_path(model))
-    typer.echo(f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step")
+    typer.echo(
+        f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step"
+    )
 
 
 CALIBRATION_PROMPTS = [
@@ -446,7 +508,9 @@ def gate(
         if len(strips) < 4:
             strips.append(video.frames)
     n = len(prompts)
-    typer.echo(f"colour agreement {colour}/{n} = {colour / n:.0%}; direction agreement {direction}/{n} = {direction / n:.0%}")
+    typer.echo(
+        f"colour agreement {colour}/{n} = {colour / n:.0%}; direction agreement {direction}/{n} = {direction / n:.0%}"
+    )
     if samples is not None:
         from motioncache_vllm.video_io import write_video
 
@@ -460,8 +524,11 @@ def bench(
     ),
     model: str = typer.Option("embedded"),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (default: the held-out set)."),
-    quick: bool = typer.Option(False, help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs "
-                               "(throughput: 1 and 2 concurrent, 9 frames, 4 steps)."),
+    quick: bool = typer.Option(
+        False,
+        help="A few minutes: 2 prompts, 17 frames, 10 steps, 1 repeat, fewer knobs "
+        "(throughput: 1 and 2 concurrent, 9 frames, 4 steps).",
+    ),
     out: Path = typer.Option(Path("benchmarks/results"), help="Directory for SUITE.json and SUITE.png."),
     frames: Optional[int] = typer.Option(
         None, help="Frames per video (default 33; 17 with --quick; throughput: 17, 9 with --quick)."
@@ -545,7 +612,8 @@ def serve(
         None, help="With --workers: JSON of fleet settings (FleetConfig: max_attempts, cpus_per_worker, ...)."
     ),
     memory_budget_mib: Optional[float] = typer.Option(
-        None, help="Memory of the requests running at once, by their peak estimate; a request over it is "
+        None,
+        help="Memory of the requests running at once, by their peak estimate; a request over it is "
         "refused (400), one that fits later waits. Default: 80% of the memory available at start-up, "
         "less the pool budget.",
     ),
@@ -607,8 +675,10 @@ def serve(
 
     path = Path(model).expanduser()
     config_path = path / "config.json"
-    if model != "embedded" and config_path.is_file() and ARCHITECTURE in json.loads(config_path.read_text()).get(
-        "architectures", []
+    if (
+        model != "embedded"
+        and config_path.is_file()
+        and ARCHITECTURE in json.loads(config_path.read_text()).get("architectures", [])
     ):
         model_dir = path.resolve()  # already a vLLM folder of the video model
     else:
@@ -627,14 +697,30 @@ def serve(
         from motioncache_vllm.fleet.cli import serve_fleet
 
         serve_fleet(
-            str(model_dir), host=host, port=port, served_model_name=model, extra=extra, cache_policy=policy,
-            pass_policy=pass_policy, cache_pool_mib=cache_pool_mib, settings=settings, workers=workers,
-            ray_address=ray_address, fleet_config=fleet_config, ready_line=ready.replace("(cache policy", f"with {workers} Ray workers (cache policy"),
+            str(model_dir),
+            host=host,
+            port=port,
+            served_model_name=model,
+            extra=extra,
+            cache_policy=policy,
+            pass_policy=pass_policy,
+            cache_pool_mib=cache_pool_mib,
+            settings=settings,
+            workers=workers,
+            ray_address=ray_address,
+            fleet_config=fleet_config,
+            ready_line=ready.replace("(cache policy", f"with {workers} Ray workers (cache policy"),
         )
         return
     launcher.launch(
-        str(model_dir), host=host, port=port, served_model_name=model, extra=extra,
-        cache_policy=policy if pass_policy else None, cache_pool_mib=cache_pool_mib, serve_settings=serve_settings,
+        str(model_dir),
+        host=host,
+        port=port,
+        served_model_name=model,
+        extra=extra,
+        cache_policy=policy if pass_policy else None,
+        cache_pool_mib=cache_pool_mib,
+        serve_settings=serve_settings,
         ready_line=ready,
     )
 
@@ -646,14 +732,17 @@ app.add_typer(research_app, name="research")
 @research_app.command("kv")
 def research_kv(
     suite: str = typer.Argument(..., help="video (one long video), scenes (static/pan/cut prompts) or text (tiny LM)."),
-    quick: bool = typer.Option(False, help="Minutes: 1 prompt, 3 chunks, 2 steps, budgets 50/25% (text: fewer samples)."),
+    quick: bool = typer.Option(
+        False, help="Minutes: 1 prompt, 3 chunks, 2 steps, budgets 50/25% (text: fewer samples)."
+    ),
     prompts: Optional[Path] = typer.Option(None, help="Captions, one per line (video suites)."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Directory for kv_SUITE.json and kv_SUITE.png."),
     chunks: Optional[int] = typer.Option(None, help="AR chunks per video (default: video 40, scenes 8)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps per chunk (default 4)."),
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default: the model's; 1 = one branch)."),
     budgets: Optional[str] = typer.Option(
-        None, help="Shares of the full context K/V to test, comma-separated (default 0.75,0.5,0.25,0.1; text: kept shares)."
+        None,
+        help="Shares of the full context K/V to test, comma-separated (default 0.75,0.5,0.25,0.1; text: kept shares).",
     ),
     model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder."),
 ) -> None:

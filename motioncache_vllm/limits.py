@@ -107,7 +107,9 @@ def geometry_from_configs(
         layers=int(transformer["num_layers"]),
         heads=int(transformer["num_attention_heads"]),
         head_dim=int(transformer["attention_head_dim"]),
-        ffn_dim=int(transformer.get("ffn_dim") or 4 * transformer["num_attention_heads"] * transformer["attention_head_dim"]),
+        ffn_dim=int(
+            transformer.get("ffn_dim") or 4 * transformer["num_attention_heads"] * transformer["attention_head_dim"]
+        ),
         latent_channels=int(vae.get("z_dim") or transformer.get("in_channels") or 16),
         default_num_frames=int(default("default_num_frames")),
         default_height=int(default("default_height")),

@@ -25,9 +25,7 @@ def ssim(video: np.ndarray, reference: np.ndarray) -> float:
 
     _check_pair(video, reference)
     return float(
-        np.mean(
-            [structural_similarity(v, r, channel_axis=-1, data_range=255) for v, r in zip(video, reference)]
-        )
+        np.mean([structural_similarity(v, r, channel_axis=-1, data_range=255) for v, r in zip(video, reference)])
     )
 
 

@@ -122,7 +122,9 @@ def main(
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -163,9 +165,13 @@ def main(
     std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
     batches = iter(
         torch.utils.data.DataLoader(
-            ClipBatches(gen, batch_size), batch_size=None, num_workers=workers,
-            sampler=range(step, 1 << 40), prefetch_factor=4 if workers else None,
-            persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
+            ClipBatches(gen, batch_size),
+            batch_size=None,
+            num_workers=workers,
+            sampler=range(step, 1 << 40),
+            prefetch_factor=4 if workers else None,
+            persistent_workers=workers > 0,
+            pin_memory=dev.type == "cuda",
         )
     )
     log_path = run_dir / "loss.csv"
@@ -197,7 +203,10 @@ def main(
         # bf16 autocast on GPU: the model is small enough that launch count, not FLOPs, bounds a step
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             pred = model(
-                hidden_states=xt, timestep=sig * 1000, encoder_hidden_states=cond, enable_diffusion_forcing=True,
+                hidden_states=xt,
+                timestep=sig * 1000,
+                encoder_hidden_states=cond,
+                enable_diffusion_forcing=True,
                 return_dict=False,
             )[0].float()
         target = noise - x0

@@ -34,7 +34,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 16) -> Path:
         gc.freeze()
         try:
             iio.imwrite(
-                tmp, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=fps,
+                tmp,
+                frames,
+                extension=".mp4",
+                plugin="pyav",
+                codec="libx264",
+                fps=fps,
                 out_pixel_format="yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p",
             )
         finally:

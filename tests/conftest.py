@@ -25,8 +25,9 @@ def tiny_pipe():
     vae = fit_linear_latent(np.stack([ClipGenerator(7, num_frames=9).clip(i).frames for i in range(8)]))
     pipe = build_pipeline(
         vae,
-        transformer_overrides=dict(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=128,
-                                   num_frame_per_block=2),
+        transformer_overrides=dict(
+            num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, num_frame_per_block=2
+        ),
         default_num_inference_steps=8,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -53,7 +54,11 @@ def in_process_engine(root, **llm_kwargs):
     os.environ.update(ENGINE_ENV)
     model_dir = build_model_dir("embedded", root=root)
     llm = vllm.LLM(
-        model=str(model_dir), runner="pooling", enforce_eager=True, dtype="float32", max_model_len=4096,
+        model=str(model_dir),
+        runner="pooling",
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=4096,
         **llm_kwargs,
     )
     try:
@@ -135,8 +140,16 @@ def served(tmp_path_factory):
     budget_mib = round(1.5 * need / MIB, 3)
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
-    args = ["--cache-pool-mib", str(SERVER_POOL_MIB), "--api-key", SERVER_KEY, "--memory-budget-mib", str(budget_mib),
-            "--max-num-seqs", "4"]
+    args = [
+        "--cache-pool-mib",
+        str(SERVER_POOL_MIB),
+        "--api-key",
+        SERVER_KEY,
+        "--memory-budget-mib",
+        str(budget_mib),
+        "--max-num-seqs",
+        "4",
+    ]
     try:
         proc = ServerProcess.start(args, log_path, env=env, ready_timeout_s=600)
     except ServerError as exc:

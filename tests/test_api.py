@@ -29,7 +29,8 @@ def test_enable_routes_calls_through_the_cache_and_disable_restores(embedded_pip
         motioncache_vllm.disable(pipe)
     # the same request through generate_video gives the same video
     ref = generate_video(
-        pipe, GenerationRequest(prompt="a red circle moves right", seed=4, **{"num_frames": 17, "num_inference_steps": 10}),
+        pipe,
+        GenerationRequest(prompt="a red circle moves right", seed=4, **{"num_frames": 17, "num_inference_steps": 10}),
         cache=CacheConfig.decode(policy="motion", policy_config={"threshold": 2.0}),
     )
     assert np.abs((cached * 255).round().astype(int) - ref.frames.astype(int)).max() <= 1
@@ -61,7 +62,10 @@ def stock_pipe(tiny_pipe):
     from diffusers import SkyReelsV2DiffusionForcingPipeline
 
     pipe = SkyReelsV2DiffusionForcingPipeline(
-        tokenizer=None, text_encoder=None, transformer=tiny_pipe.transformer, vae=tiny_pipe.vae,
+        tokenizer=None,
+        text_encoder=None,
+        transformer=tiny_pipe.transformer,
+        vae=tiny_pipe.vae,
         scheduler=tiny_pipe.scheduler,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -73,11 +77,25 @@ def stock_call(pipe, **overrides):
     starting from a re-noised 2-latent-frame overlap), ar_step 2, causal blocks of 2."""
     g = torch.Generator().manual_seed(7)
     dim = pipe.transformer.config.text_dim
-    kwargs = dict(
-        prompt=None, prompt_embeds=torch.randn(1, 8, dim, generator=g), negative_prompt_embeds=torch.randn(1, 8, dim, generator=g),
-        height=64, width=64, num_frames=37, num_inference_steps=6, guidance_scale=5.0, base_num_frames=21,
-        overlap_history=5, addnoise_condition=20, ar_step=2, causal_block_size=2, generator=torch.Generator().manual_seed(3),
-    ) | overrides
+    kwargs = (
+        dict(
+            prompt=None,
+            prompt_embeds=torch.randn(1, 8, dim, generator=g),
+            negative_prompt_embeds=torch.randn(1, 8, dim, generator=g),
+            height=64,
+            width=64,
+            num_frames=37,
+            num_inference_steps=6,
+            guidance_scale=5.0,
+            base_num_frames=21,
+            overlap_history=5,
+            addnoise_condition=20,
+            ar_step=2,
+            causal_block_size=2,
+            generator=torch.Generator().manual_seed(3),
+        )
+        | overrides
+    )
     torch.manual_seed(0)  # the stock loop re-noises the overlap from the global RNG
     return to_uint8(pipe(**kwargs).frames[0])
 

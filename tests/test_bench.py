@@ -14,7 +14,10 @@ def run_quick(tmp_path, suite: str, *args: str, env: dict | None = None):
     plot; returns the process result and the parsed JSON."""
     res = subprocess.run(
         [sys.executable, "-m", "motioncache_vllm.cli", "bench", suite, "--quick", *args, "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / f"{suite}.png").stat().st_size > 0
@@ -46,15 +49,22 @@ def test_overhead_quick_splits_a_step_and_plots_it(tmp_path):
 def test_cfg_quick_per_branch_vs_shared_with_and_without_guidance(tmp_path):
     _, data = run_quick(tmp_path, "cfg", "--frames", "9", "--steps", "6")
     policies = {p["policy"] for p in data["points"]}
-    assert {"vanilla g=5", "motion/per_branch g=5", "motion/shared g=5", "vanilla g=1", "motion/per_branch g=1"} <= policies
+    assert {
+        "vanilla g=5",
+        "motion/per_branch g=5",
+        "motion/shared g=5",
+        "vanilla g=1",
+        "motion/per_branch g=1",
+    } <= policies
     for p in data["points"]:
         assert p["extra"]["guidance"] in (5.0, 1.0)
         assert math.isfinite(p["speedup"]) and p["speedup"] > 0 and math.isfinite(p["psnr_db"])
 
 
 def test_unknown_suite_is_a_usage_error():
-    res = subprocess.run([sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2 and "valid: pareto, overhead, memory, granularity, cuts, long" in res.stderr
 
 
@@ -67,13 +77,23 @@ def test_throughput_quick_through_vllm(tmp_path):
     levels = {(r["policy"], r["concurrency"]) for r in data["rows"]}
     assert levels == {(p, n) for p in ("none", "motion") for n in (1, 2)}
     for r in data["rows"]:
-        for key in ("videos_per_min", "latency_median_s", "latency_max_s", "sequential_videos_per_min",
-                    "concurrent_over_sequential"):
+        for key in (
+            "videos_per_min",
+            "latency_median_s",
+            "latency_max_s",
+            "sequential_videos_per_min",
+            "concurrent_over_sequential",
+        ):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
     assert {o["policy"] for o in data["overhead"]} == {"none", "motion"}
     for o in data["overhead"]:
-        for key in ("vllm_latency_s", "vllm_worker_wall_s", "library_wall_s", "vllm_over_library",
-                    "vllm_over_generate"):
+        for key in (
+            "vllm_latency_s",
+            "vllm_worker_wall_s",
+            "library_wall_s",
+            "vllm_over_library",
+            "vllm_over_generate",
+        ):
             assert math.isfinite(o[key]) and o[key] > 0, (key, o)
     assert data["settings"]["torch_threads"] >= 1 and data["settings"]["frames"] == 9
     assert "| policy | concurrency |" in res.stdout

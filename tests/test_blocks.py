@@ -90,7 +90,9 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    ops=ops, budget_slots=st.integers(0, 12), eviction=st.sampled_from(["motion", "lru", "admit"]),
+    ops=ops,
+    budget_slots=st.integers(0, 12),
+    eviction=st.sampled_from(["motion", "lru", "admit"]),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.int8, "int4"]),
     pair=st.sampled_from([None, "int4"]),
 )
@@ -143,8 +145,13 @@ def test_int8_pool_holds_four_times_the_blocks_within_a_percent():
 
 @pytest.mark.parametrize(
     "sections, max_error",
-    [([(3, "float32")], 0.0), ([(3, "float16")], 1e-3), ([(3, "int8")], 0.01), ([(3, "int4")], 0.2),
-     ([(3, "int8"), (3, "int4")], 0.2)],
+    [
+        ([(3, "float32")], 0.0),
+        ([(3, "float16")], 1e-3),
+        ([(3, "int8")], 0.01),
+        ([(3, "int4")], 0.2),
+        ([(3, "int8"), (3, "int4")], 0.2),
+    ],
 )
 def test_slot_codec_round_trip(sections, max_error):
     codec = SlotCodec(sections, 256)
@@ -156,7 +163,7 @@ def test_slot_codec_round_trip(sections, max_error):
     error = float((back - values).norm() / values.norm())
     assert error <= max_error and (error == 0.0) == (max_error == 0.0)
     if len(sections) == 2:  # one half decodes alone to the same values
-        assert torch.equal(codec.decode(data, 1), back[:, sections[0][0]:])
+        assert torch.equal(codec.decode(data, 1), back[:, sections[0][0] :])
 
 
 def test_rotation_keeps_an_outlier_channel_from_setting_every_scale():

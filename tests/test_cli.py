@@ -21,8 +21,18 @@ def run_cli(*args, cwd=None):
 def test_generate_happy_path_with_compare(tmp_path):
     out, report = tmp_path / "v.mp4", tmp_path / "r.json"
     res = run_cli(
-        "generate", "--prompt", "a red circle moves right", "--frames", "17", "--steps", "3",
-        "--out", str(out), "--report", str(report), "--compare",
+        "generate",
+        "--prompt",
+        "a red circle moves right",
+        "--frames",
+        "17",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--compare",
     )
     assert res.returncode == 0, res.stderr
     assert read_video(out).shape == (17, 64, 64, 3)
@@ -36,7 +46,9 @@ def test_generate_happy_path_with_compare(tmp_path):
 
 def test_gif_output(tmp_path):
     out = tmp_path / "v.gif"
-    res = run_cli("generate", "-p", "a green square moves up", "--frames", "17", "--steps", "2", "--out", str(out), "-q")
+    res = run_cli(
+        "generate", "-p", "a green square moves up", "--frames", "17", "--steps", "2", "--out", str(out), "-q"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""  # --quiet
     assert read_video(out).shape[0] == 17
@@ -85,9 +97,26 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
 def test_motion_policy_report_and_recompute_map(tmp_path):
     out, report, heat = tmp_path / "v.mp4", tmp_path / "r.json", tmp_path / "map.mp4"
     res = run_cli(
-        "generate", "-p", "a red circle moves right", "--frames", "17", "--steps", "8", "--cache-policy", "motion",
-        "--policy-config", "threshold=2.0", "--pool-mib", "1", "--out", str(out), "--report", str(report),
-        "--recompute-map", str(heat), "-q",
+        "generate",
+        "-p",
+        "a red circle moves right",
+        "--frames",
+        "17",
+        "--steps",
+        "8",
+        "--cache-policy",
+        "motion",
+        "--policy-config",
+        "threshold=2.0",
+        "--pool-mib",
+        "1",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--recompute-map",
+        str(heat),
+        "-q",
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(report.read_text())

@@ -29,7 +29,10 @@ def test_same_frames_in_ten_fresh_processes_with_one_or_two_threads():
     for i in range(10):
         threads = "1" if i % 2 else "2"
         res = subprocess.run(
-            [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900,
+            [sys.executable, "-c", SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=900,
             env={**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
         )
         assert res.returncode == 0, res.stderr[-2000:]

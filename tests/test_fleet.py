@@ -65,10 +65,19 @@ def fleet(cluster, tmp_path_factory):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     try:
         server = ServerProcess.start(
-            ["--workers", "2", "--ray-address", cluster.address, "--cache-pool-mib", str(POOL_MIB),
-             "--fleet-config", json.dumps({"max_attempts": 2, "info_interval_s": 0.2,
-                                           "session_budget_mib": SESSION_MIB})],
-            log_path, env=env, ready_timeout_s=READY_TIMEOUT_S,
+            [
+                "--workers",
+                "2",
+                "--ray-address",
+                cluster.address,
+                "--cache-pool-mib",
+                str(POOL_MIB),
+                "--fleet-config",
+                json.dumps({"max_attempts": 2, "info_interval_s": 0.2, "session_budget_mib": SESSION_MIB}),
+            ],
+            log_path,
+            env=env,
+            ready_timeout_s=READY_TIMEOUT_S,
         )
     except ServerError as exc:
         pytest.fail(str(exc))
@@ -97,9 +106,19 @@ def test_concurrent_requests_all_finish_with_single_engine_frames(fleet, embedde
     from motioncache_vllm.config import CacheConfig, GenerationRequest
     from motioncache_vllm.runtime.generate import generate_video
 
-    requests = [dict(BASE, prompt=p, seed=s) for s, p in enumerate(
-        ["a red circle moves right", "a blue square moves left", "two dots bounce",
-         "a green bar slides down", "a static grey scene", "a yellow ball falls"])]
+    requests = [
+        dict(BASE, prompt=p, seed=s)
+        for s, p in enumerate(
+            [
+                "a red circle moves right",
+                "a blue square moves left",
+                "two dots bounce",
+                "a green bar slides down",
+                "a static grey scene",
+                "a yellow ball falls",
+            ]
+        )
+    ]
     with ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(lambda r: post_json(f"{fleet}{SYNC}", r, timeout=600), requests))
     assert all(status == 200 for status, _ in answers), answers
@@ -167,8 +186,9 @@ def test_extended_video_reuses_its_state_on_any_worker(fleet, embedded_pipe):
     status, video = post_json(f"{fleet}{SYNC}", first, timeout=600)
     assert status == 200, video
     # 16 more frames = one more chunk
-    more = dict(video={"id": video["id"]}, prompt="then it turns around", num_frames=16, seed=5,
-                cache={"policy": "none"})
+    more = dict(
+        video={"id": video["id"]}, prompt="then it turns around", num_frames=16, seed=5, cache={"policy": "none"}
+    )
     # two at once: the router puts them on both workers; each continues the stored state
     with ThreadPoolExecutor(2) as pool:
         a, b = (job["motioncache"] for job in pool.map(lambda r: extend_and_wait(fleet, r), [more, more]))
@@ -221,8 +241,9 @@ def _kill_when_checkpointed(fleet: str, request_id_holder: dict, min_chunks: int
             for req in row["requests"]:
                 if req["chunks"] >= min_chunks:
                     os.kill(row["pid"], signal.SIGKILL)
-                    request_id_holder.update(worker=row["id"], pid=row["pid"], chunks=req["chunks"],
-                                             killed_at=time.monotonic())
+                    request_id_holder.update(
+                        worker=row["id"], pid=row["pid"], chunks=req["chunks"], killed_at=time.monotonic()
+                    )
                     return request_id_holder
         time.sleep(0.05)
     raise AssertionError("the request never reached a checkpoint")

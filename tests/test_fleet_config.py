@@ -23,8 +23,15 @@ def test_fleet_config_rejects_nonsense_with_a_clear_error():
 def test_engine_argv_is_serve_argv_without_the_front_end_part():
     from motioncache_vllm.vllm_plugin import launcher
 
-    argv = launcher.serve_argv("/m", host="127.0.0.1", port=9, served_model_name="embedded",
-                               extra=["--max-num-seqs", "8"], cache_policy="motion", cache_pool_mib=4)
+    argv = launcher.serve_argv(
+        "/m",
+        host="127.0.0.1",
+        port=9,
+        served_model_name="embedded",
+        extra=["--max-num-seqs", "8"],
+        cache_policy="motion",
+        cache_pool_mib=4,
+    )
     engine = engine_argv(argv)
     assert "--host" not in engine and "--port" not in engine and "/m" not in engine
     assert engine[-4:] == ["--cache-policy", "motion", "--additional-config", '{"cache_pool_mib": 4}']
@@ -59,6 +66,8 @@ def test_serve_workers_flags_fail_clearly(args, needle, tmp_path):
     from motioncache_vllm.cli import app
     from motioncache_vllm.vllm_plugin.server_process import free_port
 
-    result = CliRunner().invoke(app, ["serve", "--port", str(free_port()), *args], env={"XDG_CACHE_HOME": str(tmp_path)})
+    result = CliRunner().invoke(
+        app, ["serve", "--port", str(free_port()), *args], env={"XDG_CACHE_HOME": str(tmp_path)}
+    )
     assert result.exit_code != 0
     assert needle in result.output + str(result.exception or "")

@@ -42,8 +42,14 @@ def _battery() -> list[tuple[str, str, object, dict, int, str]]:
     v, p, j = "/v1/videos/generations", "/pooling", "/v1/videos"
     cases = [
         # the issue's cases
-        ("huge", v, {"prompt": "a red circle", "num_frames": 1025, "height": 2048, "width": 2048,
-                     "num_inference_steps": 1}, {}, 400, "over the memory limit"),
+        (
+            "huge",
+            v,
+            {"prompt": "a red circle", "num_frames": 1025, "height": 2048, "width": 2048, "num_inference_steps": 1},
+            {},
+            400,
+            "over the memory limit",
+        ),
         ("height-68", v, {**REQUEST, "height": 68}, {}, 400, "height must be a positive multiple of 8"),
         ("height-65", v, {**REQUEST, "height": 65}, {}, 400, "height must be a positive multiple of 8"),
         ("blank-prompt", v, {**REQUEST, "prompt": "   "}, {}, 400, "prompt must not be blank"),
@@ -53,8 +59,7 @@ def _battery() -> list[tuple[str, str, object, dict, int, str]]:
         ("nan", v, b'{"prompt": "x", "guidance_scale": NaN}', {}, 400, "not JSON"),
         ("infinity", v, b'{"prompt": "x", "seed": Infinity}', {}, 400, "not JSON"),
         ("1e999", v, b'{"prompt": "x", "guidance_scale": 1e999}', {}, 400, "not JSON"),
-        ("nan-in-policy", v, b'{"prompt": "x", "cache": {"policy_config": {"threshold": -NaN}}}', {}, 400,
-         "not JSON"),
+        ("nan-in-policy", v, b'{"prompt": "x", "cache": {"policy_config": {"threshold": -NaN}}}', {}, 400, "not JSON"),
         # shapes and types
         ("unknown-field", v, {**REQUEST, "fps": 8}, {}, 400, "unknown field `fps`"),
         ("frames-16", v, {**REQUEST, "num_frames": 16}, {}, 400, "4k+1"),
@@ -70,8 +75,14 @@ def _battery() -> list[tuple[str, str, object, dict, int, str]]:
         ("prompt-too-long", v, {**REQUEST, "prompt": "a" * 1001}, {}, 400, "length <= 1000"),
         ("missing-prompt", v, {"num_frames": 17}, {}, 400, "missing required field `prompt`"),
         ("unknown-policy", v, {**REQUEST, "cache": {"policy": "fast"}}, {}, 400, "unknown cache policy 'fast'"),
-        ("bad-policy-config", v, {**REQUEST, "cache": {"policy": "motion", "policy_config": {"bogus": 1}}}, {},
-         400, "unknown field `bogus`"),
+        (
+            "bad-policy-config",
+            v,
+            {**REQUEST, "cache": {"policy": "motion", "policy_config": {"bogus": 1}}},
+            {},
+            400,
+            "unknown field `bogus`",
+        ),
         ("not-json", v, b"{not json", {}, 400, "not JSON"),
         ("array-body", v, [REQUEST], {}, 400, "expected a JSON object"),
         ("empty-body", v, b"", {}, 400, "the body is empty"),
@@ -79,11 +90,16 @@ def _battery() -> list[tuple[str, str, object, dict, int, str]]:
         ("model-number", v, {**REQUEST, "model": 3}, {}, 400, "`model` must be a string"),
         ("model-unknown", v, {**REQUEST, "model": "nope"}, {}, 404, "the model `nope` does not exist"),
         # /pooling takes the same checks
-        ("pooling-height-68", p, {"model": "embedded", "data": {**REQUEST, "height": 68}}, {}, 400,
-         "multiple of 8"),
+        ("pooling-height-68", p, {"model": "embedded", "data": {**REQUEST, "height": 68}}, {}, 400, "multiple of 8"),
         ("pooling-blank", p, {"model": "embedded", "data": {**REQUEST, "prompt": " "}}, {}, 400, "blank"),
-        ("pooling-huge", p, {"model": "embedded", "data": {**REQUEST, "num_frames": 1025, "height": 2048,
-                                                           "width": 2048}}, {}, 400, "over the memory limit"),
+        (
+            "pooling-huge",
+            p,
+            {"model": "embedded", "data": {**REQUEST, "num_frames": 1025, "height": 2048, "width": 2048}},
+            {},
+            400,
+            "over the memory limit",
+        ),
         ("pooling-nested", p, b'{"model": "embedded", "data": ' + NESTED + b"}", {}, 400, "nested deeper"),
         ("pooling-8mb", p, BIG, {"raw": True}, 413, "over the limit"),
         # the api key covers every route but /health, /ping, /metrics, /version
@@ -92,8 +108,14 @@ def _battery() -> list[tuple[str, str, object, dict, int, str]]:
         ("no-key-tokenize", "/tokenize", {"model": "embedded", "prompt": "x"}, {"key": None}, 401, "API key"),
         ("no-key-create", j, {"prompt": "x"}, {"key": None}, 401, "API key"),
         # the job API (an answer at once) takes the same checks
-        ("job-huge", j, {"prompt": "a red circle", "num_frames": 1025, "size": "2048x2048"}, {}, 400,
-         "over the memory limit"),
+        (
+            "job-huge",
+            j,
+            {"prompt": "a red circle", "num_frames": 1025, "size": "2048x2048"},
+            {},
+            400,
+            "over the memory limit",
+        ),
         ("job-height-68", j, {"prompt": "a red circle", "size": "64x68"}, {}, 400, "multiple of 8"),
         ("job-blank", j, {"prompt": "  "}, {}, 400, "prompt must not be blank"),
         ("job-nested", j, NESTED, {}, 400, "nested deeper than 32 levels"),
@@ -139,8 +161,10 @@ def _headers_only(served, path: str, length: int) -> tuple[int, dict]:
     """Send a POST's headers announcing ``length`` bytes, none of the body; read the answer."""
     parts = urllib.parse.urlsplit(served.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Authorization: Bearer {SERVER_KEY}\r\nContent-Length: {length}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {SERVER_KEY}\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, json.loads(response.read())
@@ -176,9 +200,12 @@ def test_a_request_that_fits_later_waits(served):
 def _open_long_request(served, body: dict, headers: dict | None = None) -> http.client.HTTPConnection:
     parts = urllib.parse.urlsplit(served.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    conn.request("POST", "/v1/videos/generations", body=json.dumps(body),
-                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {SERVER_KEY}",
-                          **(headers or {})})
+    conn.request(
+        "POST",
+        "/v1/videos/generations",
+        body=json.dumps(body),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {SERVER_KEY}", **(headers or {})},
+    )
     return conn
 
 
@@ -240,14 +267,19 @@ def test_killing_the_engine_core_stops_the_server_with_status_3(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     with ServerProcess.start([], tmp_path / "server.log", env=env, ready_timeout_s=600) as server:
         assert get_text(f"{server.url}/health") == ""
-        engines = [p for p in _descendants(server.proc.pid)
-                   if "EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
-                   or "EngineCore" in Path(f"/proc/{p}/comm").read_text()]
+        engines = [
+            p
+            for p in _descendants(server.proc.pid)
+            if "EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            or "EngineCore" in Path(f"/proc/{p}/comm").read_text()
+        ]
         assert engines, "no engine-core process found"
         os.kill(engines[0], signal.SIGKILL)
         try:
             code = server.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            pytest.fail("the server did not exit after its engine core was killed:\n" + "\n".join(server.log_lines()[-20:]))
+            pytest.fail(
+                "the server did not exit after its engine core was killed:\n" + "\n".join(server.log_lines()[-20:])
+            )
         assert code == 3, "\n".join(server.log_lines()[-20:])
         assert any("the engine core died" in line for line in server.log_lines())

@@ -71,7 +71,7 @@ def test_no_import_cycles():
         state[v] = 1
         for w in sorted(graph[v]):
             if state.get(w) == 1:
-                cycles.append(path[path.index(w):] + [w] if w in path else [v, w])
+                cycles.append(path[path.index(w) :] + [w] if w in path else [v, w])
             elif w not in state:
                 visit(w, [*path, w])
         state[v] = 2
@@ -83,12 +83,7 @@ def test_no_import_cycles():
 
 
 def test_lower_layers_never_import_higher_ones():
-    bad = [
-        f"{m} imports {d}"
-        for m, deps in _graph().items()
-        for d in deps
-        if _layer(d) > _layer(m)
-    ]
+    bad = [f"{m} imports {d}" for m, deps in _graph().items() for d in deps if _layer(d) > _layer(m)]
     assert not bad, "backward imports: " + "; ".join(sorted(bad))
 
 

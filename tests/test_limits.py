@@ -43,9 +43,18 @@ def test_stock_folder_geometry_takes_the_loader_defaults(tmp_path):
     (tmp_path / "transformer").mkdir()
     (tmp_path / "vae").mkdir()
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "SkyReelsV2DiffusionForcingPipeline"}))
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps(
-        {"patch_size": [1, 2, 2], "num_layers": 30, "num_attention_heads": 12, "attention_head_dim": 128,
-         "ffn_dim": 8960, "in_channels": 16}))
+    (tmp_path / "transformer" / "config.json").write_text(
+        json.dumps(
+            {
+                "patch_size": [1, 2, 2],
+                "num_layers": 30,
+                "num_attention_heads": 12,
+                "attention_head_dim": 128,
+                "ffn_dim": 8960,
+                "in_channels": 16,
+            }
+        )
+    )
     (tmp_path / "vae" / "config.json").write_text(json.dumps({"z_dim": 16, "temperal_downsample": [False, True, True]}))
     g = read_geometry(tmp_path, SKYREELS_DF_DEFAULTS)
     assert g.spatial_factor == 16 and g.temporal_factor == 4 and g.causal_block == 3
@@ -169,16 +178,22 @@ def test_memory_gate_admits_within_budget_and_queues_the_rest():
 
 def test_decoded_request_json_refuses_nan_literals():
     # the HTTP guard decodes bodies strictly: NaN/Infinity are not JSON
-    for body in (b'{"prompt": "x", "guidance_scale": NaN}', b'{"prompt": "x", "seed": Infinity}',
-                 b'{"prompt": "x", "guidance_scale": 1e999}'):
+    for body in (
+        b'{"prompt": "x", "guidance_scale": NaN}',
+        b'{"prompt": "x", "seed": Infinity}',
+        b'{"prompt": "x", "guidance_scale": 1e999}',
+    ):
         with pytest.raises(msgspec.DecodeError):
             msgspec.json.decode(body)
 
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"prompt": "  "}, "prompt must not be blank"), ({"height": 68}, "multiple of 8"),
-     ({"guidance_scale": math.nan}, "finite")],
+    [
+        ({"prompt": "  "}, "prompt must not be blank"),
+        ({"height": 68}, "multiple of 8"),
+        ({"guidance_scale": math.nan}, "finite"),
+    ],
 )
 def test_library_path_refuses_the_same_requests(embedded_pipe, fields, message):
     from motioncache_vllm.config import GenerationRequest

@@ -26,7 +26,9 @@ def test_same_seed_same_video_other_seed_differs(embedded_pipe):
     req = GenerationRequest(prompt="a blue square moves up", num_frames=17, seed=11, **FAST)
     a, b = generate_video(embedded_pipe, req), generate_video(embedded_pipe, req)
     assert np.array_equal(a.frames, b.frames)
-    c = generate_video(embedded_pipe, GenerationRequest(prompt="a blue square moves up", num_frames=17, seed=12, **FAST))
+    c = generate_video(
+        embedded_pipe, GenerationRequest(prompt="a blue square moves up", num_frames=17, seed=12, **FAST)
+    )
     assert not np.array_equal(a.frames, c.frames)
 
 

@@ -7,7 +7,12 @@ import torch
 from motioncache_vllm.blocks.layout import ChunkLayout
 from motioncache_vllm.motion import inter_frame_motion, motion_weights
 from motioncache_vllm.policies import (
-    InvalidPolicyConfig, StepObservation, UnknownPolicyError, make_policy, parse_overrides, policy_names,
+    InvalidPolicyConfig,
+    StepObservation,
+    UnknownPolicyError,
+    make_policy,
+    parse_overrides,
+    policy_names,
 )
 
 LAYOUT = ChunkLayout(frames=2, height=2, width=2, tile=1)
@@ -26,13 +31,22 @@ def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
     with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
         make_policy("motion", {"tau": 0.1})
     assert parse_overrides(["threshold=0.2", "coefficients=[1, 0]", "x=abc"]) == {
-        "threshold": 0.2, "coefficients": [1, 0], "x": "abc"}
+        "threshold": 0.2,
+        "coefficients": [1, 0],
+        "x": "abc",
+    }
 
 
 def test_paper_defaults():
     cfg = make_policy("motion").config
-    assert (cfg.threshold, cfg.alpha, cfg.warmup_steps, cfg.phase1_updates, cfg.min_update_ratio,
-            cfg.vote_fraction) == (0.1, 0.6, 4, 6, 0.4, 0.5)
+    assert (
+        cfg.threshold,
+        cfg.alpha,
+        cfg.warmup_steps,
+        cfg.phase1_updates,
+        cfg.min_update_ratio,
+        cfg.vote_fraction,
+    ) == (0.1, 0.6, 4, 6, 0.4, 0.5)
 
 
 def test_teacache_skips_until_the_accumulated_distance_crosses_the_threshold():
@@ -120,8 +134,15 @@ def test_monotone_polyfit_drops_degree_until_the_fit_never_decreases():
 def test_magcache_skips_while_the_ratio_error_is_small_and_at_most_k_in_a_row():
     from motioncache_vllm.policies import make_policy
 
-    policy = make_policy("magcache", {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2,
-                                      "mag_ratios": [1.0] * 8 + [0.99] * 12 + [0.8] * 10})
+    policy = make_policy(
+        "magcache",
+        {
+            "threshold": 0.1,
+            "max_skip_steps": 2,
+            "retention_ratio": 0.2,
+            "mag_ratios": [1.0] * 8 + [0.99] * 12 + [0.8] * 10,
+        },
+    )
     state = policy.new_state(ChunkLayout(frames=1, height=2, width=2))
     modes = []
     for _ in range(30):
@@ -153,7 +174,9 @@ def test_magcache_on_the_chunked_runtime_uses_the_shipped_ratios(embedded_pipe):
 
     req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=9, num_inference_steps=20, seed=0)
     full = generate_video(embedded_pipe, req)
-    cached = generate_video(embedded_pipe, req, cache=CacheConfig.decode(policy="magcache", policy_config={"threshold": 0.24}))
+    cached = generate_video(
+        embedded_pipe, req, cache=CacheConfig.decode(policy="magcache", policy_config={"threshold": 0.24})
+    )
     assert 0 < cached.stats["skipped_steps"] and cached.stats["partial_steps"] == 0
     assert cached.stats["token_steps_computed"] < cached.stats["token_steps_total"]
     assert psnr_db(cached.frames, full.frames) > 30
@@ -162,8 +185,17 @@ def test_magcache_on_the_chunked_runtime_uses_the_shipped_ratios(embedded_pipe):
 def test_tokenrate_learns_per_token_rates_and_recomputes_fast_blocks_more_often():
     # block 0's residual changes 10x faster than the others' at every step; the schedule
     # distance is the same for all, so a schedule-only policy could not tell them apart
-    policy = make_policy("tokenrate", {"threshold": 0.3, "warmup_steps": 2, "min_update_ratio": 0.0,
-                                       "join_fraction": 1.0, "full_ratio": 1.0, "coefficients": [1.0, 0.0]})
+    policy = make_policy(
+        "tokenrate",
+        {
+            "threshold": 0.3,
+            "warmup_steps": 2,
+            "min_update_ratio": 0.0,
+            "join_fraction": 1.0,
+            "full_ratio": 1.0,
+            "coefficients": [1.0, 0.0],
+        },
+    )
     state = policy.new_state(LAYOUT)
     fast = LAYOUT.block_of_token == 0
     residual, counts, modes = torch.ones(8, 3), torch.zeros(4), []
@@ -183,8 +215,9 @@ def test_tokenrate_learns_per_token_rates_and_recomputes_fast_blocks_more_often(
 
 
 def test_tokenrate_scene_cut_guard_extends_the_warmup_of_a_chunk_whose_rates_jump():
-    policy = make_policy("tokenrate", {"threshold": 10.0, "warmup_steps": 2, "cut_warmup": 3,
-                                       "coefficients": [1.0, 0.0]})
+    policy = make_policy(
+        "tokenrate", {"threshold": 10.0, "warmup_steps": 2, "cut_warmup": 3, "coefficients": [1.0, 0.0]}
+    )
 
     def chunk(change: float) -> list[str]:
         state = policy.new_state(LAYOUT)

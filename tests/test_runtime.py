@@ -15,10 +15,10 @@ from motioncache_vllm.runtime.generate import generate_video
 REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps=8, seed=3)
 
 
-
-
 def run(pipe, policy="none", runtime="chunked", **cache):
-    return generate_video(pipe, GenerationRequest(**REQ), runtime=runtime, cache=CacheConfig.decode(policy=policy, **cache))
+    return generate_video(
+        pipe, GenerationRequest(**REQ), runtime=runtime, cache=CacheConfig.decode(policy=policy, **cache)
+    )
 
 
 def test_chunked_none_reproduces_the_stock_pipeline(tiny_pipe):
@@ -117,8 +117,17 @@ def tiny_wan():
 
     torch.manual_seed(1)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
-        text_dim=64, freq_dim=64, ffn_dim=128, num_layers=2, cross_attn_norm=True, rope_max_seq_len=1024,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=32,
+        in_channels=16,
+        out_channels=16,
+        text_dim=64,
+        freq_dim=64,
+        ffn_dim=128,
+        num_layers=2,
+        cross_attn_norm=True,
+        rope_max_seq_len=1024,
     ).eval()
 
 
@@ -222,8 +231,9 @@ def test_a_pool_short_of_the_need_costs_speed_never_quality(embedded_pipe):
     need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
     unbounded = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache))
     short = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, pool_mib=0.9 * need / 2**20))
-    half = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, pool_mib=0.5 * need / 2**20,
-                                                                pool_dtype="float16"))
+    half = generate_video(
+        embedded_pipe, req, cache=CacheConfig.decode(**cache, pool_mib=0.5 * need / 2**20, pool_dtype="float16")
+    )
     assert short.stats["evictions"] > 0 and short.stats["forced_blocks"] > 0
     assert short.stats["partial_steps"] == 0
     assert psnr_db(short.frames, reference.frames) >= psnr_db(unbounded.frames, reference.frames)
@@ -242,8 +252,11 @@ def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
     need = 2 * 64 * 3 * 256 * 4  # both branches' blocks of one chunk, float32
     unbounded = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache))
     exact_pair = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**cache, cfg_delta_dtype="float32"))
-    quarter = generate_video(embedded_pipe, req, cache=CacheConfig.decode(
-        **cache, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.25 * need / 2**20))
+    quarter = generate_video(
+        embedded_pipe,
+        req,
+        cache=CacheConfig.decode(**cache, pool_dtype="int8", cfg_delta_dtype="int4", pool_mib=0.25 * need / 2**20),
+    )
     assert quarter.stats["forced_blocks"] == quarter.stats["evictions"] == 0
     assert quarter.stats["pool_peak_bytes"] <= 0.25 * need
     assert quarter.stats["token_steps_computed"] == unbounded.stats["token_steps_computed"]
@@ -252,8 +265,11 @@ def test_paired_cfg_slots_fit_a_quarter_pool_and_keep_every_skip(embedded_pipe):
     # float32 pairs differ from per-branch slots by float rounding of (u - c) + c only
     assert psnr_db(exact_pair.frames, unbounded.frames) > 50
     # one branch (no guidance): the pair's second half is unused, caching still works
-    single = generate_video(embedded_pipe, msgspec.structs.replace(req, guidance_scale=1.0),
-                            cache=CacheConfig.decode(**cache, cfg_delta_dtype="int4"))
+    single = generate_video(
+        embedded_pipe,
+        msgspec.structs.replace(req, guidance_scale=1.0),
+        cache=CacheConfig.decode(**cache, cfg_delta_dtype="int4"),
+    )
     assert single.stats["token_steps_computed"] < single.stats["token_steps_total"]
 
 
@@ -268,15 +284,21 @@ def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
     from motioncache_vllm.runtime.request import make_pool
     from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
-    requests = [GenerationRequest(prompt=p, num_frames=9, num_inference_steps=10, seed=i)
-                for i, p in enumerate(["static scene", "a red circle moves right slowly", "a blue square bounces up"])]
+    requests = [
+        GenerationRequest(prompt=p, num_frames=9, num_inference_steps=10, seed=i)
+        for i, p in enumerate(["static scene", "a red circle moves right slowly", "a blue square bounces up"])
+    ]
     need = 2 * 64 * 3 * 256 * 4  # one request's chunk, both branches, float32
     computed = {}
     for eviction in ("lru", "admit"):
-        cache = CacheConfig.decode(policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction)
+        cache = CacheConfig.decode(
+            policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction
+        )
         pool = make_pool(embedded_pipe, cache.pool)
-        gens = [StepwiseGeneration(embedded_pipe, r, cache=cache, pool=pool, request_id=f"r{i}")
-                for i, r in enumerate(requests)]
+        gens = [
+            StepwiseGeneration(embedded_pipe, r, cache=cache, pool=pool, request_id=f"r{i}")
+            for i, r in enumerate(requests)
+        ]
         while not all(g.done for g in gens):
             for g in gens:
                 if not g.done:

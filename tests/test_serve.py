@@ -118,9 +118,7 @@ def test_metrics_show_cache_figures(server):
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(args, message):
-    result = subprocess.run(
-        [*motioncache_command(), "serve", *args], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([*motioncache_command(), "serve", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len([line for line in lines if line.startswith("error:")]) == 1

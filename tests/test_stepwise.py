@@ -16,8 +16,6 @@ REQ = dict(prompt="a red circle moves right", num_frames=17, num_inference_steps
 MOTION = {"threshold": 1.5}
 
 
-
-
 def assert_clean(pipe):
     """No MotionCache hook or processor left on the transformer."""
     for block in pipe.transformer.blocks:
@@ -58,8 +56,10 @@ def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pi
     cache = CacheConfig.decode(policy="motion", policy_config=MOTION)
     solo = [generate_video(tiny_pipe, GenerationRequest(**r), cache=cache) for r in requests]
     pool = make_pool(tiny_pipe, cache.pool)  # unbounded: sharing it cannot change a decision
-    gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**r), cache=cache, pool=pool, request_id=f"r{i}")
-            for i, r in enumerate(requests)]
+    gens = [
+        StepwiseGeneration(tiny_pipe, GenerationRequest(**r), cache=cache, pool=pool, request_id=f"r{i}")
+        for i, r in enumerate(requests)
+    ]
     rounds = 0
     while not all(g.done for g in gens):
         for g in gens:
@@ -80,8 +80,12 @@ def test_interleaved_generations_keep_a_shared_pool_in_budget(tiny_pipe):
     slot = 2 * 64 * 4  # frames per chunk x dim x fp32
     cache = CacheConfig.decode(policy="motion", policy_config=MOTION, pool_mib=30 * slot / 2**20)
     pool = make_pool(tiny_pipe, cache.pool)
-    gens = [StepwiseGeneration(tiny_pipe, GenerationRequest(**dict(REQ, seed=s)), cache=cache, pool=pool,
-                               request_id=f"b{s}") for s in range(3)]
+    gens = [
+        StepwiseGeneration(
+            tiny_pipe, GenerationRequest(**dict(REQ, seed=s)), cache=cache, pool=pool, request_id=f"b{s}"
+        )
+        for s in range(3)
+    ]
     while not all(g.done for g in gens):
         for g in gens:
             if not g.done:

@@ -31,8 +31,14 @@ def test_extension_from_the_session_or_regenerated(worker):
     base = worker.run(ids(VideoRequest(prompt="a red circle", num_frames=17, num_inference_steps=3, seed=3, job="v1")))
     assert "v1" in worker.sessions and base.plan.num_frames == 17
     plan = base.plan.extended("the circle turns blue", 33, seed=4)
-    ext = VideoRequest(prompt="the circle turns blue", num_frames=33, num_inference_steps=3, seed=4, job="v2",
-                       continue_from=Continuation(session="v1", plan=plan))
+    ext = VideoRequest(
+        prompt="the circle turns blue",
+        num_frames=33,
+        num_inference_steps=3,
+        seed=4,
+        job="v2",
+        continue_from=Continuation(session="v1", plan=plan),
+    )
     extended = worker.run(ids(ext))
     assert np.array_equal(frames(extended)[:17], frames(base)) and frames(extended).shape[0] == 33
     assert extended.stats["resumed_chunks"] == 2 and extended.plan == plan

@@ -103,8 +103,9 @@ def test_unknown_ids_are_not_found(client):
 
 
 def test_delete_then_retrieve_is_not_found(client):
-    video = client.videos.create_and_poll(prompt="a green triangle", seconds="1", extra_body=EXTRA,
-                                          poll_interval_ms=100)
+    video = client.videos.create_and_poll(
+        prompt="a green triangle", seconds="1", extra_body=EXTRA, poll_interval_ms=100
+    )
     deleted = client.videos.delete(video.id)
     assert deleted.deleted and deleted.id == video.id and deleted.object == "video.deleted"
     with pytest.raises(openai.NotFoundError):
@@ -115,7 +116,9 @@ def test_delete_then_retrieve_is_not_found(client):
 def test_extension_continues_the_stored_video(client, finished):
     # openai 3.57's extend() insists `video` is a file upload, so the id rides in extra_body
     extended = client.videos.extend(
-        prompt="the circle turns and moves left", seconds="1", video=openai.omit,
+        prompt="the circle turns and moves left",
+        seconds="1",
+        video=openai.omit,
         extra_body={"video": {"id": finished.id}},
     )
     extended = client.videos.poll(extended.id, poll_interval_ms=100)
@@ -128,8 +131,9 @@ def test_extension_continues_the_stored_video(client, finished):
     assert extra["stats"]["resumed_chunks"] == 2  # continued from the stored state, not regenerated
     assert decode_mp4(client.videos.download_content(extended.id).content).shape[0] == 33
     with pytest.raises(openai.BadRequestError, match="source video"):
-        client.videos.extend(prompt="x", seconds="1", video=openai.omit,
-                             extra_body={"video": {"id": finished.id}, "size": "32x32"})
+        client.videos.extend(
+            prompt="x", seconds="1", video=openai.omit, extra_body={"video": {"id": finished.id}, "size": "32x32"}
+        )
 
 
 def test_extension_of_unknown_video_is_not_found(client):
@@ -138,8 +142,10 @@ def test_extension_of_unknown_video_is_not_found(client):
 
 
 def test_several_jobs_at_once_all_complete(client):
-    jobs = [client.videos.create(prompt=p, seconds="1", extra_body={**EXTRA, "seed": i})
-            for i, p in enumerate(["a red circle", "a blue square", "a green triangle"])]
+    jobs = [
+        client.videos.create(prompt=p, seconds="1", extra_body={**EXTRA, "seed": i})
+        for i, p in enumerate(["a red circle", "a blue square", "a green triangle"])
+    ]
     assert all(j.status in ("queued", "in_progress") for j in jobs)
     done = [client.videos.poll(j.id, poll_interval_ms=100) for j in jobs]
     assert [d.status for d in done] == ["completed"] * 3
@@ -147,8 +153,9 @@ def test_several_jobs_at_once_all_complete(client):
 
 
 def test_progress_of_a_running_job_rises_and_delete_cancels_it(client):
-    video = client.videos.create(prompt="a yellow star spins", seconds="1",
-                                 extra_body={"num_inference_steps": 12, "seed": 1})
+    video = client.videos.create(
+        prompt="a yellow star spins", seconds="1", extra_body={"num_inference_steps": 12, "seed": 1}
+    )
     seen = []
     while True:
         current = client.videos.retrieve(video.id)
@@ -166,19 +173,27 @@ def test_progress_of_a_running_job_rises_and_delete_cancels_it(client):
     assert client.videos.delete(running.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.videos.retrieve(running.id)
-    after = client.videos.create_and_poll(prompt="after the cancel", seconds="1", extra_body=EXTRA,
-                                          poll_interval_ms=100)
+    after = client.videos.create_and_poll(
+        prompt="after the cancel", seconds="1", extra_body=EXTRA, poll_interval_ms=100
+    )
     assert after.status == "completed"
 
 
 def test_stream_sends_chunks_as_they_finish(video_server, client):
     import httpx
 
-    body = {"prompt": "a red circle moves right slowly", "num_frames": 33, "num_inference_steps": 3, "seed": 7,
-            "stream": True}
+    body = {
+        "prompt": "a red circle moves right slowly",
+        "num_frames": 33,
+        "num_inference_steps": 3,
+        "seed": 7,
+        "stream": True,
+    }
     events = []
-    with warnings.catch_warnings(), httpx.stream("POST", f"{video_server.url}/v1/videos", json=body,
-                                                  timeout=600) as response:
+    with (
+        warnings.catch_warnings(),
+        httpx.stream("POST", f"{video_server.url}/v1/videos", json=body, timeout=600) as response,
+    ):
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         kind = None
         for line in response.iter_lines():
@@ -206,8 +221,8 @@ def test_sync_form_and_openai_flow_make_the_same_video(video_server, client):
     body = {"prompt": "a blue square bounces", "num_frames": 17, "num_inference_steps": 3, "seed": 11}
     status, answer = post_json(f"{video_server.url}/v1/videos/generations", body)
     assert status == 200 and decode_mp4(base64.b64decode(answer["video"])).shape[0] == 17
-    video = client.videos.create_and_poll(prompt=body["prompt"], extra_body={k: v for k, v in body.items()
-                                                                              if k != "prompt"},
-                                          poll_interval_ms=100)
+    video = client.videos.create_and_poll(
+        prompt=body["prompt"], extra_body={k: v for k, v in body.items() if k != "prompt"}, poll_interval_ms=100
+    )
     assert video.model_extra["motioncache"]["frames_sha256"] == answer["frames_sha256"]
     assert client.videos.retrieve(answer["id"]).status == "completed"  # the sync form is a job too

@@ -28,11 +28,15 @@ REQUESTS = [
 ]
 POOL_MIB = 0.05  # far below what 4 requests store: the shared pool must evict and stay in budget
 
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     with in_process_engine(
         tmp_path_factory.mktemp("vllm-models"),
-        max_num_seqs=4, enable_chunked_prefill=True, long_prefill_token_threshold=1, enable_prefix_caching=False,
+        max_num_seqs=4,
+        enable_chunked_prefill=True,
+        long_prefill_token_threshold=1,
+        enable_prefix_caching=False,
         additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
     ) as llm:
         yield llm
@@ -80,8 +84,9 @@ def test_concurrent_requests_interleave_step_by_step(outputs, engine):
     logged = sorted([step for _, step in units] for units in per_request.values())
     assert logged == sorted(steps)  # this engine served only these requests
     assert all([u for u, _ in units] == list(range(len(units))) for units in per_request.values())
-    units = [2 * (r["num_inference_steps"] + 1) if r["num_frames"] == 17 else r["num_inference_steps"] + 1
-             for r in REQUESTS]
+    units = [
+        2 * (r["num_inference_steps"] + 1) if r["num_frames"] == 17 else r["num_inference_steps"] + 1 for r in REQUESTS
+    ]
     for s, n in zip(steps, units):
         assert len(s) == n  # one record per unit
         assert s == sorted(s) and len(set(s)) == len(s)  # at most one unit of a request per engine step

@@ -27,14 +27,21 @@ POOL_MIB = 64.0  # a budget the tiny model never fills: caching must not change 
 # aggressive enough for partial (pool-read) steps within 4 steps (4 full, 8 partial, 4 skipped
 # on the shipped weights). Identity rescale: the model's calibration is fitted on 30-step
 # schedules and a 4-step schedule's e0 changes lie far outside its fitted range.
-MOTION_CONFIG = {"warmup_steps": 1, "phase1_updates": 0, "threshold": 0.3, "min_update_ratio": 0.0,
-                 "coefficients": [1.0, 0.0]}
+MOTION_CONFIG = {
+    "warmup_steps": 1,
+    "phase1_updates": 0,
+    "threshold": 0.3,
+    "min_update_ratio": 0.0,
+    "coefficients": [1.0, 0.0],
+}
+
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     with in_process_engine(
         tmp_path_factory.mktemp("vllm-models"),
-        max_num_seqs=2, additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
+        max_num_seqs=2,
+        additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
     ) as llm:
         yield llm
 
@@ -77,10 +84,14 @@ def test_cache_policy_flag_lands_in_additional_config():
     for argv, expected in [
         (["--cache-policy", "motion"], {"cache_policy": "motion"}),
         # merged with --additional-config, in either order
-        (["--cache-policy", "motion", "--additional-config", '{"cache_pool_mib": 8}'],
-         {"cache_policy": "motion", "cache_pool_mib": 8}),
-        (["--additional-config", '{"cache_pool_mib": 8}', "--cache-policy", "teacache"],
-         {"cache_policy": "teacache", "cache_pool_mib": 8}),
+        (
+            ["--cache-policy", "motion", "--additional-config", '{"cache_pool_mib": 8}'],
+            {"cache_policy": "motion", "cache_pool_mib": 8},
+        ),
+        (
+            ["--additional-config", '{"cache_pool_mib": 8}', "--cache-policy", "teacache"],
+            {"cache_policy": "teacache", "cache_pool_mib": 8},
+        ),
     ]:
         args = parser.parse_args(["--model", "m", *argv])
         assert EngineArgs.from_cli_args(args).additional_config == expected
@@ -95,10 +106,16 @@ def test_engine_cache_settings_carry_the_pool_layout_and_reject_bad_ones():
     from motioncache_vllm.vllm_plugin.messages import CacheOverrides
     from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
-    settings = EngineCacheSettings.from_additional_config({
-        "cache_policy": "motion", "cache_pool_mib": 1, "cache_pool_dtype": "int8",
-        "cache_cfg_shared": True, "cache_cfg_delta_dtype": "int4", "unrelated_key": 1,
-    })
+    settings = EngineCacheSettings.from_additional_config(
+        {
+            "cache_policy": "motion",
+            "cache_pool_mib": 1,
+            "cache_pool_dtype": "int8",
+            "cache_cfg_shared": True,
+            "cache_cfg_delta_dtype": "int4",
+            "unrelated_key": 1,
+        }
+    )
     cache = settings.cache_config(CacheOverrides())
     assert (cache.pool.pool_dtype, cache.pool.cfg_shared, cache.pool.cfg_delta_dtype) == ("int8", True, "int4")
     assert cache.policy.name == "motion" and settings.pool.pool_mib == 1

@@ -1,9 +1,11 @@
 """Probe (benchmarks/RESULTS.md, MagCache section): the magcache policy vs flowcache and motion
 on the chunked runtime, one run. Writes magcache_chunked.json/.png here. Run: python benchmarks/probes/magcache_chunked.py"""
+
 import json, torch
 from motioncache_vllm.models.loading import load_pipeline
 from motioncache_vllm.bench import suites
 from motioncache_vllm.bench.prompts import held_out_set
+
 torch.set_num_threads(2)
 pipe = load_pipeline()
 s = suites.BenchSettings(prompts=held_out_set(), frames=33, repeats=1)

@@ -21,9 +21,12 @@ from motioncache_vllm.vllm_plugin.server_process import ServerProcess, post_json
 def run(env_extra: dict, n: int, frames: int, steps: int) -> dict:
     env = {**os.environ, **env_extra}
     body = {"prompt": "a red circle moves right slowly", "num_frames": frames, "num_inference_steps": steps}
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess.start(
-        ["--cache-policy", "none", "--max-num-seqs", str(n)], Path(tmp) / "log", env=env, ready_timeout_s=900
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ServerProcess.start(
+            ["--cache-policy", "none", "--max-num-seqs", str(n)], Path(tmp) / "log", env=env, ready_timeout_s=900
+        ) as server,
+    ):
         url = f"{server.url}/v1/videos/generations"
         status, warm = post_json(url, {**body, "seed": 99}, timeout=900)
         assert status == 200, warm
@@ -32,8 +35,14 @@ def run(env_extra: dict, n: int, frames: int, steps: int) -> dict:
             answers = list(pool.map(lambda i: post_json(url, {**body, "seed": i}, timeout=900), range(n)))
         makespan = time.perf_counter() - t0
         assert all(s == 200 for s, _ in answers), answers
-        return {"env": env_extra, "n": n, "makespan_s": round(makespan, 2), "videos_per_min": round(60 * n / makespan, 2),
-                "torch_threads": warm["stats"].get("torch_threads"), "same_frames_sha": [a["frames_sha256"][:12] for _, a in answers]}
+        return {
+            "env": env_extra,
+            "n": n,
+            "makespan_s": round(makespan, 2),
+            "videos_per_min": round(60 * n / makespan, 2),
+            "torch_threads": warm["stats"].get("torch_threads"),
+            "same_frames_sha": [a["frames_sha256"][:12] for _, a in answers],
+        }
 
 
 if __name__ == "__main__":

@@ -31,11 +31,19 @@ def tiny_stock_pipeline(layers=4, heads=4, head_dim=32, seed=0):
 
     torch.manual_seed(seed)
     vae = fit_linear_latent(np.stack([ClipGenerator(7, num_frames=9).clip(i).frames for i in range(8)]))
-    ours = build_pipeline(vae, transformer_overrides=dict(
-        num_layers=layers, num_attention_heads=heads, attention_head_dim=head_dim, ffn_dim=4 * heads * head_dim,
-        num_frame_per_block=2))
+    ours = build_pipeline(
+        vae,
+        transformer_overrides=dict(
+            num_layers=layers,
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            ffn_dim=4 * heads * head_dim,
+            num_frame_per_block=2,
+        ),
+    )
     pipe = SkyReelsV2DiffusionForcingPipeline(
-        tokenizer=None, text_encoder=None, transformer=ours.transformer, vae=ours.vae, scheduler=ours.scheduler)
+        tokenizer=None, text_encoder=None, transformer=ours.transformer, vae=ours.vae, scheduler=ours.scheduler
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -46,9 +54,21 @@ def stock_call_kwargs(pipe, frames=61, steps=10, size=128, seed=0):
     embeds = torch.randn(1, 16, text_dim, generator=g)
     negative = torch.randn(1, 16, text_dim, generator=g)
     return dict(
-        prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative, height=size, width=size, num_frames=frames,
-        num_inference_steps=steps, guidance_scale=5.0, base_num_frames=29, overlap_history=5, addnoise_condition=20,
-        ar_step=2, causal_block_size=2, output_type="np", generator=torch.Generator().manual_seed(seed),
+        prompt=None,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        height=size,
+        width=size,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        base_num_frames=29,
+        overlap_history=5,
+        addnoise_condition=20,
+        ar_step=2,
+        causal_block_size=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -85,15 +105,23 @@ def main() -> None:
                 motioncache_vllm.disable(pipe)
             walls.append(wall)
         rows[name] = dict(
-            stock_wall_s=round(statistics.median(base), 3), enabled_wall_s=round(statistics.median(walls), 3),
+            stock_wall_s=round(statistics.median(base), 3),
+            enabled_wall_s=round(statistics.median(walls), 3),
             speedup=round(statistics.median(base) / statistics.median(walls), 3),
-            psnr_db=round(min(psnr_db(out, stock), 99.0), 2), ideal_speedup=stats["ideal_speedup"],
-            skipped_steps=stats["skipped_steps"], partial_steps=stats["partial_steps"], full_steps=stats["full_steps"],
+            psnr_db=round(min(psnr_db(out, stock), 99.0), 2),
+            ideal_speedup=stats["ideal_speedup"],
+            skipped_steps=stats["skipped_steps"],
+            partial_steps=stats["partial_steps"],
+            full_steps=stats["full_steps"],
         )
     after, _ = call(pipe, 0, **kw)
-    result = {"rows": rows, "disable_bit_exact": bool(np.array_equal(after, stock)), "frames": stock.shape[0],
-              "settings": {k: v for k, v in stock_call_kwargs(pipe, **kw).items() if isinstance(v, (int, float, str))},
-              "torch_threads": torch.get_num_threads()}
+    result = {
+        "rows": rows,
+        "disable_bit_exact": bool(np.array_equal(after, stock)),
+        "frames": stock.shape[0],
+        "settings": {k: v for k, v in stock_call_kwargs(pipe, **kw).items() if isinstance(v, (int, float, str))},
+        "torch_threads": torch.get_num_threads(),
+    }
     json.dump(result, sys.stdout, indent=1)
     print()
 

@@ -31,6 +31,9 @@ for i, prompt in enumerate(prompts):
         r = generate_video(pipe, req, cache=CacheConfig.decode(policy, cfg))
         rho = recompute_motion_spearman(r.recompute_map, ref.frames, pipe.causal_block_size)
         s = r.stats
-        print(f"{prompt[:30]:30s} {policy:10s} {cfg} ideal {s['ideal_speedup']:.3f} "
-              f"psnr {psnr_db(r.frames, ref.frames):.2f} f/p/s {s['full_steps']}/{s['partial_steps']}/"
-              f"{s['skipped_steps']} map {rho['median']}", flush=True)
+        print(
+            f"{prompt[:30]:30s} {policy:10s} {cfg} ideal {s['ideal_speedup']:.3f} "
+            f"psnr {psnr_db(r.frames, ref.frames):.2f} f/p/s {s['full_steps']}/{s['partial_steps']}/"
+            f"{s['skipped_steps']} map {rho['median']}",
+            flush=True,
+        )

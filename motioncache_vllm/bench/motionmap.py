@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 
-def block_motion_per_chunk(frames: np.ndarray, grid: tuple[int, int], latent_frames: int, per_chunk: int,
-                           temporal: int = 4) -> np.ndarray:
+def block_motion_per_chunk(
+    frames: np.ndarray, grid: tuple[int, int], latent_frames: int, per_chunk: int, temporal: int = 4
+) -> np.ndarray:
     """(chunks, rows, cols) mean |frame_t - frame_{t-1}| over each token block's pixels and
     over the pixel frames of each chunk (latent k >= 1 holds pixels 4k-3..4k)."""
     f, h, w, _ = frames.shape

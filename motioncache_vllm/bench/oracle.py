@@ -122,9 +122,12 @@ class OraclePolicy(CachePolicy):
                     "previous_change": state.previous_change,
                     "motion": inter_frame_motion(obs.hidden, obs.previous_last_frame).flatten(),
                 }
-                row = {"step": state.step, "schedule": relative_l1(obs.e0, state.previous_e0),
-                       "mean_change": float(change.mean() / (residual.abs().mean() + 1e-12)),
-                       "top30_share": top_share(change)}
+                row = {
+                    "step": state.step,
+                    "schedule": relative_l1(obs.e0, state.previous_e0),
+                    "mean_change": float(change.mean() / (residual.abs().mean() + 1e-12)),
+                    "top30_share": top_share(change),
+                }
                 row.update({name: spearman(value, change) for name, value in proxies.items()})
                 state.records.append(row)
             state.previous_change = change
@@ -155,16 +158,21 @@ def _runner_class():
                 layers = range(self.adapter.num_layers)
                 saved = None
                 if self.context == "stale":
-                    saved = [(kv.keys(i)[:, stream.start:stream.end].clone(),
-                              kv.values(i)[:, stream.start:stream.end].clone()) for i in layers]
+                    saved = [
+                        (
+                            kv.keys(i)[:, stream.start : stream.end].clone(),
+                            kv.values(i)[:, stream.start : stream.end].clone(),
+                        )
+                        for i in layers
+                    ]
                 peek = _Peek(stream)
                 self._forward(peek, x, t, embeds)
                 self.peek_calls += 1
                 state.truth = peek.residual
                 if saved is not None:
                     for i, (k, v) in zip(layers, saved):
-                        kv.keys(i)[:, stream.start:stream.end] = k
-                        kv.values(i)[:, stream.start:stream.end] = v
+                        kv.keys(i)[:, stream.start : stream.end] = k
+                        kv.values(i)[:, stream.start : stream.end] = v
                 out = super()._call(stream, x, t, embeds)
                 if stream._mode == "partial":  # selected tokens: partial step against the full one
                     tokens = stream.layout.tokens_of(stream._blocks)
@@ -175,7 +183,8 @@ def _runner_class():
             # record: capture the first block's output of this (full) call
             captured = {}
             handle = self.adapter.layers[0].register_forward_hook(
-                lambda m, a, out: captured.setdefault("h", (out[0] if isinstance(out, tuple) else out).clone()))
+                lambda m, a, out: captured.setdefault("h", (out[0] if isinstance(out, tuple) else out).clone())
+            )
             try:
                 out = super()._call(stream, x, t, embeds)
             finally:
@@ -186,8 +195,9 @@ def _runner_class():
         def _forward(self, execution, x, t, embeds):
             self.adapter.activate(execution)
             try:
-                self.pipe.transformer(hidden_states=x, encoder_hidden_states=embeds, return_dict=False,
-                                      **self.adapter.call_kwargs(t))
+                self.pipe.transformer(
+                    hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t)
+                )
             finally:
                 self.adapter.activate(None)
 
@@ -245,8 +255,9 @@ class OracleSettings:
     seed: int = 0
     step_thresholds: tuple[float, ...] = (0.15, 0.3, 0.6)
     block_thresholds: tuple[float, ...] = (0.2, 0.4, 0.8)
-    policies: dict = field(default_factory=lambda: {"teacache": (0.1, 0.3), "magcache": (0.06, 0.24),
-                                                    "tokenrate": (0.2, 0.4)})
+    policies: dict = field(
+        default_factory=lambda: {"teacache": (0.1, 0.3), "magcache": (0.06, 0.24), "tokenrate": (0.2, 0.4)}
+    )
 
 
 def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
@@ -265,11 +276,18 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
                 proxy_rows.append({"prompt": prompt, **row})
 
         def add(variant, threshold, res):
-            points.append({"prompt": prompt, "variant": variant, "threshold": threshold,
-                           "ideal_speedup": res.stats["ideal_speedup"],
-                           "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
-                           "full": res.stats["full_steps"], "partial": res.stats["partial_steps"],
-                           "skipped": res.stats["skipped_steps"]})
+            points.append(
+                {
+                    "prompt": prompt,
+                    "variant": variant,
+                    "threshold": threshold,
+                    "ideal_speedup": res.stats["ideal_speedup"],
+                    "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
+                    "full": res.stats["full_steps"],
+                    "partial": res.stats["partial_steps"],
+                    "skipped": res.stats["skipped_steps"],
+                }
+            )
 
         for tau in s.step_thresholds:
             res, _, _ = run_oracle(pipe, req, OracleConfig(mode="step", threshold=tau))
@@ -289,15 +307,23 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
     summary = {}
     for name in PROXIES:
         values = [r[name] for r in proxy_rows]
-        summary[name] = {"spearman_median": round(statistics.median(values), 3) if values else None,
-                         "spearman_q25": round(float(np.quantile(values, 0.25)), 3) if values else None,
-                         "spearman_q75": round(float(np.quantile(values, 0.75)), 3) if values else None}
+        summary[name] = {
+            "spearman_median": round(statistics.median(values), 3) if values else None,
+            "spearman_q25": round(float(np.quantile(values, 0.25)), 3) if values else None,
+            "spearman_q75": round(float(np.quantile(values, 0.75)), 3) if values else None,
+        }
     summary["top30_share_median"] = round(statistics.median(r["top30_share"] for r in proxy_rows), 3)
-    return {"suite": "oracle", "points": points, "proxies": summary, "proxy_rows": proxy_rows,
-            "fresh_context_max_rel_error": max(selected_errors["fresh"], default=None),
-            "stale_context_median_rel_error": statistics.median(selected_errors["stale"]) if selected_errors["stale"]
-            else None,
-            "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "seed": s.seed}}
+    return {
+        "suite": "oracle",
+        "points": points,
+        "proxies": summary,
+        "proxy_rows": proxy_rows,
+        "fresh_context_max_rel_error": max(selected_errors["fresh"], default=None),
+        "stale_context_median_rel_error": statistics.median(selected_errors["stale"])
+        if selected_errors["stale"]
+        else None,
+        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "seed": s.seed},
+    }
 
 
 def plot_oracle(result: dict, path) -> None:
@@ -307,10 +333,18 @@ def plot_oracle(result: dict, path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for variant, pts in summarise(result).items():
-        ax.plot([p["ideal_speedup"] for p in pts], [p["psnr_db"] for p in pts], "o-" if "oracle" in variant else "s--",
-                label=variant)
-    label_axes(ax, "ideal speedup over chunked full compute (token passes)", "PSNR vs full compute (dB)",
-               "oracle: whole-step vs per-block recompute at equal work")
+        ax.plot(
+            [p["ideal_speedup"] for p in pts],
+            [p["psnr_db"] for p in pts],
+            "o-" if "oracle" in variant else "s--",
+            label=variant,
+        )
+    label_axes(
+        ax,
+        "ideal speedup over chunked full compute (token passes)",
+        "PSNR vs full compute (dB)",
+        "oracle: whole-step vs per-block recompute at equal work",
+    )
     save_figure(fig, path)
 
 
@@ -321,29 +355,40 @@ def summarise(result: dict) -> dict[str, list[dict]]:
         groups.setdefault((p["variant"], p["threshold"]), []).append(p)
     out: dict[str, list[dict]] = {}
     for (variant, threshold), pts in groups.items():
-        out.setdefault(variant, []).append({
-            "threshold": threshold,
-            "ideal_speedup": round(statistics.mean(p["ideal_speedup"] for p in pts), 4),
-            "psnr_db": round(statistics.mean(p["psnr_db"] for p in pts), 3),
-            "partial": sum(p["partial"] for p in pts), "skipped": sum(p["skipped"] for p in pts),
-        })
+        out.setdefault(variant, []).append(
+            {
+                "threshold": threshold,
+                "ideal_speedup": round(statistics.mean(p["ideal_speedup"] for p in pts), 4),
+                "psnr_db": round(statistics.mean(p["psnr_db"] for p in pts), 3),
+                "partial": sum(p["partial"] for p in pts),
+                "skipped": sum(p["skipped"] for p in pts),
+            }
+        )
     return {k: sorted(v, key=lambda p: p["ideal_speedup"]) for k, v in out.items()}
 
 
 def oracle_table(result: dict) -> str:
     rows = ["| variant | threshold | ideal | PSNR dB | partial steps | skipped steps |", "|---|---|---|---|---|---|"]
     for variant, pts in summarise(result).items():
-        rows += [f"| {variant} | {p['threshold']} | {p['ideal_speedup']:.3f} | {p['psnr_db']:.2f} | {p['partial']} | "
-                 f"{p['skipped']} |" for p in pts]
-    rows += ["", "| signal (known before the step) | Spearman with the true per-token change: median | q25 | q75 |",
-             "|---|---|---|---|"]
+        rows += [
+            f"| {variant} | {p['threshold']} | {p['ideal_speedup']:.3f} | {p['psnr_db']:.2f} | {p['partial']} | "
+            f"{p['skipped']} |"
+            for p in pts
+        ]
+    rows += [
+        "",
+        "| signal (known before the step) | Spearman with the true per-token change: median | q25 | q75 |",
+        "|---|---|---|---|",
+    ]
     for name in PROXIES:
         v = result["proxies"][name]
         rows.append(f"| {name} | {v['spearman_median']} | {v['spearman_q25']} | {v['spearman_q75']} |")
-    rows.append(f"\nshare of the change carried by the top 30% of tokens (median over steps): "
-                f"{result['proxies']['top30_share_median']}; fresh-context partial vs full step on the selected "
-                f"tokens, max relative error: {result['fresh_context_max_rel_error']} (stale context: median "
-                f"{result['stale_context_median_rel_error']})")
+    rows.append(
+        f"\nshare of the change carried by the top 30% of tokens (median over steps): "
+        f"{result['proxies']['top30_share_median']}; fresh-context partial vs full step on the selected "
+        f"tokens, max relative error: {result['fresh_context_max_rel_error']} (stale context: median "
+        f"{result['stale_context_median_rel_error']})"
+    )
     return "\n".join(rows)
 
 
@@ -352,8 +397,12 @@ def run_oracle_suite(pipe, settings, quick: bool, out_dir, progress_bar=None) ->
     prompt, 9 frames, one threshold per variant)."""
     from motioncache_vllm.bench.common import machine_info
 
-    s = OracleSettings(prompts=list(settings.prompts[:1] if quick else settings.prompts[:2]),
-                       frames=9 if quick else settings.frames, steps=settings.steps or 20, seed=settings.seed)
+    s = OracleSettings(
+        prompts=list(settings.prompts[:1] if quick else settings.prompts[:2]),
+        frames=9 if quick else settings.frames,
+        steps=settings.steps or 20,
+        seed=settings.seed,
+    )
     if quick:
         s.step_thresholds, s.block_thresholds, s.policies = (0.3,), (0.4,), {"teacache": (0.3,)}
     if progress_bar is not None:

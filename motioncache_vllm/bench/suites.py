@@ -91,15 +91,25 @@ def measure(pipe, candidates: list[Candidate], s: BenchSettings, progress) -> li
         total = sum(walls[id(c)])
         ideal_values = [v for v in ideal[id(c)] if v is not None]
         ideal_mean = statistics.mean(ideal_values) if ideal_values else None
-        cache_speedup = chunk / total if c.policy != "vanilla" and ":" not in c.policy else None  # not on the stock loop
-        points.append(Point(
-            policy=c.policy, knob=c.knob, value=c.value, speedup=round(base / total, 4),
-            psnr_db=finite(statistics.mean(q[0] for q in quality[id(c)])),
-            ssim=round(statistics.mean(q[1] for q in quality[id(c)]), 5), wall_s=round(total / len(walls[id(c)]), 4),
-            ideal_speedup=None if ideal_mean is None else round(ideal_mean, 4),
-            realised_over_ideal=None if ideal_mean is None or cache_speedup is None else round(cache_speedup / ideal_mean, 4),
-            cache_speedup=None if cache_speedup is None else round(cache_speedup, 4),
-        ))
+        cache_speedup = (
+            chunk / total if c.policy != "vanilla" and ":" not in c.policy else None
+        )  # not on the stock loop
+        points.append(
+            Point(
+                policy=c.policy,
+                knob=c.knob,
+                value=c.value,
+                speedup=round(base / total, 4),
+                psnr_db=finite(statistics.mean(q[0] for q in quality[id(c)])),
+                ssim=round(statistics.mean(q[1] for q in quality[id(c)]), 5),
+                wall_s=round(total / len(walls[id(c)]), 4),
+                ideal_speedup=None if ideal_mean is None else round(ideal_mean, 4),
+                realised_over_ideal=None
+                if ideal_mean is None or cache_speedup is None
+                else round(cache_speedup / ideal_mean, 4),
+                cache_speedup=None if cache_speedup is None else round(cache_speedup, 4),
+            )
+        )
     return points
 
 
@@ -121,7 +131,10 @@ def _diffusers_candidate(pipe, name: str, knob: str, value, make_config) -> Cand
 
 def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     from diffusers.hooks import (
-        FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig,
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
     )
 
     thresholds = [0.2, 0.5] if quick else [0.1, 0.2, 0.3, 0.5, 0.8]
@@ -136,9 +149,13 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     ]
     out += [
         _diffusers_candidate(
-            pipe, "taylorseer", "cache_interval", k,
+            pipe,
+            "taylorseer",
+            "cache_interval",
+            k,
             lambda v: TaylorSeerCacheConfig(
-                cache_interval=int(v), taylor_factors_dtype=torch.float32,
+                cache_interval=int(v),
+                taylor_factors_dtype=torch.float32,
                 # its default patterns ("^blocks.*attn", fullmatch) miss "blocks.0.attn1", so
                 # it never engaged on SkyReels-V2: name the blocks' attention and FFN modules
                 cache_identifiers=TAYLORSEER_SKYREELS_MODULES,
@@ -150,9 +167,13 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     # timestep is inside (100, 800) (its default range)
     out += [
         _diffusers_candidate(
-            pipe, "pab", "spatial_skip_range", k,
+            pipe,
+            "pab",
+            "spatial_skip_range",
+            k,
             lambda v: PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=int(v), current_timestep_callback=lambda: _active_timestep(pipe),
+                spatial_attention_block_skip_range=int(v),
+                current_timestep_callback=lambda: _active_timestep(pipe),
             ),
         )
         for k in ([2] if quick else [2, 3, 5])
@@ -160,7 +181,10 @@ def pareto_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     calls, ratios = magcache_ratios(pipe, s)
     out += [
         _diffusers_candidate(
-            pipe, "magcache", "threshold", t,
+            pipe,
+            "magcache",
+            "threshold",
+            t,
             lambda v: MagCacheConfig(threshold=v, num_inference_steps=calls, mag_ratios=ratios),
         )
         for t in ([0.12] if quick else [0.06, 0.12, 0.24, 0.5])
@@ -193,13 +217,20 @@ def magcache_ratios(pipe, s: BenchSettings) -> tuple[int, list[float]]:
     blocks = pipe.transformer.blocks
     norms: list[torch.Tensor] = []
     inputs: list[torch.Tensor] = []
-    pre = blocks[0].register_forward_pre_hook(lambda m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    pre = blocks[0].register_forward_pre_hook(
+        lambda m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    )
     post = blocks[-1].register_forward_hook(
         lambda m, args, output: norms.append(torch.linalg.norm((output - inputs[-1]).float(), dim=-1))
     )
     try:
-        req = GenerationRequest(prompt=CALIBRATION_CAPTION, num_frames=s.frames, num_inference_steps=s.steps,
-                                guidance_scale=s.guidance, seed=s.seed)
+        req = GenerationRequest(
+            prompt=CALIBRATION_CAPTION,
+            num_frames=s.frames,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            seed=s.seed,
+        )
         generate_video(pipe, req, runtime="vanilla")
     finally:
         pre.remove()
@@ -223,11 +254,17 @@ def dbcache_candidates(pipe, quick: bool) -> list[Candidate]:
             # cache-dit's own SkyReelsV2 adapter settings; it matches pipelines by class name,
             # and ours is a subclass under another name
             adapter = BlockAdapter(
-                pipe=pipe, transformer=pipe.transformer, blocks=pipe.transformer.blocks,
-                forward_pattern=ForwardPattern.Pattern_3, check_forward_pattern=True, has_separate_cfg=True,
+                pipe=pipe,
+                transformer=pipe.transformer,
+                blocks=pipe.transformer.blocks,
+                forward_pattern=ForwardPattern.Pattern_3,
+                check_forward_pattern=True,
+                has_separate_cfg=True,
             )
-            cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
-                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold))
+            cache_dit.enable_cache(
+                adapter,
+                cache_config=DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold),
+            )
             try:
                 return generate_video(pipe, req, runtime="vanilla")
             finally:
@@ -256,7 +293,9 @@ def _plot_memory(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     points = result["points"]
     unbounded = [p for p in points if p["knob"] == "pool:unbounded"]
-    budgets = list(dict.fromkeys(p["knob"] for p in points if p["knob"].startswith("pool:") and p["knob"] != "pool:unbounded"))
+    budgets = list(
+        dict.fromkeys(p["knob"] for p in points if p["knob"].startswith("pool:") and p["knob"] != "pool:unbounded")
+    )
     for name in dict.fromkeys(p["policy"] for p in points if p["knob"].startswith("pool:") and p not in unbounded):
         pts = {p["knob"]: p for p in points if p["policy"] == name}
         xs = [i for i, b in enumerate(budgets) if b in pts]
@@ -269,8 +308,13 @@ def _plot_memory(result: dict, path: Path) -> None:
         if p["policy"] == "none":
             ax.axhline(p["speedup"], color="grey", ls=":", lw=0.8, label="chunked full compute")
     ax.set_xticks(range(len(budgets)), [b.removeprefix("pool:") for b in budgets])
-    label_axes(ax, "pool budget (share of the unbounded float32 peak)", "speedup vs vanilla pipeline",
-               f"memory ({result['machine']['date']})", legend_size=6)
+    label_axes(
+        ax,
+        "pool budget (share of the unbounded float32 peak)",
+        "speedup vs vanilla pipeline",
+        f"memory ({result['machine']['date']})",
+        legend_size=6,
+    )
     save_figure(fig, path)
 
 
@@ -294,8 +338,11 @@ def memory_candidates(pipe, s: BenchSettings, quick: bool) -> list[Candidate]:
     # slot formats: float32 (exact), float16 (half the bytes, measured lossless), and both
     # CFG branches per slot with the uncond one as an int4 difference from an int8 cond
     # residual (cfg_shared; 19% of float32's bytes)
-    formats = {"float32": {}, "float16": {"pool_dtype": "float16"},
-               "int8+int4cfg": {"pool_dtype": "int8", "cfg_delta_dtype": "int4", "cfg_shared": True}}
+    formats = {
+        "float32": {},
+        "float16": {"pool_dtype": "float16"},
+        "int8+int4cfg": {"pool_dtype": "int8", "cfg_delta_dtype": "int4", "cfg_shared": True},
+    }
     out = []
     for label, budget in budgets.items():
         for eviction in ("motion", "lru") if budget is not None else ("motion",):
@@ -335,7 +382,7 @@ def run_cfg(pipe, s: BenchSettings, quick: bool, out_dir: Path, progress_bar=Non
 def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
     """Realised vs ideal speedup, and where a cached step's time goes."""
     rows = []
-    for threshold in ([0.5] if quick else [0.3, 0.5, 0.8]):
+    for threshold in [0.5] if quick else [0.3, 0.5, 0.8]:
         config = CacheConfig.decode(policy="motion", policy_config={"threshold": threshold})
         for req in bench_requests(s)[: 1 if quick else 3]:
             full = generate_video(pipe, req)
@@ -344,18 +391,21 @@ def run_overhead(pipe, s: BenchSettings, quick: bool, out_dir: Path) -> dict:
             steps = res.stats["full_steps"] + res.stats["partial_steps"] + res.stats["skipped_steps"]
             full_step_s = full.stats["timings"]["step_s"] / max(full.stats["full_steps"], 1)
             realised = full.wall_s / res.wall_s
-            rows.append({
-                "threshold": threshold, "prompt": req.prompt,
-                "ideal_speedup": res.stats["ideal_speedup"],
-                "realised_speedup": round(realised, 4),
-                "realised_over_ideal": round(realised / res.stats["ideal_speedup"], 4),
-                # per step, as a share of one full step of the same model
-                "policy_share": round(t["policy_s"] / steps / full_step_s, 5),
-                "pool_share": round(t["pool_s"] / steps / full_step_s, 5),
-                "scatter_share": round(t["scatter_s"] / steps / full_step_s, 5),
-                # a whole skipped call (embeddings + head + the above) against a full call
-                "skipped_call_share": round(t["skip_call_s"] / max(res.stats["skipped_steps"], 1) / full_step_s, 5),
-            })
+            rows.append(
+                {
+                    "threshold": threshold,
+                    "prompt": req.prompt,
+                    "ideal_speedup": res.stats["ideal_speedup"],
+                    "realised_speedup": round(realised, 4),
+                    "realised_over_ideal": round(realised / res.stats["ideal_speedup"], 4),
+                    # per step, as a share of one full step of the same model
+                    "policy_share": round(t["policy_s"] / steps / full_step_s, 5),
+                    "pool_share": round(t["pool_s"] / steps / full_step_s, 5),
+                    "scatter_share": round(t["scatter_s"] / steps / full_step_s, 5),
+                    # a whole skipped call (embeddings + head + the above) against a full call
+                    "skipped_call_share": round(t["skip_call_s"] / max(res.stats["skipped_steps"], 1) / full_step_s, 5),
+                }
+            )
     result = {"suite": "overhead", "rows": rows, "machine": machine_info()}
     _plot_overhead(result, out_dir / "overhead.png")
     return result
@@ -420,15 +470,30 @@ def run_per_chunk(pipe, suite: str, s: BenchSettings, quick: bool, out_dir: Path
         ref = generate_video(pipe, req, runtime="vanilla" if reference == "vanilla" else "chunked")
         ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
         for policy, threshold in policies.items():
-            out = generate_video(pipe, req, cache=CacheConfig.decode(policy=policy, policy_config={"threshold": threshold}))
+            out = generate_video(
+                pipe, req, cache=CacheConfig.decode(policy=policy, policy_config={"threshold": threshold})
+            )
             per_chunk = [finite(psnr_db(out.frames[a:b], ref.frames[a:b])) for a, b in ranges]
-            curves.append({"prompt": prompt, "policy": policy, "threshold": threshold, "frames": frames,
-                           "reference": reference, "psnr_db_per_chunk": per_chunk,
-                           "psnr_db": finite(psnr_db(out.frames, ref.frames)),
-                           "ideal_speedup": out.stats["ideal_speedup"], "wall_s": round(out.wall_s, 3),
-                           "reference_wall_s": round(ref.wall_s, 3)})
-    result = {"suite": suite, "curves": curves, "machine": machine_info(),
-              "settings": {"frames": frames, "steps": s.steps, "quick": quick}}
+            curves.append(
+                {
+                    "prompt": prompt,
+                    "policy": policy,
+                    "threshold": threshold,
+                    "frames": frames,
+                    "reference": reference,
+                    "psnr_db_per_chunk": per_chunk,
+                    "psnr_db": finite(psnr_db(out.frames, ref.frames)),
+                    "ideal_speedup": out.stats["ideal_speedup"],
+                    "wall_s": round(out.wall_s, 3),
+                    "reference_wall_s": round(ref.wall_s, 3),
+                }
+            )
+    result = {
+        "suite": suite,
+        "curves": curves,
+        "machine": machine_info(),
+        "settings": {"frames": frames, "steps": s.steps, "quick": quick},
+    }
     _plot_curves(result, out_dir / f"{suite}.png")
     return result
 
@@ -438,8 +503,13 @@ def _plot_curves(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in result["curves"]:
         ax.plot(c["psnr_db_per_chunk"], ".-", label=f"{c['policy']} - {c['prompt'][:28]}")
-    label_axes(ax, "chunk", f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)",
-               f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)", legend_size=6)
+    label_axes(
+        ax,
+        "chunk",
+        f"PSNR vs {result['curves'][0]['reference'] if result['curves'] else ''} (dB)",
+        f"{result['suite']}: per-chunk PSNR ({result['settings']['frames']} frames)",
+        legend_size=6,
+    )
     save_figure(fig, path)
 
 
@@ -452,8 +522,12 @@ def _plot(result: dict, path: Path) -> None:
     for name, pts in by_policy.items():
         pts = sorted(pts, key=lambda p: p["speedup"])
         ax.plot([p["speedup"] for p in pts], [p["psnr_db"] for p in pts], "o-", label=name)
-    label_axes(ax, "speedup vs vanilla pipeline (wall clock)", "PSNR vs vanilla output (dB)",
-               f"{result['suite']} ({result['machine']['date']})")
+    label_axes(
+        ax,
+        "speedup vs vanilla pipeline (wall clock)",
+        "PSNR vs vanilla output (dB)",
+        f"{result['suite']} ({result['machine']['date']})",
+    )
     save_figure(fig, path)
 
 

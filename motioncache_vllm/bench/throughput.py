@@ -67,8 +67,12 @@ def request_bodies(settings: BenchSettings, n: int, policy: str) -> list[dict]:
     """``n`` video requests: the prompts in turn, seeds ``seed + i``, the policy's defaults."""
     bodies = []
     for i in range(n):
-        body = {"prompt": settings.prompts[i % len(settings.prompts)], "num_frames": settings.frames,
-                "seed": settings.seed + i, "cache": {"policy": policy}}
+        body = {
+            "prompt": settings.prompts[i % len(settings.prompts)],
+            "num_frames": settings.frames,
+            "seed": settings.seed + i,
+            "cache": {"policy": policy},
+        }
         if settings.steps is not None:
             body["num_inference_steps"] = settings.steps
         bodies.append(body)
@@ -90,8 +94,9 @@ def timed_request(url: str, body: dict) -> Answer:
         warnings.simplefilter("ignore", DeprecationWarning)  # the client marks the Videos API deprecated
         t0 = time.perf_counter()
         try:
-            video = client.videos.poll(client.videos.create(prompt=body["prompt"], extra_body=extra).id,
-                                       poll_interval_ms=50)
+            video = client.videos.poll(
+                client.videos.create(prompt=body["prompt"], extra_body=extra).id, poll_interval_ms=50
+            )
             if video.status != "completed":
                 raise ServerError(f"video {video.id} {video.status} for {body}: {video.error}")
             client.videos.download_content(video.id).read()
@@ -111,8 +116,12 @@ def _client(url: str):
     if url not in _CLIENTS:
         import openai
 
-        _CLIENTS[url] = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("OPENAI_API_KEY", "unused"),
-                                      max_retries=0, timeout=REQUEST_TIMEOUT_S)
+        _CLIENTS[url] = openai.OpenAI(
+            base_url=f"{url}/v1",
+            api_key=os.environ.get("OPENAI_API_KEY", "unused"),
+            max_retries=0,
+            timeout=REQUEST_TIMEOUT_S,
+        )
     return _CLIENTS[url]
 
 
@@ -227,8 +236,9 @@ def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, pr
     # the library path runs after the server is gone: nothing else of ours on the cores
     worker_threads = next((t for t in threads.values() if t), 1)
     overhead = [
-        library_row(pipe, policy, request_bodies(settings, 1, policy)[0], alone[policy], worker_threads,
-                    settings.repeats)
+        library_row(
+            pipe, policy, request_bodies(settings, 1, policy)[0], alone[policy], worker_threads, settings.repeats
+        )
         for policy in POLICIES
     ]
     ratios = {r["policy"]: r["concurrent_over_sequential"] for r in rows if r["concurrency"] == TARGET["concurrency"]}
@@ -236,17 +246,27 @@ def run_throughput(pipe, settings: BenchSettings, quick: bool, out_dir: Path, pr
         "suite": "throughput",
         "rows": rows,
         "overhead": overhead,
-        "target": {**TARGET, "ratio": ratios or None,
-                   "met": all(v >= TARGET["min_ratio"] for v in ratios.values()) if ratios else None},
+        "target": {
+            **TARGET,
+            "ratio": ratios or None,
+            "met": all(v >= TARGET["min_ratio"] for v in ratios.values()) if ratios else None,
+        },
         "settings": {
-            "prompts": settings.prompts, "frames": settings.frames,
+            "prompts": settings.prompts,
+            "frames": settings.frames,
             "steps": settings.steps or pipe.config.default_num_inference_steps,
-            "height": pipe.config.default_height, "width": pipe.config.default_width,
-            "guidance": pipe.config.default_guidance_scale, "seeds": [settings.seed + i for i in range(max(levels))],
-            "policies": list(POLICIES), "policy_config": "each policy's defaults", "concurrency": list(levels),
+            "height": pipe.config.default_height,
+            "width": pipe.config.default_width,
+            "guidance": pipe.config.default_guidance_scale,
+            "seeds": [settings.seed + i for i in range(max(levels))],
+            "policies": list(POLICIES),
+            "policy_config": "each policy's defaults",
+            "concurrency": list(levels),
             "server": "motioncache serve " + " ".join(server_args),
             "torch_threads": worker_threads,  # the worker's (reported by it); the library path used the same
-            "library_repeats": max(settings.repeats, 1), "quick": quick, "cpu_count": os.cpu_count(),
+            "library_repeats": max(settings.repeats, 1),
+            "quick": quick,
+            "cpu_count": os.cpu_count(),
         },
         "machine": machine_info(),
     }
@@ -262,8 +282,13 @@ def plot_throughput(result: dict, path: Path) -> None:
         n = [r["concurrency"] for r in rows]
         colour = f"C{i}"
         rate_ax.plot(n, [r["videos_per_min"] for r in rows], "o-", color=colour, label=f"{policy}: concurrent")
-        rate_ax.plot(n, [r["sequential_videos_per_min"] for r in rows], "x--", color=colour,
-                     label=f"{policy}: same requests, sequential")
+        rate_ax.plot(
+            n,
+            [r["sequential_videos_per_min"] for r in rows],
+            "x--",
+            color=colour,
+            label=f"{policy}: same requests, sequential",
+        )
         latency_ax.plot(n, [r["latency_median_s"] for r in rows], "o-", color=colour, label=f"{policy}: median")
         latency_ax.plot(n, [r["latency_max_s"] for r in rows], "^:", color=colour, label=f"{policy}: max")
     s = result["settings"]
@@ -274,6 +299,8 @@ def plot_throughput(result: dict, path: Path) -> None:
         ax.set_xticks(s["concurrency"], [str(c) for c in s["concurrency"]])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"throughput through vLLM: {s['frames']} frames, {s['steps']} steps, "
-                 f"{s['torch_threads']} torch thread(s) ({result['machine']['date']})")
+    fig.suptitle(
+        f"throughput through vLLM: {s['frames']} frames, {s['steps']} steps, "
+        f"{s['torch_threads']} torch thread(s) ({result['machine']['date']})"
+    )
     save_figure(fig, path)

@@ -73,15 +73,15 @@ class SlotCodec:
         out = torch.zeros((n, self.slot_bytes), dtype=torch.uint8)
         row = 0
         for s in self.sections:
-            part = values[:, row:row + s.rows].float()
-            out[:, s.offset:s.offset + s.nbytes] = self._encode_section(part, s.fmt).reshape(n, -1)
+            part = values[:, row : row + s.rows].float()
+            out[:, s.offset : s.offset + s.nbytes] = self._encode_section(part, s.fmt).reshape(n, -1)
             row += s.rows
         return out
 
     def decode(self, data: torch.Tensor, section: int | None = None) -> torch.Tensor:
         """(n, slot_bytes) uint8 -> (n, rows, dim) float32; only ``section`` if given."""
         chosen = self.sections if section is None else [self.sections[section]]
-        parts = [self._decode_section(data[:, s.offset:s.offset + s.nbytes], s) for s in chosen]
+        parts = [self._decode_section(data[:, s.offset : s.offset + s.nbytes], s) for s in chosen]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     # -- one section -----------------------------------------------------------------------

@@ -129,7 +129,11 @@ class AdmitWholeOrder(EvictionOrder):
         return None
 
 
-EVICTION_ORDERS: dict[str, type[EvictionOrder]] = {"motion": MotionAwareOrder, "lru": LRUOrder, "admit": AdmitWholeOrder}
+EVICTION_ORDERS: dict[str, type[EvictionOrder]] = {
+    "motion": MotionAwareOrder,
+    "lru": LRUOrder,
+    "admit": AdmitWholeOrder,
+}
 
 
 def make_eviction_order(name: str) -> EvictionOrder:

@@ -114,9 +114,7 @@ class ActivationPool:
         self.stats.capacity_slots = 0
 
     # -- data ----------------------------------------------------------------------------
-    def read(
-        self, owner: Owner, blocks: torch.Tensor, section: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, owner: Owner, blocks: torch.Tensor, section: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 values of ``blocks`` (long ids) and which of them are present; absent rows
         are zero. ``section``: of a paired pool, only that half of each slot (0 or 1)."""
         table = self.tables.get(owner)

@@ -43,8 +43,10 @@ def _bodies(settings, n: int, offset: int = 0) -> list[bytes]:
     return [
         msgspec.json.encode(
             VideoRequest(
-                prompt=prompts[(offset + i) % len(prompts)], num_frames=settings.frames,
-                num_inference_steps=settings.steps, seed=settings.seed + offset + i,
+                prompt=prompts[(offset + i) % len(prompts)],
+                num_frames=settings.frames,
+                num_inference_steps=settings.steps,
+                seed=settings.seed + offset + i,
                 cache=CacheOverrides(policy="none"),
             )
         )
@@ -68,8 +70,11 @@ async def _measure(spec, workers: int, settings, fault: bool) -> dict:
         makespan = time.perf_counter() - t0
         fl = [a["stats"]["fleet"] for a in alone]
         row = {
-            "workers": workers, "torch_threads_per_worker": 1, "requests": n,
-            "makespan_s": round(makespan, 3), "videos_per_min": round(60 * n / makespan, 3),
+            "workers": workers,
+            "torch_threads_per_worker": 1,
+            "requests": n,
+            "makespan_s": round(makespan, 3),
+            "videos_per_min": round(60 * n / makespan, 3),
             "served_by": sorted({a["stats"]["fleet"]["worker"] for a in answers}),
             "dispatch_ms": round(1000 * statistics.median(f["dispatch_s"] for f in fl), 2),
             "latency_s": round(statistics.median(f["latency_s"] for f in fl), 3),
@@ -98,9 +103,12 @@ async def _recovery(fleet, settings) -> dict:
     faulted = await fleet.generate(body, on_progress=kill_at_first_checkpoint)
     f = faulted["stats"]["fleet"]
     return {
-        "killed_at_chunk": killed.get("chunk"), "attempts": f["attempts"], "resumed_at_chunk": f["resumed_at_chunk"],
+        "killed_at_chunk": killed.get("chunk"),
+        "attempts": f["attempts"],
+        "resumed_at_chunk": f["resumed_at_chunk"],
         "recovery_s": f["recovery_s"][0] if f["recovery_s"] else None,
-        "latency_s": f["latency_s"], "clean_latency_s": clean["stats"]["fleet"]["latency_s"],
+        "latency_s": f["latency_s"],
+        "clean_latency_s": clean["stats"]["fleet"]["latency_s"],
         "frames_equal": faulted["frames_sha256"] == clean["frames_sha256"],
     }
 
@@ -120,8 +128,12 @@ def run_fleet(pipe, settings, quick: bool, out_dir: Path, progress_bar=None) -> 
     spec = WorkerSpec(worker_id=0, model_dir=model_dir, engine_argv=engine_argv(argv), env=env)
     rows = []
     for workers in (1, 2):
-        ray.init(num_cpus=workers, object_store_memory=OBJECT_STORE_MIB * 2**20, include_dashboard=False,
-                 logging_level="WARNING")
+        ray.init(
+            num_cpus=workers,
+            object_store_memory=OBJECT_STORE_MIB * 2**20,
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
         try:
             rows.append(asyncio.run(_measure(spec, workers, settings, fault=workers == 2)))
         finally:
@@ -135,8 +147,13 @@ def run_fleet(pipe, settings, quick: bool, out_dir: Path, progress_bar=None) -> 
         "recovery": rows[1]["recovery"],
         "scaling": {**TARGET, "ratio": round(ratio, 3), "met": ratio >= TARGET["min_ratio"]},
         "settings": {
-            "prompts": settings.prompts, "frames": settings.frames, "steps": settings.steps,
-            "concurrent_requests": settings.repeats, "policy": "none", "quick": quick, "cpu_count": os.cpu_count(),
+            "prompts": settings.prompts,
+            "frames": settings.frames,
+            "steps": settings.steps,
+            "concurrent_requests": settings.repeats,
+            "policy": "none",
+            "quick": quick,
+            "cpu_count": os.cpu_count(),
             "engine": "vllm " + " ".join(spec.engine_argv),
         },
         "machine": machine_info(),

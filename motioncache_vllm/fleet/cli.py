@@ -45,8 +45,13 @@ def serve_fleet(
     from motioncache_vllm.vllm_plugin.messages import EngineCacheSettings
 
     argv = launcher.serve_argv(
-        model_dir, host=host, port=port, served_model_name=served_model_name, extra=extra,
-        cache_policy=cache_policy if pass_policy else None, cache_pool_mib=cache_pool_mib,
+        model_dir,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        extra=extra,
+        cache_policy=cache_policy if pass_policy else None,
+        cache_pool_mib=cache_pool_mib,
     )
     slots = _flag_value(argv, "--max-num-seqs") or launcher.ENGINE_DEFAULTS["--max-num-seqs"]
     try:
@@ -63,7 +68,14 @@ def serve_fleet(
     jobs = ServiceConfig.from_additional_config(settings)  # video_ttl_s, video_store_mib, as the single server
     store = None if jobs.video_store_mib is None else int(jobs.video_store_mib * 2**20)
     launch_fleet(
-        model_dir, host=host, port=port, served_model_name=served_model_name, serve_argv=argv,
-        settings=EngineCacheSettings.from_additional_config(settings), config=config, ray_address=ray_address,
-        ready_line=ready_line, service_settings=ServiceSettings(ttl_s=jobs.video_ttl_s, store_bytes=store),
+        model_dir,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        serve_argv=argv,
+        settings=EngineCacheSettings.from_additional_config(settings),
+        config=config,
+        ray_address=ray_address,
+        ready_line=ready_line,
+        service_settings=ServiceSettings(ttl_s=jobs.video_ttl_s, store_bytes=store),
     )

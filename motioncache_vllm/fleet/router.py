@@ -161,7 +161,9 @@ class Fleet:
         for i in range(self.config.workers):
             spec = msgspec.structs.replace(self.spec, worker_id=i, num_threads=threads)
             actor = actor_class.options(
-                **self.placement(), max_restarts=self.config.max_restarts, max_task_retries=0,
+                **self.placement(),
+                max_restarts=self.config.max_restarts,
+                max_task_retries=0,
                 name=f"motioncache-worker-{i}-{uuid.uuid4().hex[:6]}",
             ).remote(encode(spec))
             self.workers.append(WorkerHandle(i, actor))
@@ -353,16 +355,20 @@ class Fleet:
                             self._remember(request_id, final, last_nbytes)
                             response = event.response
                             fleet = dict(
-                                worker=worker.worker_id, attempts=attempt + 1, resumed_at_chunk=state.resumed_chunks,
+                                worker=worker.worker_id,
+                                attempts=attempt + 1,
+                                resumed_at_chunk=state.resumed_chunks,
                                 recovery_s=[round(r, 3) for r in state.recoveries_s],
                                 # submit -> the engine set the request up (routing, queueing in
                                 # the router, the Ray call, the engine's admission), and submit ->
                                 # the answer back here
-                                dispatch_s=round(dispatch_s, 4), latency_s=round(time.monotonic() - t_submit, 4),
+                                dispatch_s=round(dispatch_s, 4),
+                                latency_s=round(time.monotonic() - t_submit, 4),
                             )
                             if continuation is not None:
-                                fleet.update(continued=continuation.session,
-                                             session="regenerated" if session is None else "hit")
+                                fleet.update(
+                                    continued=continuation.session, session="regenerated" if session is None else "hit"
+                                )
                             response.setdefault("stats", {})["fleet"] = fleet
                             return response
                         else:
@@ -400,8 +406,13 @@ class Fleet:
             ]
             rows.append(
                 dict(
-                    id=w.worker_id, state=w.state, running_requests=len(w.running), requests=requests,
-                    deaths=w.deaths, last_error=w.last_error, **info,
+                    id=w.worker_id,
+                    state=w.state,
+                    running_requests=len(w.running),
+                    requests=requests,
+                    deaths=w.deaths,
+                    last_error=w.last_error,
+                    **info,
                 )
             )
         return rows

@@ -113,13 +113,21 @@ def build_app(fleet: Fleet, settings, model_name: str = "embedded", service_sett
 
         def progress(event) -> None:
             if request.job is not None:
-                service.on_event(VideoEvent(job=request.job, units_done=event.units_done,
-                                            units_total=event.units_total, chunks_done=event.chunk,
-                                            chunks_total=event.chunks_total))
+                service.on_event(
+                    VideoEvent(
+                        job=request.job,
+                        units_done=event.units_done,
+                        units_total=event.units_total,
+                        chunks_done=event.chunk,
+                        chunks_total=event.chunks_total,
+                    )
+                )
 
         try:
             response = await fleet.generate(
-                msgspec.json.encode(bare), request_id=request.job, continuation=request.continue_from,
+                msgspec.json.encode(bare),
+                request_id=request.job,
+                continuation=request.continue_from,
                 on_progress=progress,
             )
         except FleetError as exc:
@@ -134,8 +142,12 @@ def build_app(fleet: Fleet, settings, model_name: str = "embedded", service_sett
         return None if model == model_name else f"the model `{model}` does not exist; served: ['{model_name}']"
 
     service = VideoService(
-        submit=submit, validate=lambda body: validate_request(body, settings), model_name=model_name,
-        settings=service_settings, check_model=check_model, drop_session=drop_session,
+        submit=submit,
+        validate=lambda body: validate_request(body, settings),
+        model_name=model_name,
+        settings=service_settings,
+        check_model=check_model,
+        drop_session=drop_session,
     )
     app.state.motioncache_videos = service
     app.include_router(videos_router(lambda request: request.app.state.motioncache_videos))
@@ -174,7 +186,9 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=num_cpus, object_store_memory=OBJECT_STORE_MIB * 2**20, include_dashboard=False,
+            num_cpus=num_cpus,
+            object_store_memory=OBJECT_STORE_MIB * 2**20,
+            include_dashboard=False,
             logging_level=logging.WARNING,
         )
 

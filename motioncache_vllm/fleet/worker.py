@@ -140,7 +140,10 @@ class EngineWorker:
             if plan is not None:
                 last = plan.segments[-1]
                 request = msgspec.structs.replace(
-                    request, prompt=last.prompt, num_frames=last.num_frames, seed=last.seed,
+                    request,
+                    prompt=last.prompt,
+                    num_frames=last.num_frames,
+                    seed=last.seed,
                     continue_from=Continuation(session=ticket, plan=plan),
                 )
                 if snapshot is not None:  # taken by the job when it starts (see _on_job_start)
@@ -177,11 +180,18 @@ class EngineWorker:
         pool = self.video_worker.pool
         return encode(
             WorkerInfo(
-                worker_id=self.spec.worker_id, node_id=ctx.get_node_id(), node_ip=ray.util.get_node_ip_address(),
-                pid=os.getpid(), running=len(self.stats.running), pool_in_use_bytes=pool.stats.in_use_bytes,
-                pool_peak_bytes=pool.stats.peak_bytes, pool_budget_bytes=pool.budget_bytes,
-                torch_threads=torch.get_num_threads(), gpus=[str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
-                videos_done=self.stats.videos_done, engine_steps=self.video_worker.engine_steps,
+                worker_id=self.spec.worker_id,
+                node_id=ctx.get_node_id(),
+                node_ip=ray.util.get_node_ip_address(),
+                pid=os.getpid(),
+                running=len(self.stats.running),
+                pool_in_use_bytes=pool.stats.in_use_bytes,
+                pool_peak_bytes=pool.stats.peak_bytes,
+                pool_budget_bytes=pool.budget_bytes,
+                torch_threads=torch.get_num_threads(),
+                gpus=[str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
+                videos_done=self.stats.videos_done,
+                engine_steps=self.video_worker.engine_steps,
             )
         )
 
@@ -219,8 +229,9 @@ class EngineWorker:
             return  # aborted meanwhile
         try:
             response = self.io.post_process([out], request_id=running.order.request_id)
-            event = WorkEvent(kind="done", worker_id=self.spec.worker_id, chunk=running.chunks, response=response,
-                              plan=running.plan)
+            event = WorkEvent(
+                kind="done", worker_id=self.spec.worker_id, chunk=running.chunks, response=response, plan=running.plan
+            )
             self.stats.videos_done += 1
         except Exception as exc:  # noqa: BLE001  (VideoGenerationError: the request failed, not the worker)
             event = WorkEvent(kind="error", worker_id=self.spec.worker_id, error=str(exc))
@@ -251,8 +262,15 @@ class EngineWorker:
         checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.units_done, state=state))
         self._emit(
             running,
-            WorkEvent(kind="chunk", worker_id=self.spec.worker_id, chunk=chunks, has_checkpoint=True,
-                      nbytes=len(state), units_done=job.gen.units_done, units_total=job.gen.total_units,
-                      chunks_total=job.gen.num_chunks),
+            WorkEvent(
+                kind="chunk",
+                worker_id=self.spec.worker_id,
+                chunk=chunks,
+                has_checkpoint=True,
+                nbytes=len(state),
+                units_done=job.gen.units_done,
+                units_total=job.gen.total_units,
+                chunks_total=job.gen.num_chunks,
+            ),
         )
         self._emit(running, checkpoint)

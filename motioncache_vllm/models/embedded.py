@@ -98,4 +98,3 @@ def build_scheduler():
 
 def embedded_available(path: Path = EMBEDDED_DIR) -> bool:
     return (path / "model_index.json").is_file()
-

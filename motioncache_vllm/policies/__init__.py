@@ -37,9 +37,24 @@ from motioncache_vllm.policies.teacache import TeaCachePolicy
 from motioncache_vllm.policies.tokenrate import TokenRatePolicy
 
 __all__ = [
-    "CachePolicy", "Decision", "PolicyState", "StepObservation", "UnknownPolicyError", "InvalidPolicyConfig",
-    "register_policy", "policy_names", "get_policy_class", "make_policy", "decode_policy", "parse_overrides",
-    "NoneConfig", "TeaCacheConfig", "FlowCacheConfig", "MotionConfig", "MagCacheConfig", "TokenRateConfig",
+    "CachePolicy",
+    "Decision",
+    "PolicyState",
+    "StepObservation",
+    "UnknownPolicyError",
+    "InvalidPolicyConfig",
+    "register_policy",
+    "policy_names",
+    "get_policy_class",
+    "make_policy",
+    "decode_policy",
+    "parse_overrides",
+    "NoneConfig",
+    "TeaCacheConfig",
+    "FlowCacheConfig",
+    "MotionConfig",
+    "MagCacheConfig",
+    "TokenRateConfig",
 ]
 
 
@@ -69,7 +84,9 @@ def get_policy_class(name: str) -> type[CachePolicy]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownPolicyError(f"unknown cache policy {name!r}; valid policies: {', '.join(policy_names())}") from None
+        raise UnknownPolicyError(
+            f"unknown cache policy {name!r}; valid policies: {', '.join(policy_names())}"
+        ) from None
 
 
 def make_policy(
@@ -86,7 +103,9 @@ def make_policy(
     elif overrides:
         raise TypeError("overrides go with a policy name; a config already holds its settings")
     return get_policy_class(config.name)(
-        config, model_coefficients=model_coefficients, model_fit_range=model_fit_range,
+        config,
+        model_coefficients=model_coefficients,
+        model_fit_range=model_fit_range,
         model_mag_ratios=model_mag_ratios,
     )
 

@@ -60,7 +60,11 @@ class _RecordingPolicy(NonePolicy):
 
 
 def calibrate(
-    pipe, prompts: list[str], degree: int = 4, num_frames: int | None = None, seed: int = 0,
+    pipe,
+    prompts: list[str],
+    degree: int = 4,
+    num_frames: int | None = None,
+    seed: int = 0,
     steps: tuple[int | None, ...] = (None,),
 ) -> dict:
     """Run full compute on ``prompts`` (with each schedule length in ``steps``; None = the
@@ -80,12 +84,22 @@ def calibrate(
         generator = seeded_generator(r.seed)
         pipe._guidance_scale = r.guidance
         cond, uncond = pipe.encode_prompt(
-            r.prompt, None, do_classifier_free_guidance=r.guidance > 1.0, num_videos_per_prompt=1,
-            max_sequence_length=r.max_sequence_length, device=pipe._execution_device,
+            r.prompt,
+            None,
+            do_classifier_free_guidance=r.guidance > 1.0,
+            num_videos_per_prompt=1,
+            max_sequence_length=r.max_sequence_length,
+            device=pipe._execution_device,
         )
         latents = pipe.prepare_latents(
-            1, pipe.transformer.config.in_channels, r.height, r.width, pipe.padded_num_frames(r.num_frames),
-            torch.float32, pipe._execution_device, generator,
+            1,
+            pipe.transformer.config.in_channels,
+            r.height,
+            r.width,
+            pipe.padded_num_frames(r.num_frames),
+            torch.float32,
+            pipe._execution_device,
+            generator,
         )[0]
         embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
         policy.finished_norms.clear()

@@ -60,7 +60,12 @@ class ChunkedRunner:
     """Runs a pipeline's transformer chunk by chunk with a cache policy and a shared pool."""
 
     def __init__(
-        self, pipe, policy: CachePolicy, pool: ActivationPool, tile: int = 1, cfg_shared: bool = False,
+        self,
+        pipe,
+        policy: CachePolicy,
+        pool: ActivationPool,
+        tile: int = 1,
+        cfg_shared: bool = False,
         kv_factory: Callable[[str, KVGeometry], StreamKV] | None = None,
     ) -> None:
         if getattr(pipe.transformer, "is_cache_enabled", False):
@@ -112,7 +117,10 @@ class ChunkedRunner:
         t0 = time.perf_counter()
         try:
             return self.pipe.transformer(
-                hidden_states=x, encoder_hidden_states=embeds, return_dict=False, **self.adapter.call_kwargs(t),
+                hidden_states=x,
+                encoder_hidden_states=embeds,
+                return_dict=False,
+                **self.adapter.call_kwargs(t),
                 **self.call_kwargs,
             )[0]
         finally:
@@ -131,8 +139,17 @@ class DenoiseRun:
     ``ChunkedRunner.denoise`` is this loop run to the end.
     """
 
-    def __init__(self, runner: ChunkedRunner, prompt_embeds, latents, num_inference_steps, guidance_scale,
-                 request_id, progress, frames_per_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        runner: ChunkedRunner,
+        prompt_embeds,
+        latents,
+        num_inference_steps,
+        guidance_scale,
+        request_id,
+        progress,
+        frames_per_chunk: int | None = None,
+    ) -> None:
         pipe = runner.pipe
         per_chunk = frames_per_chunk or pipe.causal_block_size
         _, _, frames, lh, lw = latents.shape
@@ -262,9 +279,17 @@ class DenoiseRun:
             state.stream_key = (self.request_id, b)
             owner = (self.request_id, c, "cfg" if self.pool.paired else b)  # paired: one slot, both branches
             self.streams[b] = ChunkStream(
-                owner, lay, self.policy, state, self.pool, self.kv[b],
-                self.kv[b].chunk_start(lo * lay.tokens_per_frame), ad.rope_rows(lo, self.frames_per_chunk, self.grid), self.counters,
-                self._recompute_counts, len(self.timesteps),
+                owner,
+                lay,
+                self.policy,
+                state,
+                self.pool,
+                self.kv[b],
+                self.kv[b].chunk_start(lo * lay.tokens_per_frame),
+                ad.rope_rows(lo, self.frames_per_chunk, self.grid),
+                self.counters,
+                self._recompute_counts,
+                len(self.timesteps),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
         if self.runner.cfg_shared and "uncond" in self.streams:

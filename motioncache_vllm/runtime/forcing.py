@@ -45,13 +45,30 @@ class ForcingRun(DenoiseRun):
     """
 
     def __init__(
-        self, runner: ChunkedRunner, prompt_embeds: dict[str, torch.Tensor], latents: torch.Tensor,
-        num_inference_steps: int, guidance_scale: float, step_matrix: torch.Tensor, update_mask: torch.Tensor,
-        frames_per_chunk: int, prefix_frames: int = 0, prefix_latents: torch.Tensor | None = None,
-        prefix_t: int = 0, request_id: str = "forcing",
+        self,
+        runner: ChunkedRunner,
+        prompt_embeds: dict[str, torch.Tensor],
+        latents: torch.Tensor,
+        num_inference_steps: int,
+        guidance_scale: float,
+        step_matrix: torch.Tensor,
+        update_mask: torch.Tensor,
+        frames_per_chunk: int,
+        prefix_frames: int = 0,
+        prefix_latents: torch.Tensor | None = None,
+        prefix_t: int = 0,
+        request_id: str = "forcing",
     ) -> None:
-        super().__init__(runner, prompt_embeds, latents, num_inference_steps, guidance_scale, request_id, None,
-                         frames_per_chunk=frames_per_chunk)
+        super().__init__(
+            runner,
+            prompt_embeds,
+            latents,
+            num_inference_steps,
+            guidance_scale,
+            request_id,
+            None,
+            frames_per_chunk=frames_per_chunk,
+        )
         per = frames_per_chunk
         self.block_t = step_matrix[:, ::per]  # (iterations, blocks)
         self.block_update = update_mask[:, ::per]
@@ -64,20 +81,20 @@ class ForcingRun(DenoiseRun):
         """The whole window: prefix commits, then the matrix row by row."""
         per = self.frames_per_chunk
         for c in range(self.prefix_blocks):
-            x = None if self.prefix_latents is None else self.prefix_latents[:, :, c * per:(c + 1) * per]
+            x = None if self.prefix_latents is None else self.prefix_latents[:, :, c * per : (c + 1) * per]
             self._unit(c, commit=True, x=x, t=self.prefix_t)
         finished: list[int] = []
         last_block = self.num_chunks - 1
         for row in range(len(self.block_t)):
             for c in finished:  # finished at the previous row: at t = 0 from now on
-                if c < last_block and bool(self.block_update[row:, c + 1:].any()):
+                if c < last_block and bool(self.block_update[row:, c + 1 :].any()):
                     self._unit(c, commit=True)
                 else:
                     self._drop(c)
             finished = []
             for c in torch.nonzero(self.block_update[row]).flatten().tolist():
                 self._unit(c, t=self.block_t[row, c])
-                if row + 1 == len(self.block_t) or not bool(self.block_update[row + 1:, c].any()):
+                if row + 1 == len(self.block_t) or not bool(self.block_update[row + 1 :, c].any()):
                     finished.append(c)
         for c in list(self._active):
             self._drop(c)
@@ -92,7 +109,11 @@ class ForcingRun(DenoiseRun):
         if state is None:
             self._begin_chunk(c, lo)
         else:
-            self.streams, self._scheduler, self._recompute_counts = state.streams, state.scheduler, state.recompute_counts
+            self.streams, self._scheduler, self._recompute_counts = (
+                state.streams,
+                state.scheduler,
+                state.recompute_counts,
+            )
         if commit:
             self._commit(c, lo, hi, x=x, t=t or 0)
             return
@@ -130,8 +151,10 @@ def diffusion_forcing_latents(pipe, runner: ChunkedRunner, embeds, args, generat
     timesteps = pipe.scheduler.timesteps
     per = args.causal_block_size
     num_latent = (args.num_frames - 1) // t_factor + 1
-    long_video = args.overlap_history is not None and args.base_num_frames is not None and (
-        args.num_frames > args.base_num_frames
+    long_video = (
+        args.overlap_history is not None
+        and args.base_num_frames is not None
+        and (args.num_frames > args.base_num_frames)
     )
     if long_video:
         overlap = (args.overlap_history - 1) // t_factor + 1
@@ -142,9 +165,20 @@ def diffusion_forcing_latents(pipe, runner: ChunkedRunner, embeds, args, generat
     accumulated, counters = None, []
     for it in range(n_iter):
         latents, frames, prefix, prefix_frames = pipe.prepare_latents(
-            1, pipe.transformer.config.in_channels, args.height, args.width, args.num_frames, torch.float32, device,
-            generator, None, video_latents=accumulated, base_latent_num_frames=base if long_video else None,
-            causal_block_size=per, overlap_history_latent_frames=overlap, long_video_iter=it if long_video else None,
+            1,
+            pipe.transformer.config.in_channels,
+            args.height,
+            args.width,
+            args.num_frames,
+            torch.float32,
+            device,
+            generator,
+            None,
+            video_latents=accumulated,
+            base_latent_num_frames=base if long_video else None,
+            causal_block_size=per,
+            overlap_history_latent_frames=overlap,
+            long_video_iter=it if long_video else None,
         )
         if frames % per:
             raise ValueError(f"a window of {frames} latent frames is not a whole number of causal blocks of {per}")
@@ -160,8 +194,18 @@ def diffusion_forcing_latents(pipe, runner: ChunkedRunner, embeds, args, generat
             frames, timesteps, frames if long_video else base, args.ar_step, prefix_frames, per
         )
         run = ForcingRun(
-            runner, embeds, latents, args.num_inference_steps, args.guidance_scale, step_matrix, update_mask, per,
-            prefix_frames, prefix_latents, prefix_t, request_id=f"forcing-{it}",
+            runner,
+            embeds,
+            latents,
+            args.num_inference_steps,
+            args.guidance_scale,
+            step_matrix,
+            update_mask,
+            per,
+            prefix_frames,
+            prefix_latents,
+            prefix_t,
+            request_id=f"forcing-{it}",
         )
         try:
             run.run()

@@ -62,8 +62,14 @@ def _generate_vanilla(pipe, r: ResolvedRequest, progress: bool) -> GenerationRes
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     t0 = time.perf_counter()
     out = pipe(
-        r.prompt, num_frames=r.num_frames, height=r.height, width=r.width, num_inference_steps=r.steps,
-        guidance_scale=r.guidance, generator=seeded_generator(r.seed), output_type="np",
+        r.prompt,
+        num_frames=r.num_frames,
+        height=r.height,
+        width=r.width,
+        num_inference_steps=r.steps,
+        guidance_scale=r.guidance,
+        generator=seeded_generator(r.seed),
+        output_type="np",
     )
     wall = time.perf_counter() - t0
     return GenerationResult(frames=to_uint8(out.frames[0]), wall_s=wall, steps=r.steps, guidance=r.guidance)
@@ -86,4 +92,3 @@ def generate_chunked(
     finally:
         gen.close()
     return gen.result()
-

@@ -47,8 +47,12 @@ def resolve(pipe, request: GenerationRequest) -> ResolvedRequest:
     from motioncache_vllm.limits import check_request, geometry_of
 
     check_request(
-        geometry_of(pipe), prompt=request.prompt, num_frames=request.num_frames, height=request.height,
-        width=request.width, guidance_scale=request.guidance_scale,
+        geometry_of(pipe),
+        prompt=request.prompt,
+        num_frames=request.num_frames,
+        height=request.height,
+        width=request.width,
+        guidance_scale=request.guidance_scale,
     )
     cfg = pipe.config
     return ResolvedRequest(
@@ -76,8 +80,12 @@ def make_pool(pipe, config: PoolConfig, latent_frames_per_chunk: int | None = No
     dim = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
     budget = None if config.pool_mib is None else int(config.pool_mib * 2**20)
     return ActivationPool(
-        frames * config.tile * config.tile, dim, budget, make_eviction_order(config.eviction),
-        dtype=config.pool_dtype, pair_dtype=config.cfg_delta_dtype,
+        frames * config.tile * config.tile,
+        dim,
+        budget,
+        make_eviction_order(config.eviction),
+        dtype=config.pool_dtype,
+        pair_dtype=config.cfg_delta_dtype,
     )
 
 

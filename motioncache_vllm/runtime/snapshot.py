@@ -66,7 +66,11 @@ class TensorData(msgspec.Struct, array_like=True, gc=False):
         if self.dtype not in _DTYPES:
             raise ValueError(f"snapshot tensor of unknown dtype {self.dtype!r}")
         dtype = getattr(torch, self.dtype)
-        flat = torch.frombuffer(bytearray(self.data), dtype=torch.uint8) if self.data else torch.empty(0, dtype=torch.uint8)
+        flat = (
+            torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+            if self.data
+            else torch.empty(0, dtype=torch.uint8)
+        )
         return flat.view(dtype).reshape(self.shape)
 
     @property
@@ -101,7 +105,10 @@ class VideoPlan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """The plan of one (resolved) request: ``runtime.generate.ResolvedRequest``."""
         return cls(
             segments=[Segment(prompt=request.prompt, num_frames=request.num_frames, seed=request.seed)],
-            height=request.height, width=request.width, steps=request.steps, guidance=request.guidance,
+            height=request.height,
+            width=request.width,
+            steps=request.steps,
+            guidance=request.guidance,
             max_sequence_length=request.max_sequence_length,
         )
 
@@ -132,8 +139,14 @@ class VideoPlan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
         last = self.segments[-1]
         return ResolvedRequest(
-            prompt=last.prompt, num_frames=last.num_frames, height=self.height, width=self.width,
-            steps=self.steps, guidance=self.guidance, seed=last.seed, max_sequence_length=self.max_sequence_length,
+            prompt=last.prompt,
+            num_frames=last.num_frames,
+            height=self.height,
+            width=self.width,
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=last.seed,
+            max_sequence_length=self.max_sequence_length,
         )
 
 
@@ -151,8 +164,13 @@ class CountersData(msgspec.Struct, kw_only=True):
     timings: dict[str, float] = msgspec.field(default_factory=dict)
 
     _SCALARS = (
-        "token_steps_total", "token_steps_computed", "commit_tokens", "full_steps", "partial_steps",
-        "skipped_steps", "forced_blocks",
+        "token_steps_total",
+        "token_steps_computed",
+        "commit_tokens",
+        "full_steps",
+        "partial_steps",
+        "skipped_steps",
+        "forced_blocks",
     )
 
     @classmethod

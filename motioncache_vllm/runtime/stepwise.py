@@ -61,8 +61,14 @@ class StepwiseGeneration:
             generator = generator if generator is not None else seeded_generator(r.seed)
             padded = pipe.padded_num_frames(r.num_frames)
             latents = pipe.prepare_latents(
-                1, pipe.transformer.config.in_channels, r.height, r.width, padded, torch.float32,
-                pipe._execution_device, generator,
+                1,
+                pipe.transformer.config.in_channels,
+                r.height,
+                r.width,
+                padded,
+                torch.float32,
+                pipe._execution_device,
+                generator,
             )[0]
         self._setup(pipe, VideoPlan.of(r), latents, cache, pool, request_id, progress, t0, kv_factory=kv_factory)
 
@@ -114,8 +120,9 @@ class StepwiseGeneration:
             old = snapshot.latents.tensor()
             new_frames = (pipe.padded_num_frames(num_frames) - 1) // pipe.vae_scale_factor_temporal + 1 - old.shape[2]
             generator = seeded_generator(seed)
-            noise = torch.randn((*old.shape[:2], max(new_frames, 0), *old.shape[3:]), generator=generator,
-                                dtype=old.dtype)
+            noise = torch.randn(
+                (*old.shape[:2], max(new_frames, 0), *old.shape[3:]), generator=generator, dtype=old.dtype
+            )
             latents = torch.cat([old, noise], dim=2)
         gen._setup(pipe, plan, latents, cache, pool, request_id, progress, t0, restore=snapshot)
         return gen
@@ -134,8 +141,12 @@ class StepwiseGeneration:
                 kv = {b: [TensorData.of(t) for t in ts] for b, ts in run.context_kv().items()}
                 previous = {b: TensorData.of(t) for b, t in run.previous_last.items() if t is not None}
             return GenerationSnapshot(
-                plan=self.plan, chunks_done=run.chunks_done, num_chunks=run.num_chunks,
-                latents=TensorData.of(run.latents), kv=kv, previous_last=previous,
+                plan=self.plan,
+                chunks_done=run.chunks_done,
+                num_chunks=run.num_chunks,
+                latents=TensorData.of(run.latents),
+                kv=kv,
+                previous_last=previous,
                 counters=CountersData.of(run.counters),
             )
 
@@ -144,8 +155,19 @@ class StepwiseGeneration:
         """Chunks this object did not denoise itself (taken from a snapshot)."""
         return self._resumed_chunks
 
-    def _setup(self, pipe, plan: VideoPlan, latents, cache, pool, request_id, progress, t0,
-               restore: GenerationSnapshot | None = None, kv_factory=None) -> None:
+    def _setup(
+        self,
+        pipe,
+        plan: VideoPlan,
+        latents,
+        cache,
+        pool,
+        request_id,
+        progress,
+        t0,
+        restore: GenerationSnapshot | None = None,
+        kv_factory=None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         from motioncache_vllm.policies import make_policy
@@ -183,8 +205,12 @@ class StepwiseGeneration:
     def _embeds(self, prompt: str) -> dict[str, torch.Tensor]:
         pipe, plan = self.pipe, self.plan
         cond, uncond = pipe.encode_prompt(
-            prompt, None, do_classifier_free_guidance=plan.guidance > 1.0, num_videos_per_prompt=1,
-            max_sequence_length=plan.max_sequence_length, device=pipe._execution_device,
+            prompt,
+            None,
+            do_classifier_free_guidance=plan.guidance > 1.0,
+            num_videos_per_prompt=1,
+            max_sequence_length=plan.max_sequence_length,
+            device=pipe._execution_device,
         )
         embeds = {"cond": cond.to(pipe.transformer.dtype)}
         if uncond is not None:
@@ -313,7 +339,11 @@ class StepwiseGeneration:
         if self._resumed_chunks:  # the figures cover the whole video, these chunks' work included
             stats["resumed_chunks"] = self._resumed_chunks
         self._result = GenerationResult(
-            frames=frames, wall_s=wall, steps=r.steps, guidance=r.guidance, stats=stats,
+            frames=frames,
+            wall_s=wall,
+            steps=r.steps,
+            guidance=r.guidance,
+            stats=stats,
             recompute_map=recompute_map_frames(c, grid, cache.pool.tile),
         )
         return self._result

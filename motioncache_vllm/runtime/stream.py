@@ -146,8 +146,10 @@ class ChunkStream:
             return None
         lay = self.layout
         obs = StepObservation(
-            e0=temb, hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
-            previous_last_frame=self.previous_last_frame, num_steps=self.num_steps,
+            e0=temb,
+            hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
+            previous_last_frame=self.previous_last_frame,
+            num_steps=self.num_steps,
         )
         timings = self.counters.timings
         t0 = time.perf_counter()

@@ -134,8 +134,12 @@ class Admission:
     def need(self, request) -> int:
         """Peak bytes of a :class:`~.messages.VideoRequest`; raises RequestTooLarge if it can never fit."""
         need = request_memory(
-            self.geometry, num_frames=request.num_frames, height=request.height, width=request.width,
-            guidance_scale=request.guidance_scale, pool_bounded=self.pool_bounded,
+            self.geometry,
+            num_frames=request.num_frames,
+            height=request.height,
+            width=request.width,
+            guidance_scale=request.guidance_scale,
+            pool_bounded=self.pool_bounded,
         )
         check_memory(need, self.gate.limit_bytes)
         return need.total
@@ -179,8 +183,13 @@ def error_body(message: str, status: int) -> bytes:
 
 async def _answer(send, status: int, message: str) -> None:
     body = error_body(message, status)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -448,8 +457,11 @@ async def init_state(engine_client, state, args) -> None:
     if engine_client is not None:
         geometry = _served_geometry(engine_client)
         if geometry is not None:
-            gate = Admission(geometry, settings.memory_budget_bytes(cache.pool.pool_mib),
-                             pool_bounded=cache.pool.pool_mib is not None)
+            gate = Admission(
+                geometry,
+                settings.memory_budget_bytes(cache.pool.pool_mib),
+                pool_bounded=cache.pool.pool_mib is not None,
+            )
             holder["admission"] = state.motioncache_admission = gate
             _set_gauges(gate.gate)
             logger.info("memory budget of video requests: %.0f MiB", gate.gate.limit_bytes / MIB)

@@ -33,7 +33,10 @@ IO_PROCESSOR_PLUGIN = "motioncache_video"
 ENDPOINT_PLUGIN = "motioncache_videos"
 OUR_PLUGINS = (GENERAL_PLUGIN, IO_PROCESSOR_PLUGIN, ENDPOINT_PLUGIN)
 PLUGIN_GROUPS = (
-    "vllm.general_plugins", "vllm.io_processor_plugins", "vllm.platform_plugins", "vllm.stat_logger_plugins",
+    "vllm.general_plugins",
+    "vllm.io_processor_plugins",
+    "vllm.platform_plugins",
+    "vllm.stat_logger_plugins",
 )
 """Groups gated by ``VLLM_PLUGINS`` that load everything when it is unset."""
 
@@ -57,7 +60,8 @@ ENGINE_DEFAULTS: dict[str, str | None] = {
     "--no-enable-prefix-caching": None,
 }
 ALIASES = {
-    "--no-enforce-eager": "--enforce-eager", "-O": "--compilation-config",
+    "--no-enforce-eager": "--enforce-eager",
+    "-O": "--compilation-config",
     "--enable-prefix-caching": "--no-enable-prefix-caching",
 }
 
@@ -237,8 +241,14 @@ def launch(
     """Prepare the environment, print ``ready_line`` once the server answers, run ``vllm serve``."""
     prepare_environment(os.environ if environ is None else environ)
     argv = serve_argv(
-        model_dir, host=host, port=port, served_model_name=served_model_name, extra=extra,
-        cache_policy=cache_policy, cache_pool_mib=cache_pool_mib, serve_settings=serve_settings,
+        model_dir,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        extra=extra,
+        cache_policy=cache_policy,
+        cache_pool_mib=cache_pool_mib,
+        serve_settings=serve_settings,
     )
     watch_until_ready(f"http://{probe_host(host)}:{port}", ready_line)
     from motioncache_vllm.vllm_plugin import guard
@@ -247,6 +257,9 @@ def launch(
         run_vllm_cli(argv)
     finally:
         if guard.engine_died:  # the watchdog stopped the server: say so in the exit status
-            print(f"motioncache: the engine core died; exiting with status {guard.ENGINE_DIED_EXIT}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"motioncache: the engine core died; exiting with status {guard.ENGINE_DIED_EXIT}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(guard.ENGINE_DIED_EXIT)

@@ -101,8 +101,13 @@ class VideoRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omi
 
     def generation_request(self) -> GenerationRequest:
         return GenerationRequest(
-            prompt=self.prompt, num_frames=self.num_frames, height=self.height, width=self.width,
-            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, seed=self.seed,
+            prompt=self.prompt,
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
         )
 
 
@@ -184,8 +189,11 @@ class EngineCacheSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> EngineCacheSettings:
         """Raises ValueError (naming the MotionCache keys) on a bad setting."""
-        ours = {k.removeprefix(SETTINGS_PREFIX): v for k, v in (additional_config or {}).items()
-                if k.startswith(SETTINGS_PREFIX)}
+        ours = {
+            k.removeprefix(SETTINGS_PREFIX): v
+            for k, v in (additional_config or {}).items()
+            if k.startswith(SETTINGS_PREFIX)
+        }
         pool_fields = PoolConfig.__struct_fields__
         try:
             pool = PoolConfig.decode({k: v for k, v in ours.items() if k in pool_fields})
@@ -200,8 +208,10 @@ class EngineCacheSettings(msgspec.Struct, frozen=True, kw_only=True):
     def cache_config(self, overrides: CacheOverrides) -> CacheConfig:
         """The cache settings of one request (its policy decoded once); raises ConfigError."""
         if overrides.policy is None:
-            policy = self.policy if overrides.policy_config is None else decode_policy(
-                self.policy.name, overrides.policy_config
+            policy = (
+                self.policy
+                if overrides.policy_config is None
+                else decode_policy(self.policy.name, overrides.policy_config)
             )
         else:  # another policy: the engine's config was written for the engine's policy
             policy = decode_policy(overrides.policy, overrides.policy_config)
@@ -224,6 +234,7 @@ def validate_request(
     policy with a valid config. Raises InvalidVideoRequest. The IO processor's ``parse_data``
     and the Ray fleet's front both call it."""
     from motioncache_vllm.limits import InvalidRequest, RequestTooLarge, check_finite
+
     request = decode_request(data)
     try:
         if geometry is None:  # no model at hand: what holds for every Wan-family model
@@ -232,13 +243,19 @@ def validate_request(
                 raise InvalidRequest("prompt must not be blank")
             if request.num_frames is not None and (request.num_frames - 1) % TEMPORAL_FACTOR:
                 lo = (request.num_frames - 1) // 4 * 4 + 1
-                raise InvalidRequest(f"num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {request.num_frames}")
+                raise InvalidRequest(
+                    f"num_frames must be of the form 4k+1 (e.g. {lo} or {lo + 4}), got {request.num_frames}"
+                )
         else:
             check_video_request(request, geometry, memory_budget_bytes, settings.pool.pool_mib)
             if max_units is not None:
                 g = geometry
-                work = work_units(request.num_frames or g.default_num_frames,
-                                  request.num_inference_steps or g.default_steps, g.causal_block, g.temporal_factor)
+                work = work_units(
+                    request.num_frames or g.default_num_frames,
+                    request.num_inference_steps or g.default_steps,
+                    g.causal_block,
+                    g.temporal_factor,
+                )
                 if work > max_units:
                     raise InvalidRequest(
                         f"the request has {work} units (chunks x (steps + 1)); this server runs at most "
@@ -255,7 +272,11 @@ def validate_request(
     if request.continue_from is not None:
         plan = request.continue_from.plan
         last = plan.segments[-1] if plan.segments else None
-        if last is None or (request.prompt, request.num_frames, request.seed) != (last.prompt, last.num_frames, last.seed):
+        if last is None or (request.prompt, request.num_frames, request.seed) != (
+            last.prompt,
+            last.num_frames,
+            last.seed,
+        ):
             raise InvalidVideoRequest(
                 "invalid video request: continue_from.plan must end with this request's prompt, num_frames and seed"
             )
@@ -314,12 +335,20 @@ def check_video_request(
 
     check_finite(request.cache.policy_config or {}, "cache.policy_config")
     check_request(
-        geometry, prompt=request.prompt, num_frames=request.num_frames, height=request.height,
-        width=request.width, guidance_scale=request.guidance_scale,
+        geometry,
+        prompt=request.prompt,
+        num_frames=request.num_frames,
+        height=request.height,
+        width=request.width,
+        guidance_scale=request.guidance_scale,
     )
     if memory_budget_bytes is not None:
         need = request_memory(
-            geometry, num_frames=request.num_frames, height=request.height, width=request.width,
-            guidance_scale=request.guidance_scale, pool_bounded=pool_mib is not None,
+            geometry,
+            num_frames=request.num_frames,
+            height=request.height,
+            width=request.width,
+            guidance_scale=request.guidance_scale,
+            pool_bounded=pool_mib is not None,
         )
         check_memory(need, memory_budget_bytes)

@@ -35,7 +35,9 @@ def _get() -> dict[str, Any]:
                 "motioncache_token_steps_computed", "Token-steps actually computed (the rest came from the cache)"
             ),
             "evictions": Counter("motioncache_pool_evictions", "Blocks evicted from the worker's activation pool"),
-            "in_use": Gauge("motioncache_pool_in_use_bytes", "Activation pool bytes in use (at the latest finished video)"),
+            "in_use": Gauge(
+                "motioncache_pool_in_use_bytes", "Activation pool bytes in use (at the latest finished video)"
+            ),
             "peak": Gauge("motioncache_pool_peak_bytes", "Peak activation pool bytes in use since the worker started"),
             "budget": Gauge("motioncache_pool_budget_bytes", "Activation pool budget in bytes (+Inf: unbounded)"),
         }

@@ -76,7 +76,11 @@ class MotionCacheVideoModel(nn.Module):
         self.qkv_proj = nn.Linear(hidden, 3 * hidden, bias=False)
         # the layer name must hold exactly one integer (vLLM derives the layer index from it)
         self.attn = Attention(
-            heads, head_dim, head_dim**-0.5, num_kv_heads=heads, cache_config=vllm_config.cache_config,
+            heads,
+            head_dim,
+            head_dim**-0.5,
+            num_kv_heads=heads,
+            cache_config=vllm_config.cache_config,
             prefix=f"{prefix}.layers.0.attn" if prefix else "layers.0.attn",
         )
         worker = VideoWorker(getattr(config, "motioncache_pipeline", "embedded"), vllm_config.additional_config)

@@ -75,7 +75,10 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
 
         try:
             return validate_request(
-                data, self.settings, self.geometry, memory_budget_bytes=self.memory_budget_bytes,
+                data,
+                self.settings,
+                self.geometry,
+                memory_budget_bytes=self.memory_budget_bytes,
                 max_units=self.max_units,
             )
         except RequestTooLargeError:
@@ -100,8 +103,9 @@ class VideoIOProcessor(IOProcessor[VideoRequest, dict[str, Any]]):
         if prompt.continue_from is not None and len(prompt.continue_from.plan.segments) > 1:
             # an extension: the units of its new segment (a lost session regenerates more,
             # which then finishes in the last step)
-            work -= work_units(prompt.continue_from.plan.segments[-2].num_frames, steps, g.causal_block,
-                               g.temporal_factor)
+            work -= work_units(
+                prompt.continue_from.plan.segments[-2].num_frames, steps, g.causal_block, g.temporal_factor
+            )
         ids += [FILLER_TOKEN] * max(work - len(ids), 0)
         return {"prompt_token_ids": ids}
 

@@ -45,9 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post_json(
-    url: str, body: Any, timeout: float = 120, headers: Mapping[str, str] | None = None
-) -> tuple[int, dict]:
+def post_json(url: str, body: Any, timeout: float = 120, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
     """POST ``body`` (JSON-encoded unless already bytes); ``(status, decoded answer)``, 4xx/5xx included."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -87,7 +85,9 @@ class ServerProcess:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [*motioncache_command(), "serve", "--port", str(port), *args],
-                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ if env is None else env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ if env is None else env),
                 start_new_session=True,
             )
         server = cls(proc, f"http://127.0.0.1:{port}", log_path, "")

@@ -141,7 +141,7 @@ def frames_of_seconds(value: Any, fps: int, param: str = "seconds") -> int:
 def parse_size(value: Any) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", value) if isinstance(value, str) else None
     if match is None:
-        raise ApiError(f"`size` must be WIDTHxHEIGHT in pixels (e.g. \"64x64\"), got {value!r}", param="size")
+        raise ApiError(f'`size` must be WIDTHxHEIGHT in pixels (e.g. "64x64"), got {value!r}', param="size")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -288,15 +288,18 @@ class VideoService:
         model = self._model(body)
         ref = body.pop("video", None)
         if not isinstance(ref, dict) or not isinstance(ref.get("id"), str) or set(ref) != {"id"}:
-            raise ApiError("`video` must be {\"id\": \"<a completed video's id>\"}", param="video")
+            raise ApiError('`video` must be {"id": "<a completed video\'s id>"}', param="video")
         source = self.get(ref["id"])
         if source.status != "completed" or source.plan is None:
-            raise ApiError(f"video {source.id} is {source.status}: only a completed video can be extended", param="video")
+            raise ApiError(
+                f"video {source.id} is {source.status}: only a completed video can be extended", param="video"
+            )
         if "num_frames" in body:
             added = body.pop("num_frames")
             if not isinstance(added, int) or isinstance(added, bool) or added <= 0 or added % 4:
-                raise ApiError(f"`num_frames` (frames to add) must be a positive multiple of 4, got {added!r}",
-                               param="num_frames")
+                raise ApiError(
+                    f"`num_frames` (frames to add) must be a positive multiple of 4, got {added!r}", param="num_frames"
+                )
         elif "seconds" in body:
             added = frames_of_seconds(body.pop("seconds"), self.settings.fps)
         else:
@@ -310,8 +313,13 @@ class VideoService:
         seed = body.pop("seed", source.request.seed)
         prompt = body.get("prompt")
         fields = {
-            **body, "num_frames": total, "height": plan.height, "width": plan.width,
-            "num_inference_steps": plan.steps, "guidance_scale": plan.guidance, "seed": seed,
+            **body,
+            "num_frames": total,
+            "height": plan.height,
+            "width": plan.width,
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance,
+            "seed": seed,
         }
         request = self._validated(fields)
         if not isinstance(prompt, str):
@@ -422,22 +430,39 @@ class VideoService:
         r = job.request
         result = job.result or {}
         frames = result.get("num_frames") or r.num_frames
-        size = f"{result['width']}x{result['height']}" if result else (
-            f"{r.width}x{r.height}" if r.width and r.height else None
+        size = (
+            f"{result['width']}x{result['height']}"
+            if result
+            else (f"{r.width}x{r.height}" if r.width and r.height else None)
         )
         extra = {
-            "num_frames": frames, "seed": r.seed, "num_inference_steps": r.num_inference_steps,
-            "guidance_scale": r.guidance_scale, "extended_from_video_id": job.extended_from,
+            "num_frames": frames,
+            "seed": r.seed,
+            "num_inference_steps": r.num_inference_steps,
+            "guidance_scale": r.guidance_scale,
+            "extended_from_video_id": job.extended_from,
         }
         if result:
-            extra.update(stats=result.get("stats"), frames_sha256=result.get("frames_sha256"),
-                         frame_sha256=result.get("frame_sha256"))
+            extra.update(
+                stats=result.get("stats"),
+                frames_sha256=result.get("frames_sha256"),
+                frame_sha256=result.get("frame_sha256"),
+            )
         return {
-            "id": job.id, "object": "video", "created_at": job.created_at, "completed_at": job.completed_at,
-            "expires_at": job.expires_at, "error": job.error, "model": job.model, "progress": job.progress,
-            "prompt": r.prompt, "remixed_from_video_id": job.remixed_from,
+            "id": job.id,
+            "object": "video",
+            "created_at": job.created_at,
+            "completed_at": job.completed_at,
+            "expires_at": job.expires_at,
+            "error": job.error,
+            "model": job.model,
+            "progress": job.progress,
+            "prompt": r.prompt,
+            "remixed_from_video_id": job.remixed_from,
             "seconds": seconds_text(frames, self.settings.fps) if frames else "",
-            "size": size or "default", "status": job.status, "motioncache": extra,
+            "size": size or "default",
+            "status": job.status,
+            "motioncache": extra,
         }
 
     def answer(self, job: Job) -> JSONResponse:
@@ -456,8 +481,11 @@ class VideoService:
             jobs = jobs[ids.index(after) + 1 :]
         data = [self.video_object(j) for j in jobs[:limit]]
         return {
-            "object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": len(jobs) > limit,
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(jobs) > limit,
         }
 
     async def stream(self, job: Job) -> AsyncIterator[bytes]:
@@ -476,12 +504,20 @@ class VideoService:
                 n = event.shape[0]
                 if event.frame_start + n <= sent:
                     continue
-                yield _sse("video.chunk", {
-                    "id": job.id, "chunks_done": event.chunks_done, "chunks_total": event.chunks_total,
-                    "frame_start": event.frame_start, "num_frames": n, "height": event.shape[1],
-                    "width": event.shape[2], "progress": job.progress,
-                    "frames": base64.b64encode(event.frames).decode("ascii"),
-                })
+                yield _sse(
+                    "video.chunk",
+                    {
+                        "id": job.id,
+                        "chunks_done": event.chunks_done,
+                        "chunks_total": event.chunks_total,
+                        "frame_start": event.frame_start,
+                        "num_frames": n,
+                        "height": event.shape[1],
+                        "width": event.shape[2],
+                        "progress": job.progress,
+                        "frames": base64.b64encode(event.frames).decode("ascii"),
+                    },
+                )
                 sent = event.frame_start + n
             kind = "video.completed" if job.status == "completed" else "video.failed"
             yield _sse(kind, self.video_object(job))
@@ -516,19 +552,18 @@ def videos_router(service_of: Callable[[Request], VideoService]) -> APIRouter:
         if not isinstance(stream, bool):
             raise ApiError("`stream` must be true or false", param="stream")
         video_request, model = service.create_request(body)
-        job = service.start(video_request if not stream else msgspec.structs.replace(video_request, stream=True),
-                            model)
+        job = service.start(video_request if not stream else msgspec.structs.replace(video_request, stream=True), model)
         if stream:
-            return StreamingResponse(service.stream(job), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                service.stream(job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         return service.answer(job)
 
     async def extend(service: VideoService, request: Request) -> Response:
         body = await read_body(request)
         stream = body.pop("stream", False)
         video_request, model, source = service.extension_request(body)
-        job = service.start(msgspec.structs.replace(video_request, stream=bool(stream)), model,
-                            extended_from=source.id)
+        job = service.start(msgspec.structs.replace(video_request, stream=bool(stream)), model, extended_from=source.id)
         if stream:
             return StreamingResponse(service.stream(job), media_type="text/event-stream")
         return service.answer(job)
@@ -541,8 +576,13 @@ def videos_router(service_of: Callable[[Request], VideoService]) -> APIRouter:
         fields = {k: v for k, v in msgspec.to_builtins(source.request).items() if k not in ("job", "continue_from")}
         fields["prompt"] = body["prompt"]
         if source.plan is not None:  # the source's resolved settings, so only the prompt differs
-            fields.update(num_frames=source.plan.num_frames, height=source.plan.height, width=source.plan.width,
-                          num_inference_steps=source.plan.steps, guidance_scale=source.plan.guidance)
+            fields.update(
+                num_frames=source.plan.num_frames,
+                height=source.plan.height,
+                width=source.plan.width,
+                num_inference_steps=source.plan.steps,
+                guidance_scale=source.plan.guidance,
+            )
         job = service.start(service._validated(fields), source.model, remixed_from=source.id)
         return service.answer(job)
 
@@ -590,7 +630,9 @@ def videos_router(service_of: Callable[[Request], VideoService]) -> APIRouter:
             job.task.cancel()
             raise
         if job.status != "completed":
-            status = HTTPStatus.BAD_REQUEST if job.error["code"] == "invalid_request" else HTTPStatus.INTERNAL_SERVER_ERROR
+            status = (
+                HTTPStatus.BAD_REQUEST if job.error["code"] == "invalid_request" else HTTPStatus.INTERNAL_SERVER_ERROR
+            )
             raise ApiError(job.error["message"], status)
         answer = {**job.result, "id": job.id, "video": base64.b64encode(job.mp4).decode("ascii")}
         return JSONResponse(answer)

@@ -26,12 +26,17 @@ from motioncache_vllm.vllm_plugin.messages import (
 
 logger = logging.getLogger(__name__)
 
+
 class VideoJob:
     """One engine request on the worker: its generation (a ``runtime.stepwise.PlanGeneration``),
     or the error that ended it."""
 
     def __init__(
-        self, request_id: str, gen=None, cache: CacheConfig | None = None, error: str | None = None,
+        self,
+        request_id: str,
+        gen=None,
+        cache: CacheConfig | None = None,
+        error: str | None = None,
         request: VideoRequest | None = None,
     ):
         self.request_id, self.gen, self.cache, self.error, self.request = request_id, gen, cache, error, request
@@ -156,7 +161,9 @@ class VideoWorker:
         if snapshot is not None:
             n = len(snapshot.plan.segments)
             if n > len(plan.segments) or snapshot.plan.prefix(n) != plan.prefix(n):
-                logger.warning("session %s does not match the request's plan: regenerating", request.continue_from.session)
+                logger.warning(
+                    "session %s does not match the request's plan: regenerating", request.continue_from.session
+                )
                 snapshot = None
         return plan, snapshot
 
@@ -172,8 +179,13 @@ class VideoWorker:
         from motioncache_vllm.vllm_plugin.events import VideoEvent
 
         gen = job.gen
-        event = VideoEvent(job=job_id, units_done=gen.units_done, units_total=gen.total_units,
-                           chunks_done=gen.chunks_done, chunks_total=gen.num_chunks)
+        event = VideoEvent(
+            job=job_id,
+            units_done=gen.units_done,
+            units_total=gen.total_units,
+            chunks_done=gen.chunks_done,
+            chunks_total=gen.num_chunks,
+        )
         if chunk_done and job.request.stream:
             frames = np.ascontiguousarray(gen.frames_so_far(), dtype=np.uint8)
             new = frames[job.frames_sent :]
@@ -237,8 +249,14 @@ class VideoWorker:
             except Exception:  # noqa: BLE001  (an extension then regenerates; the video is fine)
                 logger.exception("could not keep the state of video %s", job.request.job)
         frames = np.ascontiguousarray(result.frames, dtype=np.uint8)
-        stats = dict(result.stats, policy=job.cache.policy.name, wall_s=round(result.wall_s, 4), steps=result.steps,
-                     guidance=result.guidance, engine_steps=list(job.engine_steps))
+        stats = dict(
+            result.stats,
+            policy=job.cache.policy.name,
+            wall_s=round(result.wall_s, 4),
+            steps=result.steps,
+            guidance=result.guidance,
+            engine_steps=list(job.engine_steps),
+        )
         # the shared pool as of now, for the API process's /metrics (see metrics.py)
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
         # the CPU worker pins its torch threads; a fair library-path comparison needs the number
