@@ -75,31 +75,11 @@ def in_process_engine(root, **llm_kwargs):
 
 
 SERVER_POOL_MIB = 64
-SERVER_READY_TIMEOUT_S = 420
-
-
-@pytest.fixture(scope="session")
-def video_server(tmp_path_factory):
-    """One real ``motioncache serve`` (vLLM API server + engine-core process) for every test
-    module that talks HTTP to it; started on first use, stopped at the end of the session."""
-    pytest.importorskip("vllm")
-    from motioncache_vllm.vllm_plugin.server_process import ServerError, ServerProcess
-
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
-    try:
-        proc = ServerProcess.start(
-            ["--cache-pool-mib", str(SERVER_POOL_MIB)], log_path, env=env, ready_timeout_s=SERVER_READY_TIMEOUT_S
-        )
-    except ServerError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield proc
-    finally:
-        proc.stop()
+SERVER_READY_TIMEOUT_S = 600
 
 
 SERVER_KEY = "test-key-3b1f"
+SERVED_LONG_FRAMES = 33
 SERVED_REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
 
 
@@ -108,6 +88,8 @@ class Served:
 
     def __init__(self, proc, budget_bytes: int) -> None:
         self.proc, self.url, self.budget_bytes = proc, proc.url, budget_bytes
+        self.ready_line, self.log_lines = proc.ready_line, proc.log_lines
+        self.auth = {"Authorization": f"Bearer {SERVER_KEY}"}
 
     def post(self, path: str, body, *, key: str | None = SERVER_KEY, headers: dict | None = None, timeout=300):
         from motioncache_vllm.vllm_plugin.server_process import post_json
@@ -127,8 +109,10 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """The server of the guard tests (test_guard.py): api key on, a 64 MiB pool, and a memory
-    budget of 1.5 requests of the size they send (so a second one waits: admission is exercised)."""
+    """The one ``motioncache serve`` of the session, shared by test_guard.py, test_serve.py and
+    test_videos_api.py (a server start costs ~70 s on 2 cores): api key on, a 64 MiB pool, and a
+    memory budget of 1.5 requests of SERVED_LONG_FRAMES frames, so two such requests run one after
+    the other (admission is exercised) while two 17-frame ones still run together."""
     pytest.importorskip("vllm")
     from motioncache_vllm.limits import MIB, read_geometry, request_memory
     from motioncache_vllm.models.embedded import EMBEDDED_DIR
@@ -136,7 +120,7 @@ def served(tmp_path_factory):
     from motioncache_vllm.vllm_plugin.server_process import ServerError, ServerProcess
 
     geometry = read_geometry(EMBEDDED_DIR, SKYREELS_DF_DEFAULTS)
-    need = request_memory(geometry, num_frames=17, pool_bounded=True).total
+    need = request_memory(geometry, num_frames=SERVED_LONG_FRAMES, pool_bounded=True).total
     budget_mib = round(1.5 * need / MIB, 3)
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
@@ -151,7 +135,7 @@ def served(tmp_path_factory):
         "4",
     ]
     try:
-        proc = ServerProcess.start(args, log_path, env=env, ready_timeout_s=600)
+        proc = ServerProcess.start(args, log_path, env=env, ready_timeout_s=SERVER_READY_TIMEOUT_S)
     except ServerError as exc:
         pytest.fail(str(exc))
     try:

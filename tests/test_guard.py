@@ -1,6 +1,6 @@
 """Serving that one request cannot take down (issue 15), against real servers.
 
-- a battery of malformed and hostile requests on the shared server (conftest.served): each
+- a battery of malformed and hostile requests on the session's server (conftest.served): each
   gets a 4xx/413 with one clear message, and the server serves a normal request afterwards;
 - memory admission: a request that fits only later waits (its units never interleave with
   the running one), a request that can never fit is refused before it reaches the engine;
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SERVED_REQUEST as REQUEST
-from conftest import SERVER_KEY
+from conftest import SERVED_LONG_FRAMES, SERVER_KEY
 
 pytest.importorskip("vllm")
 
@@ -177,11 +177,13 @@ def test_413_is_answered_before_the_body_is_read(served):
 
 
 def test_a_request_that_fits_later_waits(served):
-    """The budget holds 1.5 requests: two sent together run one after the other."""
+    """The budget holds 1.5 requests of this size: two sent together run one after the other."""
     answers = [None, None]
 
     def send(i: int) -> None:
-        answers[i] = served.post("/v1/videos/generations", {**REQUEST, "seed": 20 + i})
+        answers[i] = served.post(
+            "/v1/videos/generations", {**REQUEST, "num_frames": SERVED_LONG_FRAMES, "seed": 20 + i}
+        )
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
     for t in threads:

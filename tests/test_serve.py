@@ -1,4 +1,4 @@
-"""``motioncache serve``: the real vLLM server in a subprocess (started once for this module).
+"""``motioncache serve``: the real vLLM server in a subprocess (the session's, conftest.served).
 
 Checks the HTTP surface end to end: ``POST /v1/videos/generations`` (the synchronous form of the endpoint plugin), ``POST /pooling``
 (IO processor), 4xx answers for bad requests with the server still serving afterwards,
@@ -16,10 +16,12 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from conftest import SERVER_KEY  # noqa: E402
+
 from motioncache_vllm.vllm_plugin.server_process import (  # noqa: E402
     get_text,
     motioncache_command,
-    post_json as post,
+    post_json,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,11 +31,16 @@ SYNC = "/v1/videos/generations"  # the synchronous one-call form (the OpenAI flo
 REQUEST = {"prompt": "a red circle moves right slowly", "num_frames": 17, "num_inference_steps": 4, "seed": 3}
 
 
+def post(url: str, body) -> tuple[int, dict]:
+    return post_json(url, body, headers={"Authorization": f"Bearer {SERVER_KEY}"})
+
+
 @pytest.fixture(scope="module")
-def server(video_server):
-    assert video_server.ready_line == f"motioncache: serving embedded on {video_server.url} (cache policy motion)"
-    assert sum(line.startswith("motioncache: serving") for line in video_server.log_lines()) == 1
-    return video_server.url
+def server(served):
+    """The session's server (conftest.served, shared with test_guard.py and test_videos_api.py)."""
+    assert served.ready_line == f"motioncache: serving embedded on {served.url} (cache policy motion)"
+    assert sum(line.startswith("motioncache: serving") for line in served.log_lines()) == 1
+    return served.url
 
 
 def decode_mp4(b64: str) -> np.ndarray:

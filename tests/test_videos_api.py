@@ -1,6 +1,6 @@
 """OpenAI's Videos API on a real ``motioncache serve``, driven by the real ``openai`` client.
 
-One server for the session (``conftest.video_server``, shared with test_serve.py); small
+One server for the session (``conftest.served``, shared with test_serve.py and test_guard.py); small
 requests (17 frames, 3 steps). Timing claims (extension vs whole length, time to first
 chunk) live in ``benchmarks/serving_api.py``, not here.
 """
@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import SERVER_KEY
+
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
 
@@ -26,8 +28,8 @@ EXTRA = {"num_inference_steps": 3, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def client(video_server):
-    return openai.OpenAI(base_url=f"{video_server.url}/v1", api_key="unused", max_retries=0, timeout=600)
+def client(served):
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key=SERVER_KEY, max_retries=0, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def test_progress_of_a_running_job_rises_and_delete_cancels_it(client):
     assert after.status == "completed"
 
 
-def test_stream_sends_chunks_as_they_finish(video_server, client):
+def test_stream_sends_chunks_as_they_finish(served, client):
     import httpx
 
     body = {
@@ -192,7 +194,7 @@ def test_stream_sends_chunks_as_they_finish(video_server, client):
     events = []
     with (
         warnings.catch_warnings(),
-        httpx.stream("POST", f"{video_server.url}/v1/videos", json=body, timeout=600) as response,
+        httpx.stream("POST", f"{served.url}/v1/videos", json=body, headers=served.auth, timeout=600) as response,
     ):
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         kind = None
@@ -215,11 +217,11 @@ def test_stream_sends_chunks_as_they_finish(video_server, client):
     assert client.videos.retrieve(final["id"]).status == "completed"
 
 
-def test_sync_form_and_openai_flow_make_the_same_video(video_server, client):
+def test_sync_form_and_openai_flow_make_the_same_video(served, client):
     from motioncache_vllm.vllm_plugin.server_process import post_json
 
     body = {"prompt": "a blue square bounces", "num_frames": 17, "num_inference_steps": 3, "seed": 11}
-    status, answer = post_json(f"{video_server.url}/v1/videos/generations", body)
+    status, answer = post_json(f"{served.url}/v1/videos/generations", body, headers=served.auth)
     assert status == 200 and decode_mp4(base64.b64decode(answer["video"])).shape[0] == 17
     video = client.videos.create_and_poll(
         prompt=body["prompt"], extra_body={k: v for k, v in body.items() if k != "prompt"}, poll_interval_ms=100
