@@ -731,7 +731,11 @@ app.add_typer(research_app, name="research")
 
 @research_app.command("kv")
 def research_kv(
-    suite: str = typer.Argument(..., help="video (one long video), scenes (static/pan/cut prompts) or text (tiny LM)."),
+    suite: str = typer.Argument(
+        ...,
+        help="video (one long video), scenes (static/pan/cut prompts), text (tiny LM) or crossmodal "
+        "(video + text K/V under one budget).",
+    ),
     quick: bool = typer.Option(
         False, help="Minutes: 1 prompt, 3 chunks, 2 steps, budgets 50/25% (text: fewer samples)."
     ),
@@ -745,6 +749,14 @@ def research_kv(
         help="Shares of the full context K/V to test, comma-separated (default 0.75,0.5,0.25,0.1; text: kept shares).",
     ),
     model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder."),
+    policies: Optional[str] = typer.Option(
+        None, help="Eviction policies (crossmodal: modes) to run, comma-separated (default: all)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        help="Video suites: keep the points already in OUT for the same settings, run only the missing "
+        "ones, cache reference videos in OUT/kv_ref (run a long suite as several short invocations).",
+    ),
 ) -> None:
     """K/V eviction under a budget: writes OUT/kv_SUITE.json and a plot, prints a table."""
     import msgspec
@@ -777,11 +789,24 @@ def research_kv(
         if guidance < 0:
             _fail(f"--guidance must be >= 0, got {guidance}")
         settings.guidance = guidance
+    if policies is not None:
+        from motioncache_vllm.research.kv.crossmodal import MODES
+        from motioncache_vllm.research.kv.policies import POLICIES
+
+        valid = list(MODES) if suite == "crossmodal" else [n for n in POLICIES if n != "full"]
+        names = tuple(n.strip() for n in policies.split(",") if n.strip())
+        bad = [n for n in names if n not in valid]
+        if not names or bad:
+            _fail(f"--policies: unknown {bad or policies!r}; valid: {', '.join(valid)}")
+        settings.policies = names
     from motioncache_vllm.models.loading import ModelNotFoundError
+    from motioncache_vllm.research.kv.suites import ResumeMismatch
 
     try:
-        result = run_suite(suite, settings, quick, out, model=model, log=lambda line: typer.echo(line, err=True))
-    except ModelNotFoundError as exc:
+        result = run_suite(
+            suite, settings, quick, out, model=model, log=lambda line: typer.echo(line, err=True), resume=resume
+        )
+    except (ModelNotFoundError, ResumeMismatch) as exc:
         _fail(str(exc))
     (out / f"kv_{suite}.json").write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
     typer.echo(to_table(result))

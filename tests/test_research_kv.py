@@ -258,3 +258,128 @@ def test_kvpress_presses_run_on_the_same_model_and_agree_with_ours():
     assert acc["kvpress:streaming_llm"] == acc["window"] and acc["kvpress:temporal"] == acc["temporal"]
     assert {"kvpress:snapkv", "kvpress:tova", "kvpress:expected_attention", "kvpress:keydiff"} <= set(acc)
     assert recall.VOCAB == model.config.vocab_size
+
+
+def test_video_suite_resumes_and_reuses_its_reference(tmp_path):
+    from typer.testing import CliRunner
+
+    from motioncache_vllm.cli import app
+
+    args = ["research", "kv", "video", "--quick", "--chunks", "2", "--steps", "1", "--out", str(tmp_path), "--resume"]
+    first = CliRunner().invoke(app, [*args, "--budgets", "0.5", "--policies", "window"])
+    assert first.exit_code == 0, first.output
+    refs = list((tmp_path / "kv_ref").glob("*.npz"))
+    assert len(refs) == 1
+    stamp = refs[0].stat().st_mtime_ns
+    second = CliRunner().invoke(app, [*args, "--budgets", "0.5,0.25", "--policies", "window,random"])
+    assert second.exit_code == 0, second.output
+    points = json.loads((tmp_path / "kv_video.json").read_text())["points"]
+    got = sorted((p["policy"], p["budget"]) for p in points)
+    assert got == [("full", 1.0), ("random", 0.25), ("random", 0.5), ("window", 0.25), ("window", 0.5)]
+    assert refs[0].stat().st_mtime_ns == stamp  # the reference video came from the cache
+    other = CliRunner().invoke(app, [*args, "--chunks", "3", "--policies", "window"])
+    assert other.exit_code == 2 and "was run with chunks=2" in other.output
+    bad = CliRunner().invoke(app, [*args, "--policies", "impact"])
+    assert bad.exit_code == 2 and "valid: window" in bad.output
+
+
+def test_row_scores_are_the_exact_output_change_of_removing_one_row():
+    from motioncache_vllm.research.kv.crossmodal import _row_scores
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.softmax(torch.randn(1, 1, 5, generator=gen, dtype=torch.float64) * 2, -1)  # 1 head, 1 query, 5 rows
+    v = torch.randn(5, 1, 3, generator=gen, dtype=torch.float64)
+    impact, mass = _row_scores(w, v)
+    o = w[0, 0] @ v[:, 0]
+    for i in range(5):
+        rest = [j for j in range(5) if j != i]
+        o_without = (w[0, 0, rest] / w[0, 0, rest].sum()) @ v[rest, 0]
+        assert float(impact[i]) == pytest.approx(float((o_without - o).norm()), rel=1e-5)
+    assert torch.allclose(mass, w[0, 0].double())
+
+
+@pytest.mark.parametrize("mode", ["impact", "mass", "proportional", "text-full", "video-first"])
+def test_crossmodal_store_holds_one_budget_over_both_modalities(mode):
+    from motioncache_vllm.research.kv.crossmodal import CrossModalKV
+
+    g = KVGeometry(layers=2, tokens=4 * 2 * 5, heads=2, head_dim=4, tokens_per_frame=4, frames_per_chunk=2)
+    gen = torch.Generator().manual_seed(1)
+    text_rows, budget = 6, 0.5  # the text fits the budget at the first commit
+    store = CrossModalKV(g, mode, budget, text_rows)
+    chunk = 8
+
+    def attend(rows):
+        return torch.softmax(torch.randn(1, g.heads, chunk, rows, generator=gen), -1)
+
+    def make_kv(layer, lo, n):
+        return torch.randn(n, g.heads, g.head_dim, generator=gen), torch.randn(n, g.heads, g.head_dim, generator=gen)
+
+    for c in range(5):
+        start = store.chunk_start(c * chunk)
+        for layer in range(g.layers):
+            k, v = make_kv(layer, c * chunk, chunk)
+            store.keys(layer)[0, start : start + chunk] = k
+            store.values(layer)[0, start : start + chunk] = v
+            store.observe_attention(layer, attend(start + chunk))
+            n = store.text_kept.numel()
+            q = torch.randn(chunk, g.heads, g.head_dim, generator=gen)
+            # text row 0 carries the information: its key matches every query, its value is far off
+            tk = torch.randn(n, g.heads, g.head_dim, generator=gen) * 0.1
+            tv = torch.randn(n, g.heads, g.head_dim, generator=gen) * 0.1
+            if 0 in store.text_kept.tolist():
+                at = store.text_kept.tolist().index(0)
+                tk[at], tv[at] = q.mean(0) * 20, 5.0
+            store.observe_text(layer, q, tk, tv)
+        store.committed(c * chunk, chunk)
+        h = store.history[-1]
+        assert h["video"] + h["text"] <= h["budget_rows"] == math.floor(budget * (store.committed_tokens + text_rows))
+        assert h["text"] == store.text_kept.numel() >= 1 and h["video"] == store.rows
+        assert bool((store.text_kept[1:] > store.text_kept[:-1]).all())
+        assert c == 4 or store.rows + chunk <= store.capacity  # the next chunk fits
+    kept = store.text_kept.tolist()
+    if mode == "text-full":
+        assert kept == list(range(text_rows))
+    elif mode == "video-first":
+        assert len(kept) == 1
+    elif mode == "proportional":
+        assert len(kept) == math.floor(budget * text_rows)
+    else:  # the shared currencies keep the informative text row over video rows
+        assert 0 in kept
+    with pytest.raises(ValueError, match="unknown cross-modal mode"):
+        CrossModalKV(g, "nope", 0.5, text_rows)
+
+
+def test_crossmodal_full_budget_is_bit_identical_and_the_words_steer_the_video(tiny_pipe):
+    from motioncache_vllm.research.kv.crossmodal import MODES, generate_crossmodal
+
+    req = GenerationRequest(**{**REQ, "num_inference_steps": 2})
+    plain = generate_video(tiny_pipe, req)
+    for mode in MODES:
+        run = generate_crossmodal(tiny_pipe, req, mode, 1.0)
+        assert np.array_equal(run.result.frames, plain.frames), mode
+        assert run.text_kept["cond"] == list(range(run.text_rows))
+    dropped = generate_crossmodal(tiny_pipe, req, None, drop_words=True)
+    assert dropped.text_kept["cond"] == list(range(dropped.words, dropped.text_rows))
+    assert not np.array_equal(dropped.result.frames, plain.frames)  # later chunks read the words
+    run = generate_crossmodal(tiny_pipe, req, "impact", 0.25)
+    for b, store in run.stores.items():
+        assert store.history and all(h["video"] + h["text"] <= h["budget_rows"] for h in store.history)
+        assert run.text_kept[b] == store.text_kept.tolist()
+    assert not np.array_equal(run.result.frames, plain.frames)
+
+
+def test_quick_crossmodal_suite_writes_points(tmp_path):
+    from typer.testing import CliRunner
+
+    from motioncache_vllm.cli import app
+    from motioncache_vllm.research.kv.crossmodal import MODES
+
+    out = CliRunner().invoke(app, ["research", "kv", "crossmodal", "--quick", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "kv_crossmodal.json").read_text())
+    points = result["points"]
+    assert {p["policy"] for p in points} == {"full", "words-dropped", *MODES}
+    for p in points:
+        assert p["kv_bytes"] <= p["kv_bytes_full"] and 1 <= p["text_rows_kept"] <= p["text_rows"]
+        assert p["colour_ok"] in (True, False) and p["ref_colour_ok"] in (True, False)
+    assert "text rows kept" in out.output and (tmp_path / "kv_crossmodal.png").stat().st_size > 0

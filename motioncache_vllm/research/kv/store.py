@@ -62,13 +62,18 @@ class BudgetedKV(StreamKV):
         budget: float,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
+        extra_rows: int = 0,
     ) -> None:
+        """``extra_rows``: rows of another modality sharing the budget (cross-modal store):
+        the video may hold up to that many more rows when the other modality is evicted."""
         if not 0.0 < budget <= 1.0:
             raise ValueError(f"the K/V budget is a share of the full context in (0, 1], got {budget}")
         g = self.geometry = geometry
         self.policy, self.budget, self.rope = policy, budget, rope
         self.chunk_tokens = g.tokens_per_frame * g.frames_per_chunk
-        self.capacity = min(math.floor(budget * (g.tokens - self.chunk_tokens)) + self.chunk_tokens, g.tokens)
+        self.capacity = min(
+            math.floor(budget * (g.tokens - self.chunk_tokens + extra_rows)) + self.chunk_tokens, g.tokens
+        )
         super().__init__(g.layers, self.capacity, g.heads, g.head_dim)
         self.wants_attention = bool(policy.wants_attention)
         cap, layers = self.capacity, g.layers

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from motioncache_vllm.research.kv.video import BUDGETS, VIDEO_POLICIES, run_video_suite
 
-SUITES = ("video", "scenes", "text")
+SUITES = ("video", "scenes", "text", "crossmodal")
 
 
 def default_prompts(suite: str) -> list[str]:
@@ -27,6 +27,8 @@ def default_prompts(suite: str) -> list[str]:
     (c0, s0, d0), (c1, s1, d1), (c2, s2, d2), (c3, s3, d3) = HELD_OUT_TRIPLES[:4]
     if suite == "video":
         return [f"a {c1} {s1} bounces {d1}"]
+    if suite == "crossmodal":  # colour, shape and direction come from the words alone
+        return [f"a {c} {s} moves {d}" for c, s, d in HELD_OUT_TRIPLES[:4]]
     return [
         "static scene",
         f"camera pans {d2} over a {c2} {s2}",
@@ -51,6 +53,12 @@ def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) 
     if suite == "text":
         return KVSettings(prompts=[], chunks=0, steps=0, budgets=(1.0, 0.5, 0.25) if quick else BUDGETS)
     lines = prompts or default_prompts(suite)
+    if suite == "crossmodal":
+        from motioncache_vllm.research.kv.crossmodal import MODES
+
+        if quick:
+            return KVSettings(prompts=lines[:1], chunks=2, steps=1, budgets=(1.0, 0.25), policies=MODES)
+        return KVSettings(prompts=lines, chunks=4, steps=3, budgets=(1.0, 0.5, 0.25, 0.1), policies=MODES)
     if quick:
         return KVSettings(prompts=lines[:1], chunks=3, steps=2, budgets=(1.0, 0.5, 0.25))
     if suite == "video":
@@ -58,7 +66,41 @@ def default_settings(suite: str, quick: bool, prompts: list[str] | None = None) 
     return KVSettings(prompts=lines, chunks=8, steps=4, budgets=(1.0, 0.5, 0.25, 0.1))
 
 
-def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, model: str = "embedded", log=print) -> dict:
+class ResumeMismatch(ValueError):
+    """``--resume`` found an earlier result of other settings."""
+
+
+def earlier_points(suite: str, out_dir: Path, settings: dict) -> list[dict]:
+    """Points of an earlier (possibly interrupted) run in ``out_dir`` with the same settings
+    (prompts and budgets may differ: those are what a resumed run adds)."""
+    for name in (f"kv_{suite}.partial.json", f"kv_{suite}.json"):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        old = json.loads(path.read_text())
+        mine = old.get("settings", {})
+        for key in ("chunks", "steps", "guidance", "seed", "model"):
+            if key in mine and mine[key] != settings[key]:
+                raise ResumeMismatch(
+                    f"--resume: {path} was run with {key}={mine[key]!r}, this run has {settings[key]!r}; "
+                    "use another --out or the same settings"
+                )
+        return old["points"]
+    return []
+
+
+def run_suite(
+    suite: str,
+    settings: KVSettings,
+    quick: bool,
+    out_dir: Path,
+    model: str = "embedded",
+    log=print,
+    resume: bool = False,
+) -> dict:
+    """Run ``suite``; with ``resume`` (video suites), keep the points already in ``out_dir``
+    for the same settings, run only the missing ones, and cache the reference videos in
+    ``out_dir/kv_ref`` (so a long suite can run as several short invocations)."""
     from motioncache_vllm.bench.common import machine_info
 
     t0 = time.perf_counter()
@@ -66,16 +108,66 @@ def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, mode
         from motioncache_vllm.research.kv.text import run_text_suite
 
         result = run_text_suite(quick, kept=None if settings.budgets == BUDGETS else settings.budgets, log=log)
+    elif suite == "crossmodal":
+        from motioncache_vllm.models.loading import load_pipeline
+        from motioncache_vllm.research.kv.crossmodal import run_crossmodal_suite
+
+        pipe = load_pipeline(model)
+
+        def progress_x(p: dict) -> None:
+            log(
+                f"{p['prompt'][:32]:32s} {p['policy']:13s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
+                f"SSIM {p['ssim']:.4f}, text rows {p['text_rows_kept']:2d} (words {p['words_kept']}/{p['words']}), "
+                f"colour {p['colour_ok']}, direction {p['direction_ok']} ({p['wall_s']:.0f} s)"
+            )
+
+        points = run_crossmodal_suite(
+            pipe,
+            settings.prompts,
+            settings.chunks,
+            settings.steps,
+            settings.guidance,
+            settings.budgets,
+            settings.policies,
+            settings.seed,
+            progress_x,
+        )
+        result = {
+            "points": points,
+            "settings": {
+                "prompts": settings.prompts,
+                "chunks": settings.chunks,
+                "steps": settings.steps,
+                "frames": points[0]["frames"] if points else None,
+                "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
+                "budgets": list(settings.budgets),
+                "modes": list(settings.policies),
+                "seed": settings.seed,
+                "model": model,
+            },
+        }
     elif suite in ("video", "scenes"):
         from motioncache_vllm.models.loading import load_pipeline
 
         pipe = load_pipeline(model)
-
-        done: list[dict] = []
+        guidance = settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale
+        run_settings = {
+            "prompts": settings.prompts,
+            "chunks": settings.chunks,
+            "steps": settings.steps,
+            "guidance": guidance,
+            "budgets": list(settings.budgets),
+            "seed": settings.seed,
+            "model": model,
+        }
+        earlier = earlier_points(suite, out_dir, run_settings) if resume else []
+        done: list[dict] = list(earlier)
 
         def progress(p: dict) -> None:
             done.append(p)  # a partial result survives an interrupted run
-            (out_dir / f"kv_{suite}.partial.json").write_text(json.dumps({"points": done}, indent=1))
+            (out_dir / f"kv_{suite}.partial.json").write_text(
+                json.dumps({"points": done, "settings": run_settings}, indent=1)
+            )
             log(
                 f"{p['prompt'][:32]:32s} {p['policy']:9s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
                 f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB ({p['wall_s']:.0f} s)"
@@ -91,20 +183,14 @@ def run_suite(suite: str, settings: KVSettings, quick: bool, out_dir: Path, mode
             settings.policies,
             settings.seed,
             progress,
+            done=earlier,
+            cache=out_dir / "kv_ref" if resume else None,
         )
-        result = {
-            "points": points,
-            "settings": {
-                "prompts": settings.prompts,
-                "chunks": settings.chunks,
-                "steps": settings.steps,
-                "frames": points[0]["frames"] if points else None,
-                "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
-                "budgets": list(settings.budgets),
-                "seed": settings.seed,
-                "model": model,
-            },
-        }
+        run_settings["prompts"] = list(dict.fromkeys(p["prompt"] for p in points))
+        run_settings["budgets"] = sorted({p["budget"] for p in points}, reverse=True)
+        run_settings["policies"] = list(dict.fromkeys(p["policy"] for p in points))
+        run_settings["frames"] = points[0]["frames"] if points else None
+        result = {"points": points, "settings": run_settings}
     else:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     result = {
@@ -152,8 +238,8 @@ def plot(result: dict, path: Path) -> None:
         save_figure(fig, path)
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    psnr = mean_points(points, "psnr_db")
-    for policy in dict.fromkeys(p["policy"] for p in points if p["policy"] != "full"):
+    psnr = mean_points([p for p in points if p["budget"] < 1.0], "psnr_db")
+    for policy in dict.fromkeys(p["policy"] for p in points if p["budget"] < 1.0):
         budgets = sorted({b for (n, b) in psnr if n == policy}, reverse=True)
         left.plot(budgets, [psnr[(policy, b)] for b in budgets], "o-", label=policy)
     left.invert_xaxis()
@@ -164,7 +250,7 @@ def plot(result: dict, path: Path) -> None:
         f"kv {result['suite']}: quality at a budget",
         7,
     )
-    lowest = min((p["budget"] for p in points if p["policy"] != "full"), default=None)
+    lowest = min((p["budget"] for p in points if p["policy"] != "full"), default=1.0)
     for p in points:
         if p["budget"] == lowest and p["prompt"] == points[0]["prompt"]:
             curve = p["psnr_db_per_chunk"][1:]  # chunk 0 has no context: exact under every policy
@@ -195,6 +281,21 @@ def to_table(result: dict) -> str:
         return "\n".join(rows)
     psnr, ssim_ = mean_points(points, "psnr_db"), mean_points(points, "ssim")
     kv = mean_points(points, "kv_bytes")
+    if result["suite"] == "crossmodal":
+        rows_, words_ = mean_points(points, "text_rows_kept"), mean_points(points, "words_kept")
+        ok = mean_points([p for p in points if p["colour_ok"] is not None], "colour_ok")
+        dok = mean_points([p for p in points if p["direction_ok"] is not None], "direction_ok")
+        head = (
+            "| mode | budget | PSNR dB | SSIM | K/V MiB | text rows kept | word rows kept | colour ok | direction ok |\n"
+            "|---|---|---|---|---|---|---|---|---|"
+        )
+        rows = [
+            f"| {n} | {b:.2f} | {psnr[(n, b)]:.2f} | {ssim_[(n, b)]:.4f} | {kv[(n, b)] / 2**20:.2f} | "
+            f"{rows_[(n, b)]:.1f} | {words_[(n, b)]:.1f} | {ok.get((n, b), float('nan')):.2f} | "
+            f"{dok.get((n, b), float('nan')):.2f} |"
+            for (n, b) in psnr
+        ]
+        return "\n".join([head, *rows])
     head = "| policy | budget | PSNR dB | SSIM | K/V MiB |\n|---|---|---|---|---|"
     rows = [
         f"| {n} | {b:.2f} | {psnr[(n, b)]:.2f} | {ssim_[(n, b)]:.4f} | {kv[(n, b)] / 2**20:.1f} |" for (n, b) in psnr
