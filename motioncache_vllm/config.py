@@ -2,7 +2,8 @@
 
 - :class:`GenerationRequest`: one video (prompt, size, steps, guidance, seed).
 - Policy configs (:class:`NoneConfig`, :class:`TeaCacheConfig`, :class:`FlowCacheConfig`,
-  :class:`MotionConfig`, :class:`MagCacheConfig`, :class:`TokenRateConfig`): a tagged union, tag field ``policy``
+  :class:`MotionConfig`, :class:`MagCacheConfig`, :class:`TokenRateConfig`,
+  :class:`MagRefreshConfig`): a tagged union, tag field ``policy``
   (``{"policy": "motion", "threshold": 0.2}``); per request.
 - :class:`PoolConfig`: what fixes the activation pool (slot size, budget, eviction, slot
   dtypes); engine-wide, shared by every request of a worker.
@@ -193,7 +194,36 @@ class TokenRateConfig(PolicyConfigBase, tag="tokenrate"):
     """Rescale polynomial of the distance (highest power first); None = the model's."""
 
 
-PolicyConfig = Union[NoneConfig, TeaCacheConfig, FlowCacheConfig, MotionConfig, MagCacheConfig, TokenRateConfig]
+class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
+    """``magrefresh``: MagCache's step rule decides when to compute; per-token measured rates
+    decide which blocks a step it skips refreshes (a hybrid; see policies/magrefresh.py)."""
+
+    threshold: Threshold = 0.24
+    """Mean accumulated magnitude error (per token, rate-weighted) below which steps are skipped."""
+    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 3
+    """At most this many steps in a row without a full step (skipped or refresh steps)."""
+    retention_ratio: Fraction = 0.2
+    """Share of each chunk's first steps that always run in full (they seed the rates)."""
+    refresh_fraction: Fraction = 0.25
+    """Share of blocks (the largest accumulated error) recomputed at a step the rule skips
+    (0 = plain MagCache)."""
+    refresh_level: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """A refresh happens only when the worst block's error reaches this multiple of the threshold."""
+    static_fraction: Fraction = 0.0
+    """Share of blocks (the smallest accumulated error) left out of a step the rule computes."""
+    min_weight: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    """Lowest weight of a token: its rate over the chunk's mean rate, clipped here ..."""
+    max_weight: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0
+    """... and here (then renormalised to mean 1, so without refreshes the rule is MagCache's)."""
+    rate_smoothing: Fraction = 0.5
+    """Weight of the newest rate measurement (1 = only the latest)."""
+    mag_ratios: list[float] | None = None
+    """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
+
+
+PolicyConfig = Union[
+    NoneConfig, TeaCacheConfig, FlowCacheConfig, MotionConfig, MagCacheConfig, TokenRateConfig, MagRefreshConfig
+]
 """The built-in policy configs as one tagged union (``msgspec.convert(data, PolicyConfig)``)."""
 
 _POLICY_CONFIGS: dict[str, type[PolicyConfigBase]] = {c.__struct_config__.tag: c for c in get_args(PolicyConfig)}

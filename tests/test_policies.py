@@ -24,8 +24,8 @@ def obs(e0_value: float, hidden=None, previous=None):
 
 
 def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
-    assert policy_names() == ["flowcache", "magcache", "motion", "none", "teacache", "tokenrate"]
-    valid = "valid policies: flowcache, magcache, motion, none, teacache, tokenrate"
+    assert policy_names() == ["flowcache", "magcache", "magrefresh", "motion", "none", "teacache", "tokenrate"]
+    valid = "valid policies: flowcache, magcache, magrefresh, motion, none, teacache, tokenrate"
     with pytest.raises(UnknownPolicyError, match=valid):
         make_policy("lru")
     with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
@@ -236,3 +236,45 @@ def test_tokenrate_scene_cut_guard_extends_the_warmup_of_a_chunk_whose_rates_jum
     assert chunk(0.05).count("full") == 2  # first chunk: nothing to compare with
     assert chunk(0.05).count("full") == 2  # same rates: no cut
     assert chunk(1.0).count("full") == 5  # rates jumped 20x: 3 more full steps
+
+
+def _drive(policy, steps: int, fast_change: float, slow_change: float):
+    """Run one chunk of ``steps`` whose block-0 residual changes ``fast_change`` per step
+    (the others ``slow_change``); returns the modes and per-block compute counts."""
+    state = policy.new_state(LAYOUT)
+    fast = LAYOUT.block_of_token == 0
+    residual, counts, modes = torch.ones(8, 3), torch.zeros(4), []
+    for _ in range(steps):
+        decision = policy.decide(state, StepObservation(torch.ones(4), torch.zeros(2, 4, 3), None, num_steps=steps))
+        residual = residual + torch.where(fast, fast_change, slow_change)[:, None]
+        modes.append(decision.mode)
+        if decision.mode != "skip":
+            blocks = None if decision.mode == "full" else decision.blocks
+            policy.observe_residual(state, residual)
+            policy.on_computed(state, blocks)
+            counts += 1 if blocks is None else blocks.float()
+        policy.end_step(state)
+    return modes, counts, state
+
+
+RATIOS = [1.0] + [0.97] * 19  # a magnitude drift of 3% per step: MagCache skips 2-3 in a row
+
+
+def test_magrefresh_without_refreshes_is_magcache():
+    settings = {"threshold": 0.12, "max_skip_steps": 3, "mag_ratios": RATIOS}
+    mag, _, _ = _drive(make_policy("magcache", settings), 20, 0.5, 0.05)
+    hybrid, _, _ = _drive(make_policy("magrefresh", {**settings, "refresh_fraction": 0.0}), 20, 0.5, 0.05)
+    assert hybrid == mag and "skip" in mag
+
+
+def test_magrefresh_refreshes_the_fast_block_at_skipped_steps_and_skips_more_full_steps():
+    settings = {"threshold": 0.12, "max_skip_steps": 6, "mag_ratios": RATIOS, "retention_ratio": 0.2}
+    mag, _, _ = _drive(make_policy("magcache", settings), 20, 0.5, 0.05)
+    modes, counts, state = _drive(make_policy("magrefresh", {**settings, "refresh_fraction": 0.25}), 20, 0.5, 0.05)
+    assert modes[:4] == ["full"] * 4  # retention: 20% of 20 steps seed the rates
+    fast = LAYOUT.block_of_token == 0
+    assert float(state.rate[fast].mean()) > 5 * float(state.rate[~fast].mean())
+    # the one block refreshed at skipped steps is the fast one, so it is computed most often
+    assert "partial" in modes and counts[0] > counts[1:].max()
+    # the refreshes keep the mean error low: fewer full steps than MagCache at the same threshold
+    assert modes.count("full") < mag.count("full")

@@ -19,6 +19,7 @@ from motioncache_vllm.config import (
     FlowCacheConfig,
     InvalidPolicyConfig,
     MagCacheConfig,
+    MagRefreshConfig,
     MotionConfig,
     NoneConfig,
     PolicyConfigBase,
@@ -31,6 +32,7 @@ from motioncache_vllm.config import (
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
 from motioncache_vllm.policies.flowcache import FlowCachePolicy
 from motioncache_vllm.policies.magcache import MagCachePolicy
+from motioncache_vllm.policies.magrefresh import MagRefreshPolicy
 from motioncache_vllm.policies.motion import MotionPolicy
 from motioncache_vllm.policies.none import NonePolicy
 from motioncache_vllm.policies.teacache import TeaCachePolicy
@@ -55,6 +57,7 @@ __all__ = [
     "MotionConfig",
     "MagCacheConfig",
     "TokenRateConfig",
+    "MagRefreshConfig",
 ]
 
 
@@ -72,7 +75,15 @@ def register_policy(cls: type[CachePolicy]) -> type[CachePolicy]:
     return cls
 
 
-for _cls in (NonePolicy, TeaCachePolicy, FlowCachePolicy, MotionPolicy, MagCachePolicy, TokenRatePolicy):
+for _cls in (
+    NonePolicy,
+    TeaCachePolicy,
+    FlowCachePolicy,
+    MotionPolicy,
+    MagCachePolicy,
+    TokenRatePolicy,
+    MagRefreshPolicy,
+):
     register_policy(_cls)
 
 

@@ -1,0 +1,152 @@
+"""``magrefresh``: MagCache decides *when* to compute, measured per-token rates decide *where*
+the extra work of a skipped step goes.
+
+Issue 11's finding: on this model the choice of steps dominates the choice of tokens (the
+schedule-aware step caches beat per-token policies by ~10 dB at equal work on unseen
+captions), while the oracle study showed that a token's own recent change ranks its next
+change well (Spearman 0.89). So this hybrid keeps MagCache's step rule and spends work
+spatially only inside it:
+
+- every token ``p`` carries MagCache's accumulators since *it* was last computed: the
+  product of the calibrated magnitude ratios ``acc[p]`` and the error
+  ``err[p] += w[p] * |1 - acc[p]|``, with ``w = rate / mean(rate)`` (clipped, renormalised
+  to mean 1) from its measured residual-change rate (as in ``tokenrate``);
+- a step is computed in full when the mean error exceeds ``threshold`` or more than
+  ``max_skip_steps`` steps ran since the last full step (with equal rates and no refreshes:
+  exactly MagCache's rule);
+- a step the rule would skip instead recomputes the ``refresh_fraction`` of blocks with the
+  largest accumulated error (the fastest-changing tokens): their error restarts, so the
+  mean stays under the threshold longer and the rule can skip more steps;
+- optionally (``static_fraction``) a computed step leaves out the blocks with the smallest
+  error.
+
+Each chunk restarts everything (MagCache's ``retention_ratio`` of full steps seeds the
+rates), so nothing cached crosses a scene cut. Measured in benchmarks/RESULTS.md
+("Motion-aware in fact?", hybrid section).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from motioncache_vllm.config import MagRefreshConfig
+from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
+from motioncache_vllm.policies.calibration import MagRatios, ratios_for
+
+
+@dataclass
+class MagRefreshState(PolicyState):
+    acc: torch.Tensor | None = None  # (N,) product of magnitude ratios since each token's last compute
+    err: torch.Tensor | None = None  # (N,) accumulated rate-weighted magnitude error
+    since: torch.Tensor | None = None  # (N,) sum of |1 - ratio| since each token's last compute
+    rate: torch.Tensor | None = None  # (N,) measured relative residual change per unit of ``since``
+    reference: torch.Tensor | None = None  # (N, C) residual at each token's last compute
+    latest: torch.Tensor | None = None  # (N, C) this step's residual (reported before on_computed)
+    run: int = 0  # steps since the last full step
+
+    def reset(self) -> None:
+        super().reset()
+        n = self.layout.num_tokens
+        self.acc, self.err, self.since = torch.ones(n), torch.zeros(n), torch.zeros(n)
+        self.rate = torch.ones(n)
+        self.reference = self.latest = None
+        self.run = 0
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+
+class MagRefreshPolicy(CachePolicy):
+    name = "magrefresh"
+    config_cls = MagRefreshConfig
+    description = "MagCache's step rule; skipped steps refresh the fastest-changing blocks (per-token rates)"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        own = self.config.mag_ratios
+        self.mag_ratios: MagRatios | None = {len(own): tuple(own)} if own else self.model_mag_ratios
+        self._resampled: dict[int, tuple[float, ...]] = {}
+
+    def new_state(self, layout) -> MagRefreshState:
+        return MagRefreshState(layout)
+
+    def _ratio(self, steps: int, step: int) -> float:
+        ratios = self._resampled.get(steps)
+        if ratios is None:
+            ratios = self._resampled[steps] = ratios_for(self.mag_ratios, steps)
+        return ratios[min(step, len(ratios) - 1)]
+
+    def weights(self, state: MagRefreshState) -> torch.Tensor:
+        """Rate over the chunk's mean rate, clipped, renormalised to mean 1: the rule's mean
+        error is MagCache's, its distribution over tokens follows the measured rates."""
+        cfg = self.config
+        w = (state.rate / state.rate.mean().clamp_min(1e-12)).clamp(cfg.min_weight, cfg.max_weight)
+        return w / w.mean().clamp_min(1e-12)
+
+    def _per_block(self, state: MagRefreshState, values: torch.Tensor) -> torch.Tensor:
+        lay = state.layout
+        return torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, values) / lay.block_sizes
+
+    def decide(self, state: MagRefreshState, obs: StepObservation) -> Decision:
+        cfg = self.config
+        steps = obs.num_steps
+        if self.mag_ratios is None or not steps:
+            return Decision.full()  # nothing calibrated: never guess
+        ratio = self._ratio(steps, state.step) if state.step > 0 else 1.0
+        state.since += abs(1.0 - ratio)
+        if state.step == 0 or state.step < int(cfg.retention_ratio * steps + 0.5):
+            return Decision.full()
+        state.acc *= ratio
+        state.err += self.weights(state) * (1.0 - state.acc).abs()
+        state.run += 1
+        block_err = self._per_block(state, state.err)
+        if float(block_err.mean()) <= cfg.threshold and state.run <= cfg.max_skip_steps:
+            k = int(round(cfg.refresh_fraction * state.layout.num_blocks))
+            if k == 0 or float(block_err.max()) < cfg.refresh_level * cfg.threshold:
+                return Decision.skip()
+            wanted = torch.zeros(state.layout.num_blocks, dtype=torch.bool)
+            wanted[torch.topk(block_err, k).indices] = True
+            return Decision.full() if bool(wanted.all()) else Decision("partial", wanted)
+        k = int(round(cfg.static_fraction * state.layout.num_blocks))
+        if k == 0:
+            return Decision.full()
+        wanted = torch.ones(state.layout.num_blocks, dtype=torch.bool)
+        wanted[torch.topk(block_err, k, largest=False).indices] = False
+        return Decision("partial", wanted) if bool(wanted.any()) else Decision.skip()
+
+    def observe_residual(self, state: MagRefreshState, residual: torch.Tensor) -> None:
+        state.latest = residual
+
+    def on_computed(self, state: MagRefreshState, blocks: torch.Tensor | None) -> None:
+        cfg = self.config
+        tokens = slice(None) if blocks is None else state.layout.tokens_of(blocks)
+        latest = state.latest
+        if latest is not None:
+            if state.reference is None:
+                state.reference = latest.clone()
+            else:
+                since = state.since[tokens]
+                measured = (latest[tokens] - state.reference[tokens]).abs().mean(-1)
+                measured = measured / (latest.abs().mean() + 1e-12) / since.clamp_min(1e-6)
+                old = state.rate[tokens]
+                fresh = (1 - cfg.rate_smoothing) * old + cfg.rate_smoothing * measured
+                state.rate[tokens] = torch.where(since > 0, fresh, old)
+                state.reference[tokens] = latest[tokens]
+        state.acc[tokens], state.err[tokens], state.since[tokens] = 1.0, 0.0, 0.0
+        state.latest = None
+        if blocks is None or bool(blocks.all()):
+            state.run = 0
+        if state.run > 0 or blocks is not None:  # a compute event outside the full steps
+            state.updates += 1
+
+    def steps_until_recompute(self, state: MagRefreshState) -> torch.Tensor:
+        """Blocks with the least error are recomputed last (a full step recomputes all)."""
+        cfg = self.config
+        block_err = self._per_block(state, state.err)
+        left = max(cfg.max_skip_steps + 1 - state.run, 0)
+        # a block near the refresh front is recomputed sooner than the next full step
+        rank = torch.argsort(torch.argsort(block_err, descending=True)).float()
+        k = max(int(round(cfg.refresh_fraction * state.layout.num_blocks)), 1)
+        return torch.minimum(torch.full_like(block_err, float(left)), torch.floor(rank / k))
