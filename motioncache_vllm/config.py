@@ -200,14 +200,20 @@ class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
 
     threshold: Threshold = 0.24
     """Mean accumulated magnitude error (per token, rate-weighted) below which steps are skipped."""
-    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 5
     """At most this many steps in a row without a full step (skipped or refresh steps)."""
     retention_ratio: Fraction = 0.2
     """Share of each chunk's first steps that always run in full (they seed the rates)."""
     refresh_fraction: Fraction = 0.25
     """Share of blocks (the largest accumulated error) recomputed at a step the rule skips
     (0 = plain MagCache)."""
-    refresh_level: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Refresh only in the first this-many steps after a full step, while the other tokens'
+    K/V (which a partial step attends to as they were) are still recent (0 = any step)."""
+    refresh_share: Fraction = 0.4
+    """Refresh only when the chosen blocks hold at least this share of the total error (the
+    change is concentrated, e.g. an object on a still scene; a pan changes everywhere)."""
+    refresh_level: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     """A refresh happens only when the worst block's error reaches this multiple of the threshold."""
     static_fraction: Fraction = 0.0
     """Share of blocks (the smallest accumulated error) left out of a step the rule computes."""

@@ -278,3 +278,12 @@ def test_magrefresh_refreshes_the_fast_block_at_skipped_steps_and_skips_more_ful
     assert "partial" in modes and counts[0] > counts[1:].max()
     # the refreshes keep the mean error low: fewer full steps than MagCache at the same threshold
     assert modes.count("full") < mag.count("full")
+
+
+def test_magrefresh_does_not_refresh_when_the_change_is_spread_out():
+    # every block changes alike (a pan): no block set holds refresh_share of the error, so
+    # the hybrid makes MagCache's decisions (partial steps there measured 15-20 dB)
+    settings = {"threshold": 0.12, "max_skip_steps": 6, "mag_ratios": RATIOS}
+    mag, _, _ = _drive(make_policy("magcache", settings), 20, 0.1, 0.1)
+    modes, _, _ = _drive(make_policy("magrefresh", {**settings, "refresh_share": 0.4}), 20, 0.1, 0.1)
+    assert modes == mag and "partial" not in modes

@@ -104,10 +104,14 @@ class MagRefreshPolicy(CachePolicy):
         block_err = self._per_block(state, state.err)
         if float(block_err.mean()) <= cfg.threshold and state.run <= cfg.max_skip_steps:
             k = int(round(cfg.refresh_fraction * state.layout.num_blocks))
-            if k == 0 or float(block_err.max()) < cfg.refresh_level * cfg.threshold:
+            late = cfg.refresh_within and state.run > cfg.refresh_within
+            if k == 0 or late or float(block_err.max()) < cfg.refresh_level * cfg.threshold:
                 return Decision.skip()
+            top = torch.topk(block_err, k)
+            if float(top.values.sum()) < cfg.refresh_share * float(block_err.sum()):
+                return Decision.skip()  # the error is spread out: a partial step would not pay
             wanted = torch.zeros(state.layout.num_blocks, dtype=torch.bool)
-            wanted[torch.topk(block_err, k).indices] = True
+            wanted[top.indices] = True
             return Decision.full() if bool(wanted.all()) else Decision("partial", wanted)
         k = int(round(cfg.static_fraction * state.layout.num_blocks))
         if k == 0:
