@@ -25,7 +25,7 @@ def run_quick(tmp_path, suite: str, *args: str, env: dict | None = None):
 
 
 def test_pareto_quick_writes_table_json_and_plot(tmp_path):
-    res, data = run_quick(tmp_path, "pareto", "--steps", "6")
+    res, data = run_quick(tmp_path, "pareto", "--frames", "9", "--steps", "6")
     policies = {p["policy"] for p in data["points"]}
     assert {"vanilla", "none", "teacache", "flowcache", "motion", "magcache"} <= policies
     assert {"diffusers:first_block_cache", "diffusers:taylorseer", "diffusers:pab", "diffusers:magcache"} <= policies
