@@ -21,8 +21,14 @@ spatially only inside it:
   error.
 
 Each chunk restarts everything (MagCache's ``retention_ratio`` of full steps seeds the
-rates), so nothing cached crosses a scene cut. Measured in benchmarks/RESULTS.md
-("Motion-aware in fact?", hybrid section).
+rates), so nothing cached crosses a scene cut. Refreshes are partial steps, whose selected
+tokens attend to the stale K/V of the rest; tuning showed them fragile (pans collapse with
+any refresh), hence the gates (``refresh_level``, ``refresh_share``) that keep them rare.
+
+Measured (benchmarks/RESULTS.md, "Motion-aware in fact?", hybrid section): on two unseen
+caption sets, at the default +0.9 and -0.6 dB against the best step cache at equal work
+(+1.7 and +0.2 dB at equal wall-clock), below them at lower thresholds; not the clear win
+over MagCache the project wants.
 """
 
 from __future__ import annotations
