@@ -383,3 +383,26 @@ def test_quick_crossmodal_suite_writes_points(tmp_path):
         assert p["kv_bytes"] <= p["kv_bytes_full"] and 1 <= p["text_rows_kept"] <= p["text_rows"]
         assert p["colour_ok"] in (True, False) and p["ref_colour_ok"] in (True, False)
     assert "text rows kept" in out.output and (tmp_path / "kv_crossmodal.png").stat().st_size > 0
+
+
+def test_a_snapshot_of_a_budgeted_generation_is_refused_clearly(tiny_pipe):
+    from motioncache_vllm.research.kv.policies import make_eviction_policy
+    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+
+    req = GenerationRequest(**{**REQ, "num_inference_steps": 1, "guidance_scale": 1.0})
+    gen = StepwiseGeneration(tiny_pipe, req, kv_factory=lambda b, g: BudgetedKV(g, make_eviction_policy("window"), 0.5))
+    try:
+        while gen.step() != "commit":
+            pass
+        for include_kv in (True, False):
+            with pytest.raises(RuntimeError, match="store evicts rows .*BudgetedKV.* not supported"):
+                gen.snapshot(include_kv)
+    finally:
+        gen.close()
+    plain = StepwiseGeneration(tiny_pipe, req)
+    try:
+        while plain.step() != "commit":
+            pass
+        assert plain.snapshot().chunks_done == 1  # the default store still snapshots
+    finally:
+        plain.close()

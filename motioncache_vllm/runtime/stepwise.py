@@ -135,6 +135,14 @@ class StepwiseGeneration:
         if run.position[1] != 0:
             c, i = run.position
             raise RuntimeError(f"a snapshot is taken between chunks; chunk {c} is at unit {i}")
+        budgeted = sorted(b for b, kv in run.kv.items() if not kv.keeps_every_frame)
+        if budgeted:
+            # its K/V rows are compacted and its eviction state is not in a snapshot; recomputing
+            # the context on resume would give the full-context video, not this one
+            raise RuntimeError(
+                f"a snapshot of a generation whose context K/V store evicts rows ({type(run.kv[budgeted[0]]).__name__}, "
+                f"branches {', '.join(budgeted)}) is not supported: snapshots hold every finished frame's K/V"
+            )
         kv = previous = None
         with torch.inference_mode():
             if include_kv:

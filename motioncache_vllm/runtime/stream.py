@@ -43,6 +43,9 @@ class StreamKV:
     """
 
     wants_attention = False  # True: the attention calls its observe_attention with weights
+    # False: the store evicts or compacts rows, so its rows are not the video's token
+    # positions and a snapshot (which stores K/V by position) cannot describe it
+    keeps_every_frame = True
 
     def __init__(self, layers: int, tokens: int, heads: int, head_dim: int, dtype=torch.float32) -> None:
         shape = (1, tokens, heads, head_dim)

@@ -55,6 +55,8 @@ class ContextView:
 class BudgetedKV(StreamKV):
     """Context K/V held to ``budget`` (a share of the full context) by ``policy``."""
 
+    keeps_every_frame = False  # rows are compacted: no snapshots of such a generation
+
     def __init__(
         self,
         geometry: KVGeometry,
