@@ -271,3 +271,49 @@ def test_killed_worker_request_resumes_elsewhere_with_equal_frames(fleet):
     assert rows[killed["worker"]]["deaths"] == 1
     metrics = get_text(f"{fleet}/metrics")
     assert "motioncache_fleet_resumed_from_checkpoint_total 1.0" in metrics
+
+
+def _wait_ready(fleet: str, workers: int = 2, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if get_json(f"{fleet}/health").get("ready_workers") == workers:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the fleet did not get back to {workers} ready workers")
+
+
+def test_attempts_exhausted_gives_a_clear_error_and_the_fleet_keeps_serving(fleet):
+    """max_attempts is 2 here: the worker of each attempt is killed (kill -9, at a checkpoint);
+    the client gets a 500 naming both attempts, and the fleet serves the next request once
+    Ray has restarted a worker."""
+    _wait_ready(fleet)  # the previous test's killed worker is back
+    before = {r["id"]: r["deaths"] for r in get_json(f"{fleet}/v1/workers")["data"]}
+    request = dict(BASE, prompt="a blue square moves left", num_frames=33, num_inference_steps=4, seed=11)
+    killed: list[dict] = []
+
+    def kill_each_attempt() -> None:
+        deadline = time.monotonic() + 600
+        while len(killed) < 2 and time.monotonic() < deadline:
+            for row in get_json(f"{fleet}/v1/workers")["data"]:
+                for req in row["requests"]:
+                    if req["attempt"] == len(killed) and req["chunks"] >= 1 and row["state"] == "ready":
+                        os.kill(row["pid"], signal.SIGKILL)
+                        killed.append(dict(worker=row["id"], attempt=req["attempt"]))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_each_attempt)
+    killer.start()
+    status, body = post_json(f"{fleet}{SYNC}", request, timeout=900)
+    killer.join()
+    assert [k["attempt"] for k in killed] == [0, 1], killed
+    assert status == 500, body
+    message = body["error"]["message"]
+    assert "did not finish" in message and "each of 2 attempts" in message, message
+    assert "Traceback" not in message
+    metrics = get_text(f"{fleet}/metrics")
+    assert "motioncache_fleet_unavailable_total 1.0" in metrics
+    # the fleet keeps serving: the next request waits for a restarted worker and finishes
+    status, again = post_json(f"{fleet}{SYNC}", dict(request, num_frames=17), timeout=900)
+    assert status == 200 and again["stats"]["fleet"]["attempts"] == 1, again
+    rows = {r["id"]: r for r in get_json(f"{fleet}/v1/workers")["data"]}
+    assert sum(rows[i]["deaths"] - before[i] for i in rows) == 2

@@ -8,6 +8,9 @@ and priorities. Two orders:
   least reuse left. Priorities are "expected steps until recompute" from
   :meth:`CachePolicy.steps_until_recompute`; a min-heap with lazy invalidation.
 - ``lru``: least recently used first, for comparison.
+- ``score`` (stored video sessions, :class:`SessionScoreOrder`): evict the session whose
+  keeping is worth least: ``(1 + hits) * (floor + motion of its last chunk)``, decayed by
+  its age since last use.
 - ``admit``: no eviction; admission control instead. A write that needs more new slots
   than are free is refused whole, so a request's chunk is cached completely or not at all
   and never evicts another's blocks. Since a missing block makes the whole step full, a
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class EvictionOrder(ABC):
@@ -129,10 +134,63 @@ class AdmitWholeOrder(EvictionOrder):
         return None
 
 
+class SessionScoreOrder(EvictionOrder):
+    """Stored video sessions (``blocks.sessions``): lowest keeping score first.
+
+    A stored session saves regenerating its video when it is extended. What that saving is
+    worth grows with how likely it is to be used again (``hits``, recency) and with what a
+    regeneration costs: under MotionCache a low-motion video is cheap to make again (most of
+    its tokens are reused from the cache), a high-motion one recomputes most of them. So::
+
+        score = (1 + hits) * (motion_floor + motion) / (1 + age_s / half_life_s)
+
+    ``motion``: the insert priority (the motion of the video's last chunk, >= 0); ``age_s``:
+    seconds since it was stored or last used; ``hits``: uses since it was stored. Scores
+    change with time, so the victim is found by a scan (a store holds few sessions)."""
+
+    name = "score"
+
+    def __init__(
+        self, half_life_s: float = 600.0, motion_floor: float = 0.05, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.half_life_s, self.motion_floor, self.clock = half_life_s, motion_floor, clock
+        self._entries: dict[int, list] = {}  # slot -> [motion, hits, last used]
+
+    def score(self, slot: int, now: float | None = None) -> float:
+        motion, hits, used = self._entries[slot]
+        age = max((self.clock() if now is None else now) - used, 0.0)
+        return (1 + hits) * (self.motion_floor + motion) / (1 + age / self.half_life_s)
+
+    def insert(self, slot: int, priority: float) -> None:
+        self._entries[slot] = [max(float(priority), 0.0), 0, self.clock()]
+
+    def touch(self, slot: int, priority: float | None = None) -> None:
+        entry = self._entries.get(slot)
+        if entry is not None:
+            entry[1] += 1
+            entry[2] = self.clock()
+            if priority is not None:
+                entry[0] = max(float(priority), 0.0)
+
+    def remove(self, slot: int) -> None:
+        self._entries.pop(slot, None)
+
+    def victim(self, pinned: set[int]) -> int | None:
+        now = self.clock()
+        # ties: the oldest slot first (slots are given out in insertion order)
+        candidates = [(self.score(s, now), s) for s in self._entries if s not in pinned]
+        if not candidates:
+            return None
+        slot = min(candidates)[1]
+        del self._entries[slot]
+        return slot
+
+
 EVICTION_ORDERS: dict[str, type[EvictionOrder]] = {
     "motion": MotionAwareOrder,
     "lru": LRUOrder,
     "admit": AdmitWholeOrder,
+    "score": SessionScoreOrder,
 }
 
 

@@ -4,8 +4,9 @@ A server keeps the state of finished (or interrupted) videos so that an extensio
 resume continues them instead of regenerating them. The store holds opaque values with
 their size in bytes; when a new one does not fit the budget, older ones are evicted in
 the order of an :class:`~motioncache_vllm.blocks.eviction.EvictionOrder` (``lru`` by
-default, the same interface the activation pool evicts through; ``admit`` refuses new
-entries instead of evicting). An evicted session is not an error for its user: whoever
+default, the same interface the activation pool evicts through; ``score`` keeps the
+sessions most worth keeping by motion, hits and age; ``admit`` refuses new entries instead
+of evicting). An evicted session is not an error for its user: whoever
 asks for it gets None and regenerates it from its request (its ``VideoPlan``).
 Thread-safe (a server may drop sessions from another thread).
 """
@@ -44,9 +45,10 @@ class SessionStore(Generic[V]):
         self._lock = threading.Lock()
         self.stats = SessionStats()
 
-    def put(self, key: Hashable, value: V, nbytes: int) -> bool:
+    def put(self, key: Hashable, value: V, nbytes: int, priority: float = 0.0) -> bool:
         """Store ``value`` (replacing ``key``'s); evicts others until it fits. False (and
-        nothing stored) when it cannot fit at all."""
+        nothing stored) when it cannot fit at all. ``priority`` goes to the eviction order
+        (``score``: the motion of the video's last chunk; ``lru`` ignores it)."""
         with self._lock:
             self._drop(key)
             if self.budget_bytes is not None:
@@ -62,7 +64,7 @@ class SessionStore(Generic[V]):
             slot = next(self._slots)
             self._entries[key] = (slot, value, nbytes)
             self._keys[slot] = key
-            self.order.insert(slot, 0.0)
+            self.order.insert(slot, priority)
             self.stats.entries += 1
             self.stats.bytes += nbytes
             return True
@@ -75,7 +77,7 @@ class SessionStore(Generic[V]):
                 self.stats.misses += 1
                 return None
             self.stats.hits += 1
-            self.order.touch(entry[0], 0.0)
+            self.order.touch(entry[0])
             return entry[1]
 
     def pop(self, key: Hashable) -> V | None:

@@ -65,6 +65,9 @@ class WorkEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, k
     units_total: int = 0
     """``chunk``: denoising units (steps and commits) of this attempt done / in all."""
     chunks_total: int = 0
+    motion: float = 0.0
+    """``chunk`` of the video's last chunk: its motion (``worker.last_chunk_motion``), which
+    the front's ``score`` eviction of stored videos weighs."""
     plan: VideoPlan | None = None
     """``done``: what the video is made of (its request resolved, then each extension)."""
     response: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -56,14 +56,23 @@ class FleetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Period of the router's poll of every worker's WorkerInfo (pool bytes, liveness)."""
     session_budget_mib: float | None = 256.0
     """Fleet-wide budget of finished videos' states (what an extension continues), held in
-    Ray's object store; past it the least recently used are evicted (their videos are then
-    made again from their plans when extended). None: unbounded; 0: keep none."""
+    Ray's object store; past it states are evicted in ``session_eviction`` order (their videos
+    are then made again from their plans when extended). None: unbounded; 0: keep none."""
+    session_eviction: Literal["score", "lru"] = "score"
+    """``score``: evict the state least worth keeping, ``(1 + hits) * (0.05 + motion of the
+    video's last chunk) / (1 + age / session_half_life_s)`` (``blocks.eviction.SessionScoreOrder``:
+    a static video is cheap to make again under MotionCache, a moving one is not);
+    ``lru``: least recently used first."""
+    session_half_life_s: float = 600.0
+    """``score``: seconds since a state's last use at which its score has halved."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.session_half_life_s <= 0:
+            raise ValueError(f"session_half_life_s must be > 0, got {self.session_half_life_s}")
         if self.max_attempts < 1 or self.slots_per_worker < 1:
             raise ValueError("max_attempts and slots_per_worker must be >= 1")
 
@@ -131,11 +140,17 @@ class Fleet:
         self.workers: list[WorkerHandle] = []
         self.stats = FleetStats()
         self.attempts: dict[str, Attempt] = {}
+        from motioncache_vllm.blocks.eviction import LRUOrder, SessionScoreOrder
         from motioncache_vllm.blocks.sessions import SessionStore
 
         mib = config.session_budget_mib
+        order = (
+            SessionScoreOrder(half_life_s=config.session_half_life_s)
+            if config.session_eviction == "score"
+            else LRUOrder()
+        )
         # video id -> ObjectRef of its finished state (Checkpoint bytes), owned by this process
-        self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20))
+        self.sessions: SessionStore = SessionStore(None if mib is None else int(mib * 2**20), eviction=order)
         self._changed: asyncio.Condition | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -269,9 +284,11 @@ class Fleet:
         await self._notify()
 
     # -- requests ----------------------------------------------------------------------------
-    def _remember(self, video_id: str, state: Any, nbytes: int) -> None:
+    def _remember(self, video_id: str, state: Any, nbytes: int, motion: float = 0.0) -> None:
+        """Keep a finished video's state (an ObjectRef of its last checkpoint) for extensions;
+        ``motion``: of its last chunk (the ``score`` eviction order's input)."""
         if state is not None:
-            self.sessions.put(video_id, state, nbytes)  # may evict others (LRU), or keep nothing
+            self.sessions.put(video_id, state, nbytes, priority=motion)  # may evict others, or keep nothing
 
     def drop_session(self, video_id: str) -> None:
         """Forget a video's stored state (its job was deleted)."""
@@ -310,6 +327,7 @@ class Fleet:
         state.checkpoint = session  # a continuation starts from the stored video
         self.stats.requests += 1
         last_nbytes = 0
+        last_motion = 0.0
         dispatch_s = float("nan")
         avoid: set[int] = set()
         died_at: float | None = None
@@ -345,14 +363,14 @@ class Fleet:
                                 # copy is created (not only owned) here, so it survives the
                                 # worker's node too, not just the worker process
                                 state.checkpoint = ray.put(await (await stream.__anext__()))
-                                last_nbytes = event.nbytes
+                                last_nbytes, last_motion = event.nbytes, event.motion
                             state.chunks = event.chunk
                             if on_progress is not None:
                                 on_progress(event)
                         elif event.kind == "done":
                             self.stats.completed += 1
                             final = state.checkpoint if state.chunks == event.chunk and last_nbytes else None
-                            self._remember(request_id, final, last_nbytes)
+                            self._remember(request_id, final, last_nbytes, last_motion)
                             response = event.response
                             fleet = dict(
                                 worker=worker.worker_id,

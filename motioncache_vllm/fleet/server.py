@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from motioncache_vllm.fleet.messages import WorkerSpec
-from motioncache_vllm.fleet.router import Fleet, FleetConfig, FleetError
+from motioncache_vllm.fleet.router import Fleet, FleetConfig, FleetError, FleetUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_app(fleet: Fleet, settings, model_name: str = "embedded", service_sett
                 continuation=request.continue_from,
                 on_progress=progress,
             )
-        except FleetError as exc:
+        except (FleetError, FleetUnavailable) as exc:  # the message says why (no traceback: not a bug)
             raise VideoGenerationError(str(exc)) from None
         record(response.get("stats", {}))
         return response

@@ -68,6 +68,21 @@ def engine_kwargs(model_dir: str, engine_argv: list[str]) -> dict:
     }
 
 
+def last_chunk_motion(gen) -> float:
+    """Motion of a generation's last finished chunk: the mean absolute change between its
+    consecutive latent frames (the frame before the chunk included), relative to the mean
+    latent magnitude; ~0 for a static video. ``gen``: a ``runtime.stepwise.PlanGeneration``."""
+    import torch
+
+    run = gen.gen.run
+    end = run.chunks_done * run.frames_per_chunk
+    if end < 2:
+        return 0.0
+    with torch.inference_mode():
+        x = run.latents[:, :, max(end - run.frames_per_chunk - 1, 0) : end].float()
+        return float(x.diff(dim=2).abs().mean() / (x.abs().mean() + 1e-8))
+
+
 @dataclass
 class _Running:
     """A request in this worker's engine, as the engine thread tracks it."""
@@ -255,8 +270,10 @@ class EngineWorker:
         if running is None:
             return
         running.chunks = chunks
+        motion = 0.0
         if job.gen.done:
             running.plan = job.gen.plan
+            motion = last_chunk_motion(job.gen)
         snapshot = job.gen.snapshot(include_kv=True)
         state = snapshot.to_bytes()
         checkpoint = encode(Checkpoint(chunk=chunks, units_done=job.gen.units_done, state=state))
@@ -271,6 +288,7 @@ class EngineWorker:
                 units_done=job.gen.units_done,
                 units_total=job.gen.total_units,
                 chunks_total=job.gen.num_chunks,
+                motion=motion,
             ),
         )
         self._emit(running, checkpoint)
