@@ -73,7 +73,16 @@ def fleet(cluster, tmp_path_factory):
                 "--cache-pool-mib",
                 str(POOL_MIB),
                 "--fleet-config",
-                json.dumps({"max_attempts": 2, "info_interval_s": 0.2, "session_budget_mib": SESSION_MIB}),
+                # session half-life 1 s: the score's age term evicts the first video (extended twice,
+                # so with hits) while the 50 queued ones finish; test_session_eviction.py has the order
+                json.dumps(
+                    {
+                        "max_attempts": 2,
+                        "info_interval_s": 0.2,
+                        "session_budget_mib": SESSION_MIB,
+                        "session_half_life_s": 1.0,
+                    }
+                ),
             ],
             log_path,
             env=env,
