@@ -122,3 +122,59 @@ def test_stepwise_on_the_embedded_model(embedded_pipe):
     _, out = run_to_end(StepwiseGeneration(embedded_pipe, req, cache=cache))
     assert np.array_equal(out.frames, ref.frames)
     assert_clean(embedded_pipe)
+
+
+BATCH_TOLERANCE = 2
+"""Max |batched - solo| of a uint8 pixel: the batched call stacks the samples in the matrix
+products (float reassociation); measured at most 1 on the tiny config, same cache decisions."""
+
+
+@pytest.mark.parametrize("policy,config", [("none", {}), ("motion", MOTION)])
+def test_step_together_batches_requests_and_matches_solo_runs(tiny_pipe, policy, config):
+    """Several requests advanced by step_together (one transformer call per engine step for
+    all their units of one chunk shape): the frames of each equal its solo run within
+    BATCH_TOLERANCE. Staggered starts put the requests at different chunks (different
+    context lengths: the padded, masked attention) and mix commits with denoising steps."""
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+    from motioncache_vllm.runtime.stepwise import step_together
+
+    requests = [dict(REQ, seed=s, prompt=p) for s, p in [(3, "a red circle"), (4, "a blue square"), (5, "dots")]]
+    requests[2]["num_frames"] = 9
+    requests[1]["guidance_scale"] = 1.0  # one CFG branch: batched with the others' two
+    cache = CacheConfig.decode(policy=policy, policy_config=config)
+    solo = [generate_video(tiny_pipe, GenerationRequest(**r), cache=cache) for r in requests]
+    pool = make_pool(tiny_pipe, cache.pool)
+    gens, batched_calls = [], []
+    original = ChunkedRunner.call_batch
+
+    def counting(self, calls):
+        batched_calls.append(len(calls))
+        return original(self, calls)
+
+    ChunkedRunner.call_batch = counting
+    try:
+        start = {0: 0, 1: 3, 2: 5}  # engine step at which each request arrives
+        step = 0
+        while len(gens) < len(requests) or not all(g.done for g in gens):
+            for i, r in enumerate(requests):
+                if start[i] == step:
+                    gens.append(
+                        StepwiseGeneration(
+                            tiny_pipe, GenerationRequest(**r), cache=cache, pool=pool, request_id=f"r{i}"
+                        )
+                    )
+            live = [g for g in gens if not g.done]
+            for outcome in step_together(live):
+                assert outcome in ("denoise", "commit"), outcome
+            step += 1
+    finally:
+        ChunkedRunner.call_batch = original
+    assert max(batched_calls) == 5  # 2 + 1 + 2 branches in one call
+    for g, ref in zip(gens, solo):
+        out = g.result()
+        diff = np.abs(out.frames.astype(int) - ref.frames.astype(int)).max()
+        assert diff <= BATCH_TOLERANCE, diff
+        if policy == "none":
+            assert out.stats["token_steps_computed"] == ref.stats["token_steps_computed"]
+    assert pool.tables == {}
+    assert_clean(tiny_pipe)

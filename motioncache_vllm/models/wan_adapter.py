@@ -97,16 +97,63 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
+class _Group:
+    """Samples of one transformer call that run the blocks together: the same number of
+    tokens (every full sample, or partial samples selecting as many tokens)."""
+
+    __slots__ = ("executions", "tokens", "hidden", "temb", "rope", "encoder")
+
+    def __init__(self, executions, tokens, hidden, temb, rope, encoder) -> None:
+        self.executions: list[StackExecution] = executions
+        self.tokens: list[torch.Tensor | None] = tokens  # per sample: None (all) or chunk token indices
+        self.hidden, self.temb, self.rope, self.encoder = hidden, temb, rope, encoder
+
+
 class _Run:
     """State of the stack for the current transformer call (between head and tail)."""
 
-    __slots__ = ("execution", "tokens", "temb", "rope")
+    __slots__ = ("executions", "plans", "groups", "group")
 
-    def __init__(self, execution: StackExecution) -> None:
-        self.execution = execution
-        self.tokens: torch.Tensor | None | bool = None
-        self.temb: torch.Tensor | None = None
-        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, executions: list[StackExecution]) -> None:
+        self.executions = executions
+        self.plans: list[torch.Tensor | None | bool] = []
+        self.groups: list[_Group] = []
+        self.group: _Group | None = None  # the group whose blocks run now (read by the attention)
+
+
+def _sample(x: torch.Tensor, i: int, batch: int) -> torch.Tensor:
+    return x if batch == 1 else x[i : i + 1]
+
+
+def _plan_groups(run: _Run, hidden: torch.Tensor, encoder: torch.Tensor, temb: torch.Tensor, token_dim: int):
+    """Ask every sample's execution for its plan; group the samples that run blocks."""
+    batch = len(run.executions)
+    run.plans = [ex.plan(_sample(hidden, i, batch), _sample(temb, i, batch)) for i, ex in enumerate(run.executions)]
+    members: dict[int | None, list[int]] = {}
+    for i, tokens in enumerate(run.plans):
+        if tokens is not False:
+            members.setdefault(None if tokens is None else len(tokens), []).append(i)
+    for key, idx in members.items():
+        tokens = [run.plans[i] for i in idx]
+        hs, tembs, cos, sin = [], [], [], []
+        for i, tok in zip(idx, tokens):
+            h, e = _sample(hidden, i, batch), _sample(temb, i, batch)
+            c, s = run.executions[i].rope
+            if tok is not None:
+                h = h[:, tok]
+                e = e.index_select(token_dim, tok) if e.dim() == 4 else e
+                c, s = c[:, tok], s[:, tok]
+            hs.append(h)
+            tembs.append(e)
+            cos.append(c)
+            sin.append(s)
+        if len(idx) == batch and key is None:  # every sample, all tokens: the call's own tensors
+            h, e, enc = hidden, temb, encoder
+        else:
+            h, e = (hs[0], tembs[0]) if len(idx) == 1 else (torch.cat(hs), torch.cat(tembs))
+            enc = encoder if len(idx) == batch else encoder[idx]
+        rope = (cos[0], sin[0]) if len(idx) == 1 else (torch.cat(cos), torch.cat(sin))
+        run.groups.append(_Group([run.executions[i] for i in idx], tokens, h, e, rope, enc))
 
 
 class CachedSelfAttnProcessor:
@@ -118,22 +165,35 @@ class CachedSelfAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         run = self.adapter.run
-        if run is None or run.tokens is False:
+        if run is None or run.group is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        ex = run.execution
+        group = run.group
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        cos, sin = run.rope
+        cos, sin = group.rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if len(group.executions) == 1:
+            out = self._attend(group.executions[0], group.tokens[0], q, k, v)
+        else:
+            out = self._attend_batch(group, q, k, v)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _write(self, ex: StackExecution, tokens: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
         keys, values = ex.kv.keys(self.layer), ex.kv.values(self.layer)
-        if run.tokens is None:
+        if tokens is None:
             keys[:, ex.start : ex.end] = k
             values[:, ex.start : ex.end] = v
         else:  # fresh K/V for the selected tokens; the others keep their stale K/V
-            index = run.tokens + ex.start
+            index = tokens + ex.start
             keys.index_copy_(1, index, k)
             values.index_copy_(1, index, v)
+        return keys, values
+
+    def _attend(self, ex: StackExecution, tokens: torch.Tensor | None, q, k, v) -> torch.Tensor:
+        """One sample: attention over ``[its context K/V | its chunk's K/V]``, (1, heads, n, d)."""
+        keys, values = self._write(ex, tokens, k, v)
         q, keys, values = q.transpose(1, 2), keys[:, : ex.end].transpose(1, 2), values[:, : ex.end].transpose(1, 2)
         bias = ex.kv.attention_bias(self.layer)  # None unless the store merged tokens
         if bias is not None:
@@ -141,9 +201,37 @@ class CachedSelfAttnProcessor:
         if ex.kv.wants_attention:  # research stores score context tokens by attention received
             logits = (q @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5
             ex.kv.observe_attention(self.layer, torch.softmax(logits if bias is None else logits + bias, -1))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+
+    def _attend_batch(self, group: _Group, q, k, v) -> torch.Tensor:
+        """Several samples, each over its own context: one SDPA call over their K/V padded
+        to the longest context, a boolean mask hiding the padding (samples whose store
+        biases or observes the attention run alone)."""
+        executions = group.executions
+        if any(ex.kv.wants_attention or ex.kv.attention_bias(self.layer) is not None for ex in executions):
+            return torch.cat(
+                [
+                    self._attend(ex, t, q[j : j + 1], k[j : j + 1], v[j : j + 1])
+                    for j, (ex, t) in enumerate(zip(executions, group.tokens))
+                ]
+            )
+        stored = [
+            self._write(ex, t, k[j : j + 1], v[j : j + 1]) for j, (ex, t) in enumerate(zip(executions, group.tokens))
+        ]
+        ends = [ex.end for ex in executions]
+        longest, mask = max(ends), None
+        if all(end == longest for end in ends):
+            keys = torch.cat([kk[:, :longest] for kk, _ in stored])
+            values = torch.cat([vv[:, :longest] for _, vv in stored])
+        else:
+            shape = (len(executions), longest, *k.shape[2:])
+            keys, values = k.new_zeros(shape), v.new_zeros(shape)
+            for j, ((kk, vv), end) in enumerate(zip(stored, ends)):
+                keys[j, :end], values[j, :end] = kk[0, :end], vv[0, :end]
+            mask = (torch.arange(longest) < torch.tensor(ends).unsqueeze(1)).view(len(ends), 1, 1, longest)
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask
+        )
 
 
 class _BlockHook(ModelHook):
@@ -156,29 +244,28 @@ class _BlockHook(ModelHook):
     def new_forward(self, module, hidden_states, encoder_hidden_states, temb, rotary_emb, *rest, **kwargs):
         forward = self.fn_ref.original_forward
         adapter = self.adapter
-        if adapter.execution is None:
+        if adapter.executions is None:
             return forward(hidden_states, encoder_hidden_states, temb, rotary_emb, *rest, **kwargs)
         if self.is_head:
-            run = adapter.run = _Run(adapter.execution)
-            run.tokens = run.execution.plan(hidden_states, temb)
-            cos, sin = run.execution.rope
-            if run.tokens is None or run.tokens is False:
-                run.temb, run.rope = temb, (cos, sin)
-            else:
-                tokens = run.tokens
-                hidden_states = hidden_states[:, tokens]
-                run.temb = temb.index_select(adapter.temb_token_dim, tokens) if temb.dim() == 4 else temb
-                run.rope = (cos[:, tokens], sin[:, tokens])
+            run = adapter.run = _Run(adapter.executions)
+            _plan_groups(run, hidden_states, encoder_hidden_states, temb, adapter.temb_token_dim)
         run = adapter.run
-        if run.tokens is False:
-            out = None
-        else:
+        # the samples' hidden states live in their groups (a group may hold fewer tokens than
+        # the call); the tensor the transformer passes between blocks is a placeholder
+        for group in run.groups:
+            run.group = group
             # no mask: a chunk sees every finished chunk and all of itself (block-causal)
-            out = forward(hidden_states, encoder_hidden_states, run.temb, run.rope, *([None] if rest else []))
-        if self.is_tail:
-            adapter.run = None
-            return run.execution.finish(out)
-        return hidden_states if out is None else out
+            group.hidden = forward(group.hidden, group.encoder, group.temb, group.rope, *([None] if rest else []))
+        run.group = None
+        if not self.is_tail:
+            return hidden_states
+        adapter.run = None
+        outputs: dict[int, torch.Tensor] = {}
+        for group in run.groups:
+            for j, ex in enumerate(group.executions):
+                outputs[id(ex)] = group.hidden if len(group.executions) == 1 else group.hidden[j : j + 1]
+        finished = [ex.finish(outputs.get(id(ex))) for ex in run.executions]
+        return finished[0] if len(finished) == 1 else torch.cat(finished)
 
 
 class WanFamilyAdapter:
@@ -196,7 +283,7 @@ class WanFamilyAdapter:
         # SkyReels-V2 (diffusion forcing) vs plain Wan: how timesteps go in, where tokens sit in temb
         self.diffusion_forcing = "enable_diffusion_forcing" in inspect.signature(transformer.forward).parameters
         self.temb_token_dim = 2 if self.diffusion_forcing else 1
-        self.execution: StackExecution | None = None
+        self.executions: list[StackExecution] | None = None  # the samples of the current call
         self.run: _Run | None = None
         # RoPE rows per (first frame, frames, grid), least recently used first; bounded in bytes
         # (one large request must not leave its tables behind for the life of the server)
@@ -266,6 +353,12 @@ class WanFamilyAdapter:
             self._rope_bytes -= sum(t.numel() * t.element_size() for t in old)
         return rows
 
-    def activate(self, execution: StackExecution | None) -> None:
-        self.execution = execution
+    def activate(self, execution: StackExecution | list[StackExecution] | None) -> None:
+        """The execution of the next transformer call (batch 1), or one per sample of a
+        batched call (their chunks have the same shape; each keeps its own K/V, RoPE rows,
+        plan and residuals), or None: the model runs untouched."""
+        if execution is None or isinstance(execution, list):
+            self.executions = execution or None
+        else:
+            self.executions = [execution]
         self.run = None

@@ -37,6 +37,23 @@ BRANCHES = ("cond", "uncond")
 
 
 @dataclass
+class TransformerCall:
+    """One transformer call a unit needs: one CFG branch of one chunk (batch 1). The runner
+    runs it alone (:meth:`ChunkedRunner.run_calls`) or stacked with other requests' calls
+    of the same shape (:func:`run_units`); ``out`` and ``seconds`` are filled in."""
+
+    stream: ChunkStream
+    x: torch.Tensor  # (1, C, F, h, w) latents of the chunk
+    t: torch.Tensor  # (1, F) timestep of each frame
+    embeds: torch.Tensor  # (1, L, D) prompt embeddings of the branch
+    out: torch.Tensor | None = None
+    seconds: float = 0.0  # this call's share of the transformer call it ran in
+
+    def shape_key(self) -> tuple:
+        return (tuple(self.x.shape), self.x.dtype, tuple(self.t.shape), tuple(self.embeds.shape), self.embeds.dtype)
+
+
+@dataclass
 class ChunkedResult:
     latents: torch.Tensor
     counters: CacheCounters
@@ -128,6 +145,87 @@ class ChunkedRunner:
             if stream._mode == "skip" and not stream.commit:
                 stream.counters.timings["skip_call_s"] += time.perf_counter() - t0
 
+    def run_calls(self, calls: list[TransformerCall]) -> None:
+        """Run ``calls`` one by one (batch 1 each)."""
+        for call in calls:
+            t0 = time.perf_counter()
+            call.out = self._call(call.stream, call.x, call.t, call.embeds)
+            call.seconds = time.perf_counter() - t0
+
+    def call_batch(self, calls: list[TransformerCall]) -> None:
+        """Run ``calls`` (same shapes, see :meth:`TransformerCall.shape_key`) as one
+        transformer call, the samples stacked along the batch: each keeps its own K/V
+        context, RoPE rows, timesteps, prompt embeddings and cache decision."""
+        if len(calls) == 1:
+            return self.run_calls(calls)
+        streams = [c.stream for c in calls]
+        self.adapter.activate(streams)
+        t0 = time.perf_counter()
+        try:
+            out = self.pipe.transformer(
+                hidden_states=torch.cat([c.x for c in calls]),
+                encoder_hidden_states=torch.cat([c.embeds for c in calls]),
+                return_dict=False,
+                **self.adapter.call_kwargs(torch.cat([c.t for c in calls])),
+                **self.call_kwargs,
+            )[0]
+        finally:
+            self.adapter.activate(None)
+        share = (time.perf_counter() - t0) / len(calls)
+        for j, call in enumerate(calls):
+            call.out, call.seconds = out[j : j + 1], share
+            if call.stream._mode == "skip" and not call.stream.commit:
+                call.stream.counters.timings["skip_call_s"] += share
+
+    @property
+    def batchable(self) -> bool:
+        """Whether this runner's calls may be stacked with others' (a runner that overrides
+        ``_call``, e.g. the oracle's, runs its calls alone)."""
+        return type(self)._call is ChunkedRunner._call
+
+
+def run_units(runs: list["DenoiseRun"], max_batch: int | None = None) -> list[str | BaseException]:
+    """Advance every run by one unit, stacking the transformer calls of the same shape (and
+    the same transformer) into one call of at most ``max_batch`` samples: every CFG branch
+    of every request whose chunk has that shape, denoising steps and commits alike. Calls in
+    order of ``runs`` (a CFG leader before its follower). Returns each run's unit kind, or
+    the exception that ended its unit (an error of a shared call is every member's)."""
+    results: list[str | BaseException | None] = [None] * len(runs)
+    pending: list[tuple[int, list[TransformerCall]]] = []
+    for r, run in enumerate(runs):
+        try:
+            pending.append((r, run.begin_unit()))
+        except Exception as exc:  # noqa: BLE001  (this run alone)
+            results[r] = exc
+    groups: dict[tuple, list[tuple[int, TransformerCall]]] = {}
+    for r, calls in pending:
+        runner = runs[r].runner
+        for call in calls:
+            key = (id(runner.adapter), call.shape_key()) if runner.batchable and not runner.call_kwargs else (r,)
+            groups.setdefault(key, []).append((r, call))
+    for members in groups.values():
+        size = max_batch or len(members)
+        for lo in range(0, len(members), size):
+            part = members[lo : lo + size]
+            if any(results[r] is not None for r, _ in part):
+                part = [(r, c) for r, c in part if results[r] is None]
+            if not part:
+                continue
+            try:
+                runs[part[0][0]].runner.call_batch([c for _, c in part])
+            except Exception as exc:  # noqa: BLE001
+                for r, _ in part:
+                    results[r] = exc
+    for r, _ in pending:
+        if results[r] is None:
+            try:
+                results[r] = runs[r].end_unit()
+            except Exception as exc:  # noqa: BLE001
+                results[r] = exc
+        elif isinstance(results[r], BaseException):
+            runs[r].abort_unit()
+    return results
+
 
 class DenoiseRun:
     """One request's chunked denoising, resumable one unit at a time.
@@ -180,6 +278,7 @@ class DenoiseRun:
         self.streams: dict[str, ChunkStream] = {}
         self._recompute_counts: torch.Tensor | None = None
         self._scheduler = None
+        self._pending: tuple | None = None  # the unit begun by begin_unit, until end_unit
         self.wall_s = 0.0
         self._t0 = time.perf_counter()
         self.adapter.install()
@@ -197,22 +296,49 @@ class DenoiseRun:
     @torch.no_grad()
     def step(self) -> str:
         """Run the next unit; returns ``"denoise"`` or ``"commit"``."""
+        calls = self.begin_unit()
+        try:
+            self.runner.run_calls(calls)
+        except BaseException:
+            self.abort_unit()
+            raise
+        return self.end_unit()
+
+    def begin_unit(self) -> list[TransformerCall]:
+        """First half of :meth:`step`: set up the next unit; the transformer calls it needs
+        (to be run, then :meth:`end_unit`)."""
         if self.done or self._closed:
             raise RuntimeError("this denoising run is finished")
+        if self._pending is not None:
+            raise RuntimeError("the previous unit is not finished")
         c, i = self.position
         lo, hi = c * self.frames_per_chunk, (c + 1) * self.frames_per_chunk
         if i == 0:
             self._begin_chunk(c, lo)
         if i < len(self.timesteps):
-            self._denoise(lo, hi, self.timesteps[i])
-            kind = "denoise"
+            calls = self._denoise_calls(lo, hi, self.timesteps[i])
+            self._pending = ("denoise", c, lo, hi, self.timesteps[i], calls)
         else:
-            self._commit(c, lo, hi)
-            kind = "commit"
+            calls = self._commit_calls(lo, hi)
+            self._pending = ("commit", c, lo, hi, 0, calls)
+        return calls
+
+    def end_unit(self) -> str:
+        """Second half of :meth:`step`, once the calls of :meth:`begin_unit` have run."""
+        kind, c, lo, hi, t, calls = self._pending
+        self._pending = None
+        if kind == "denoise":
+            self._denoise_end(lo, hi, t, calls)
+        else:
+            self._commit_end(c, lo, hi, calls)
         self.units_done += 1
         if self.done:
             self.close()
         return kind
+
+    def abort_unit(self) -> None:
+        """Forget a begun unit whose calls failed (the caller closes the run)."""
+        self._pending = None
 
     # -- snapshots (see runtime/snapshot.py) ------------------------------------------------
     @property
@@ -298,31 +424,50 @@ class DenoiseRun:
         self._scheduler = copy.deepcopy(self._scheduler_template)
 
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:
-        latents, streams, branches, call = self.latents, self.streams, self.branches, self.runner._call
-        x = latents[:, :, lo:hi]
+        calls = self._denoise_calls(lo, hi, t)
+        self.runner.run_calls(calls)
+        self._denoise_end(lo, hi, t, calls)
+
+    def _denoise_calls(self, lo: int, hi: int, t: torch.Tensor) -> list[TransformerCall]:
+        x = self.latents[:, :, lo:hi]
         t_frames = t.expand(1, self.frames_per_chunk)
-        ts = time.perf_counter()
-        pred = {b: call(streams[b], x, t_frames, self.prompt_embeds[b]) for b in branches}
-        self.counters.timings["step_s"] += time.perf_counter() - ts
+        return [TransformerCall(self.streams[b], x, t_frames, self.prompt_embeds[b]) for b in self.branches]
+
+    def _denoise_end(self, lo: int, hi: int, t: torch.Tensor, calls: list[TransformerCall]) -> None:
+        latents, streams, branches = self.latents, self.streams, self.branches
+        self.counters.timings["step_s"] += sum(call.seconds for call in calls)
+        pred = {b: call.out for b, call in zip(branches, calls)}
         noise = pred["cond"]
         if len(branches) == 2:
             noise = pred["uncond"] + self.guidance_scale * (pred["cond"] - pred["uncond"])
-        latents[:, :, lo:hi] = self._scheduler.step(noise, t, x, return_dict=False)[0]
+        latents[:, :, lo:hi] = self._scheduler.step(noise, t, latents[:, :, lo:hi], return_dict=False)[0]
         for s in streams.values():
             s.end_step()
         if self.progress is not None:
             self.progress.update(1)
 
     def _commit(self, c: int, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> None:
+        calls = self._commit_calls(lo, hi, x, t)
+        self.runner.run_calls(calls)
+        self._commit_end(c, lo, hi, calls)
+
+    def _commit_calls(self, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> list[TransformerCall]:
         # commit: K/V of the finished chunk at t = 0, as the stock pipeline sees it (a long
         # video's re-noised prefix: other latents ``x`` at ``t``)
-        per_chunk, lay = self.frames_per_chunk, self.layout
         x = self.latents[:, :, lo:hi] if x is None else x
+        calls = []
         for b in self.branches:
             stream = self.streams[b]
             stream.commit = True
-            self.counters.commit_tokens += lay.num_tokens
-            self.runner._call(stream, x, torch.full((1, per_chunk), t, dtype=torch.long), self.prompt_embeds[b])
+            self.counters.commit_tokens += self.layout.num_tokens
+            t_frames = torch.full((1, self.frames_per_chunk), t, dtype=torch.long)
+            calls.append(TransformerCall(stream, x, t_frames, self.prompt_embeds[b]))
+        return calls
+
+    def _commit_end(self, c: int, lo: int, hi: int, calls: list[TransformerCall]) -> None:
+        per_chunk, lay = self.frames_per_chunk, self.layout
+        for b in self.branches:
+            stream = self.streams[b]
             h = stream.last_input[0].view(per_chunk, lay.tokens_per_frame, -1)
             self.previous_last[b] = h[-1].clone()
             self.pool.release(stream.owner)

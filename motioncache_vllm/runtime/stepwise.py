@@ -291,8 +291,27 @@ class StepwiseGeneration:
             self.close()
             raise
         finally:
-            if self.run.done or self.run._closed:
-                self._bar.close()
+            self._after_unit()
+
+    # two halves of step(), for step_together (one batched transformer call for many requests)
+    def _runs(self) -> list:
+        return [self.run]
+
+    def _end_unit(self, outcome):
+        """The unit's kind, or (an exception) close and raise it."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._after_unit()
+
+    def _after_unit(self) -> None:
+        if self.run.done or self.run._closed:
+            self._bar.close()
 
     def close(self) -> None:
         """Abandon (or finish) the generation: frees its pool blocks and its hold on the
@@ -423,6 +442,15 @@ class PlanGeneration:
         self._advance_segments()
         return kind
 
+    def _runs(self) -> list:
+        return self.gen._runs()
+
+    def _end_unit(self, outcome):
+        kind = self.gen._end_unit(outcome)
+        self.units_done += 1
+        self._advance_segments()
+        return kind
+
     @property
     def chunks_done(self) -> int:
         return self.gen.run.chunks_done
@@ -454,3 +482,25 @@ class PlanGeneration:
         else:
             result.stats.pop("resumed_chunks", None)  # regenerated from nothing: every chunk computed here
         return result
+
+
+def step_together(gens: list, max_batch: int | None = None) -> list[str | BaseException]:
+    """Advance every generation (:class:`StepwiseGeneration` or :class:`PlanGeneration`,
+    none done) by one unit, as ``gen.step()`` would, but with the transformer calls of all
+    of them of the same chunk shape stacked into one call per ``max_batch`` samples (see
+    ``runtime.chunked.run_units``). Returns each one's unit kind, or the exception that
+    ended it (that generation is then closed, as ``step`` closes it; the others go on).
+    The frames equal those of ``step`` up to float reassociation in the batched matrix
+    products (see tests/test_stepwise.py for the measured tolerance)."""
+    from motioncache_vllm.runtime.chunked import run_units
+
+    with torch.inference_mode():
+        runs = [gen._runs()[0] for gen in gens]
+        outcomes = run_units(runs, max_batch)
+        results: list[str | BaseException] = []
+        for gen, outcome in zip(gens, outcomes):
+            try:
+                results.append(gen._end_unit(outcome))
+            except Exception as exc:  # noqa: BLE001  (this generation alone; it is closed)
+                results.append(exc)
+    return results
