@@ -539,6 +539,9 @@ def bench(
     repeats: Optional[int] = typer.Option(
         None, help="Timed repeats per prompt (default 3; 1 with --quick; throughput: library-path runs)."
     ),
+    policies: Optional[str] = typer.Option(
+        None, help="throughput: the cache policies to measure, comma-separated (default: none,motion)."
+    ),
 ) -> None:
     """Run a benchmark suite: prints a table, writes OUT/SUITE.json and a plot."""
     _quiet_libraries()
@@ -565,12 +568,21 @@ def bench(
     except ModelNotFoundError as exc:
         _fail(str(exc))
     defaults = default_settings(suite, quick)
+    policy_names = None
+    if policies is not None:
+        from motioncache_vllm.policies import policy_names as known_policies
+
+        policy_names = tuple(p.strip() for p in policies.split(",") if p.strip())
+        unknown = [p for p in policy_names if p not in known_policies()]
+        if not policy_names or unknown:
+            _fail(f"--policies: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(known_policies())}")
     settings = BenchSettings(
         prompts=lines[:2] if quick else lines,
         frames=frames or defaults["frames"],
         steps=steps or defaults["steps"],
         repeats=repeats or defaults["repeats"],
         model=model,
+        policies=policy_names,
     )
     from tqdm.auto import tqdm
 

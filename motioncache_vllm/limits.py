@@ -328,6 +328,11 @@ class ServeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     serve_max_json_depth: int = MAX_JSON_DEPTH
     serve_request_timeout_s: float | None = None
     """Wall-clock limit of one generation request; None: none."""
+    serve_batch_steps: bool = True
+    """One transformer call per engine step for the units of all running requests whose
+    chunks have the same shape (CFG branches included); False: one call per unit and branch."""
+    serve_max_batch: int | None = None
+    """Most samples (request x CFG branch) in one batched call; None: no limit."""
 
     def __post_init__(self) -> None:
         budget, timeout = self.serve_memory_budget_mib, self.serve_request_timeout_s
@@ -339,6 +344,8 @@ class ServeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"serve_max_json_depth must be >= 4, got {self.serve_max_json_depth}")
         if timeout is not None and not (0 < timeout < math.inf):
             raise ValueError(f"serve_request_timeout_s must be a positive number, got {timeout}")
+        if self.serve_max_batch is not None and self.serve_max_batch < 1:
+            raise ValueError(f"serve_max_batch must be >= 1, got {self.serve_max_batch}")
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> ServeSettings:

@@ -21,6 +21,7 @@ class BenchSettings:
     seed: int = 0
     guidance: float | None = None  # None: the model's default CFG scale
     model: str = "embedded"  # what the throughput suite serves (the others get a loaded pipeline)
+    policies: tuple[str, ...] | None = None  # throughput: the cache policies to measure (None: its default)
 
 
 def machine_info() -> dict:

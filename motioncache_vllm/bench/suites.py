@@ -599,7 +599,9 @@ SUITES: dict[str, Suite] = {
     "cuts": Suite(lambda pipe, name, s, quick, out, bar=None: run_per_chunk(pipe, name, s, quick, out)),
     "long": Suite(lambda pipe, name, s, quick, out, bar=None: run_per_chunk(pipe, name, s, quick, out)),
     "throughput": Suite(
-        lambda pipe, name, s, quick, out, bar=None: run_throughput(pipe, s, quick, out, bar),
+        lambda pipe, name, s, quick, out, bar=None: run_throughput(
+            pipe, s, quick, out, bar, **({"policies": s.policies} if s.policies else {})
+        ),
         lambda quick: dict(THROUGHPUT_DEFAULTS[quick]),
     ),
     "cfg": Suite(lambda pipe, name, s, quick, out, bar=None: run_cfg(pipe, s, quick, out, bar)),

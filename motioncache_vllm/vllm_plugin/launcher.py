@@ -117,9 +117,34 @@ CHANNEL_ENV = "MOTIONCACHE_CHANNEL"
 """= ``events.CHANNEL_ENV``: the worker -> API server event channel (progress, streamed frames)."""
 
 
+def engine_threads_environment(environ: os._Environ | dict) -> None:
+    """Threads of the engine's CPU worker, and none spinning beside them.
+
+    vLLM's CPU worker binds its OpenMP threads to cores (``OMP_PLACES``/``OMP_PROC_BIND``)
+    and by default reserves one core for the API and engine-core processes: on a 2-core
+    machine the engine then runs on half of it. Here:
+
+    - no ``OMP_NUM_THREADS`` given: the worker binds one thread to every allowed core
+      (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``);
+    - ``OMP_NUM_THREADS=N`` given (e.g. a shared machine): the worker runs N threads, not
+      bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``), so several servers do not pile onto
+      the same core; an explicit ``VLLM_CPU_OMP_THREADS_BIND`` or reserve stands either way;
+    - the other processes (API server, engine core) get one OpenMP thread: they do little
+      torch work, and an idle OpenMP team spins on the cores the worker's threads hold.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" not in environ:
+        if environ.get("OMP_NUM_THREADS"):
+            environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        else:
+            environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # vLLM sets the worker's own OMP_NUM_THREADS (the cores it binds); nobind: it inherits this
+    environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def prepare_environment(environ: os._Environ | dict = os.environ) -> None:
     for key, value in ENV_DEFAULTS.items():
         environ.setdefault(key, value)
+    engine_threads_environment(environ)
     environ["VLLM_PLUGINS"] = plugin_allowlist(environ.get("VLLM_PLUGINS"))
     # every process vLLM spawns inherits it: the API server binds there, the worker connects
     environ.setdefault(CHANNEL_ENV, f"ipc://{tempfile.gettempdir()}/motioncache-{os.getpid()}")
@@ -240,6 +265,8 @@ def launch(
 ) -> None:
     """Prepare the environment, print ``ready_line`` once the server answers, run ``vllm serve``."""
     prepare_environment(os.environ if environ is None else environ)
+    if "torch" in sys.modules:  # this process is the API server: one thread (see engine_threads_environment)
+        sys.modules["torch"].set_num_threads(1)
     argv = serve_argv(
         model_dir,
         host=host,

@@ -53,7 +53,8 @@ class VideoWorker:
 
     Requests are advanced step by step: every engine step calls :meth:`engine_step`, which
     runs one unit (one denoising step of every CFG branch, or a chunk commit) of every
-    running request, so concurrent requests interleave. ``records`` keeps
+    running request, so concurrent requests interleave; the transformer calls of those units
+    that share a chunk shape run as one batched call (``serve_batch_steps``, default on). ``records`` keeps
     ``(engine_step, request_id, unit)`` of every unit run (the last ``MAX_RECORDS``).
     """
 
@@ -70,6 +71,8 @@ class VideoWorker:
         self.settings = EngineCacheSettings.from_additional_config(additional_config)
         serve = ServeSettings.from_additional_config(additional_config)
         self.memory_budget_bytes = serve.memory_budget_bytes(self.settings.pool.pool_mib)
+        # one transformer call per engine step for all running requests' units of one shape
+        self.batch_steps, self.max_batch = serve.serve_batch_steps, serve.serve_max_batch
         self.pipe = load_pipeline(pipeline)
         self.geometry = geometry_of(self.pipe)
         self.live: set[str] = set()  # request ids of open generations (stats: live_requests)
@@ -96,8 +99,8 @@ class VideoWorker:
         per-request ``PoolingStates`` (kept across steps): the job rides on them."""
         step = self.engine_steps
         self.engine_steps += 1
-        outputs = []
-        for state, ids, last in zip(states, prompts, finished):
+        jobs = []
+        for state, ids in zip(states, prompts):
             job = getattr(state, "motioncache_job", None)
             if job is None:
                 job = self.start(ids)
@@ -105,8 +108,10 @@ class VideoWorker:
                 if job.gen is not None:
                     # an aborted request's states are dropped unfinished: free its blocks then
                     weakref.finalize(state, self._abandon, job.gen, job.request_id)
-            if not job.done:
-                self._advance(job, step)
+            jobs.append(job)
+        self._advance_all([job for job in jobs if not job.done], step)
+        outputs = []
+        for state, job, last in zip(states, jobs, finished):
             if last:
                 while not job.done:  # a prompt shorter than the work: finish in this step
                     self._advance(job, step)
@@ -198,10 +203,33 @@ class VideoWorker:
         unit = job.gen.units_done
         try:
             kind = job.gen.step()  # closes the generation (frees its blocks) on an error
-            self._publish(job, kind == "commit")
         except Exception as exc:  # noqa: BLE001  (raising would fail every running request)
-            logger.exception("video request failed")
-            job.error = f"{type(exc).__name__}: {exc}"
+            kind = exc
+        self._unit_done(job, step, unit, kind)
+
+    def _advance_all(self, jobs: list[VideoJob], step: int) -> None:
+        """One unit of every job; with ``serve_batch_steps`` their transformer calls of one
+        chunk shape run as one batched call (``runtime.stepwise.step_together``)."""
+        if not self.batch_steps:
+            for job in jobs:
+                self._advance(job, step)
+            return
+        from motioncache_vllm.runtime.stepwise import step_together
+
+        units = [job.gen.units_done for job in jobs]
+        for job, unit, kind in zip(jobs, units, step_together([job.gen for job in jobs], self.max_batch)):
+            self._unit_done(job, step, unit, kind)
+
+    def _unit_done(self, job: VideoJob, step: int, unit: int, kind: str | BaseException) -> None:
+        """Bookkeeping of a unit run (its generation was closed if it failed)."""
+        if not isinstance(kind, BaseException):
+            try:
+                self._publish(job, kind == "commit")
+            except Exception as exc:  # noqa: BLE001
+                kind = exc
+        if isinstance(kind, BaseException):
+            logger.error("video request failed", exc_info=kind)
+            job.error = f"{type(kind).__name__}: {kind}"
             job.gen.close()
             return
         job.engine_steps.append(step)
