@@ -18,6 +18,7 @@ are named as strings and imported by vLLM when it needs them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ARCHITECTURE = "MotionCacheVideoModel"
@@ -26,6 +27,12 @@ IO_PROCESSOR_NAME = "motioncache_video"
 IO_PROCESSOR_QUALNAME = "motioncache_vllm.vllm_plugin.processor.VideoIOProcessor"
 
 __all__ = ["ARCHITECTURE", "IO_PROCESSOR_NAME", "register", "io_processor", "build_model_dir"]
+
+BUSY_LOOP_ENV = "MOTIONCACHE_SHM_BUSY_LOOP_S"
+"""Seconds a vLLM shared-memory queue reader spins (``sched_yield``) after a read before it
+sleeps on its socket; vLLM's default is 1 s, i.e. the engine-core process spins through every
+engine step while it waits for the worker. ``motioncache serve`` sets 0 (see
+``launcher.engine_threads_environment``): the worker's threads have every core."""
 
 
 def register() -> None:
@@ -38,6 +45,30 @@ def register() -> None:
     from motioncache_vllm.vllm_plugin.cli_args import install_cache_policy_flag
 
     install_cache_policy_flag()
+    _set_queue_busy_loop(os.environ.get(BUSY_LOOP_ENV))
+
+
+def _set_queue_busy_loop(value: str | None) -> None:
+    """Make readers of vLLM's shared-memory message queues spin ``value`` seconds (see
+    :data:`BUSY_LOOP_ENV`); idempotent, a no-op without the variable or the class."""
+    if value is None:
+        return
+    try:
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+    except ImportError:
+        return
+    if getattr(SpinCondition, "_motioncache_busy_loop_s", None) is not None:
+        return
+    seconds = float(value)
+    original = SpinCondition.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if self.is_reader:
+            self.busy_loop_s = seconds
+
+    SpinCondition.__init__ = __init__
+    SpinCondition._motioncache_busy_loop_s = seconds
 
 
 def io_processor() -> str:

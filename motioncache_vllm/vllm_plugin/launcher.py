@@ -113,6 +113,8 @@ def plugin_allowlist(current: str | None) -> str:
     return ",".join(dict.fromkeys(names))
 
 
+BUSY_LOOP_ENV = "MOTIONCACHE_SHM_BUSY_LOOP_S"
+"""= ``vllm_plugin.BUSY_LOOP_ENV`` (this module imports nothing of the package)."""
 CHANNEL_ENV = "MOTIONCACHE_CHANNEL"
 """= ``events.CHANNEL_ENV``: the worker -> API server event channel (progress, streamed frames)."""
 
@@ -130,7 +132,9 @@ def engine_threads_environment(environ: os._Environ | dict) -> None:
       bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``), so several servers do not pile onto
       the same core; an explicit ``VLLM_CPU_OMP_THREADS_BIND`` or reserve stands either way;
     - the other processes (API server, engine core) get one OpenMP thread: they do little
-      torch work, and an idle OpenMP team spins on the cores the worker's threads hold.
+      torch work, and an idle OpenMP team spins on the cores the worker's threads hold;
+    - vLLM's engine-core process waits for the worker's answer asleep instead of spinning
+      through the step (:data:`~motioncache_vllm.vllm_plugin.BUSY_LOOP_ENV`).
     """
     if "VLLM_CPU_OMP_THREADS_BIND" not in environ:
         if environ.get("OMP_NUM_THREADS"):
@@ -139,6 +143,8 @@ def engine_threads_environment(environ: os._Environ | dict) -> None:
             environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     # vLLM sets the worker's own OMP_NUM_THREADS (the cores it binds); nobind: it inherits this
     environ.setdefault("OMP_NUM_THREADS", "1")
+    # the engine core waits for each step's result asleep, not spinning beside the worker
+    environ.setdefault(BUSY_LOOP_ENV, "0")
 
 
 def prepare_environment(environ: os._Environ | dict = os.environ) -> None:
