@@ -24,6 +24,14 @@ While one is active, one transformer call runs a single chunk of frames:
   slot and attends over ``[finished chunks' K/V | this chunk's K/V]``;
 - the tail block hands its output to the execution, which scatters it back
   (``h_out = h_in + R``) and stores the new residuals.
+
+A batched call (``activate([ex_0, ex_1, ...])``, one execution per sample) stacks several
+chunks of the same shape (other requests, other CFG branches) along the batch: each sample
+plans on its own slice; the samples that run blocks are grouped by token count (all full
+samples in one group, partial ones selecting as many tokens in another) and each group
+runs the blocks as one call with per-sample temb, RoPE rows and text embeddings;
+self-attention writes each sample's K/V into its own store and attends over its own
+context (one SDPA call, contexts of different lengths padded and masked).
 """
 
 from __future__ import annotations

@@ -110,11 +110,13 @@ class VideoWorker:
                     weakref.finalize(state, self._abandon, job.gen, job.request_id)
             jobs.append(job)
         self._advance_all([job for job in jobs if not job.done], step)
+        # a prompt shorter than the work: finish in this step (those jobs still batched together)
+        ending = [job for job, last in zip(jobs, finished) if last]
+        while any(not job.done for job in ending):
+            self._advance_all([job for job in ending if not job.done], step)
         outputs = []
         for state, job, last in zip(states, jobs, finished):
             if last:
-                while not job.done:  # a prompt shorter than the work: finish in this step
-                    self._advance(job, step)
                 state.motioncache_job = None
                 outputs.append(self._output(job))
             else:
