@@ -118,6 +118,8 @@ def test_serve_settings_refuse_bad_values():
         ("serve_memory_budget_mib", -1, "positive number"),
         ("serve_request_timeout_s", 0, "positive number"),
         ("serve_max_body_bytes", 10, ">= 1024"),
+        ("serve_max_batch", 0, ">= 1"),
+        ("serve_batch_steps", "yes", "Expected `bool`"),
         ("serve_bogus", 1, "unknown field `serve_bogus`"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -201,3 +203,26 @@ def test_library_path_refuses_the_same_requests(embedded_pipe, fields, message):
 
     with pytest.raises(InvalidRequest, match=message):
         generate_video(embedded_pipe, GenerationRequest(**{"prompt": "a red circle", "num_frames": 17, **fields}))
+
+
+def test_engine_threads_environment():
+    """motioncache serve's thread defaults: every core bound to the worker unless
+    OMP_NUM_THREADS asks for N (then N threads, unbound); a user's vLLM binding stands; the
+    other processes get one OpenMP thread and the engine core waits asleep."""
+    from motioncache_vllm.vllm_plugin.launcher import engine_threads_environment
+
+    quiet = {"OMP_NUM_THREADS": "1", "MOTIONCACHE_SHM_BUSY_LOOP_S": "0"}
+    for given, expected in [
+        ({}, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **quiet}),
+        ({"OMP_NUM_THREADS": "1"}, {"VLLM_CPU_OMP_THREADS_BIND": "nobind", **quiet}),
+        ({"OMP_NUM_THREADS": "3"}, {**quiet, "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "3"}),
+        ({"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "0", **quiet}),
+        ({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", **quiet}),
+        (
+            {"MOTIONCACHE_SHM_BUSY_LOOP_S": "1"},
+            {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **quiet, "MOTIONCACHE_SHM_BUSY_LOOP_S": "1"},
+        ),
+    ]:
+        env = dict(given)
+        engine_threads_environment(env)
+        assert env == expected, given
