@@ -51,7 +51,9 @@ ENGINE_DEFAULTS: dict[str, str | None] = {
     "--enforce-eager": None,
     "--dtype": "float32",
     "--max-model-len": "4096",  # = model_dir.MAX_REQUEST_BYTES, the prompt window
-    "--max-num-seqs": "4",
+    # requests advanced (and batched) together per engine step; the memory gate admits fewer
+    # when their K/V would not fit
+    "--max-num-seqs": "8",
     # one prompt token per request per engine step = one denoising step (or chunk commit) of
     # every running request per engine step: concurrent videos interleave (see model.py)
     "--long-prefill-token-threshold": "1",
