@@ -557,6 +557,12 @@ def to_table(result: dict) -> str:
             t = result["target"]
             ratios = ", ".join(f"{k} {v:.2f}" for k, v in t["ratio"].items())
             tables.append(f"at {t['concurrency']} concurrent / sequential rate: {ratios} (target >= {t['min_ratio']})")
+        if result.get("vs_baseline", {}).get("ratio"):
+            b = result["vs_baseline"]
+            ratios = ", ".join(f"{k} {v:.2f}" for k, v in b["ratio"].items())
+            tables.append(
+                f"at {b['concurrency']} concurrent, videos/min over the baseline engine's: {ratios} (target >= {b['min_ratio']})"
+            )
         return "\n\n".join(tables)
     return "\n".join([head, *rows])
 
