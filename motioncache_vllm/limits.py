@@ -328,9 +328,13 @@ class ServeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     serve_max_json_depth: int = MAX_JSON_DEPTH
     serve_request_timeout_s: float | None = None
     """Wall-clock limit of one generation request; None: none."""
-    serve_batch_steps: bool = True
+    serve_batch_steps: bool = False
     """One transformer call per engine step for the units of all running requests whose
-    chunks have the same shape (CFG branches included); False: one call per unit and branch."""
+    chunks have the same shape (CFG branches included); False: one call per unit and branch.
+    Off by default: a batched call's frames depend on which requests share it (within 1/255,
+    not bit-equal to ``motioncache generate``, so a fleet's resumed or continued video would
+    differ from its no-fault run), and on a 2-core CPU it did not add throughput (0.81x of
+    sequential at 8 concurrent, RESULTS.md "throughput")."""
     serve_max_batch: int | None = None
     """Most samples (request x CFG branch) in one batched call; None: no limit."""
 

@@ -69,7 +69,10 @@ def test_gif_output(tmp_path):
         (["--pool-mib", "nan"], "--pool-mib"),
         # refused from the folder's JSON, before the weights are loaded
         (["--frames", "1025", "--height", "2048", "--width", "2048"], "over the memory limit"),
-        (["--cache-policy", "nope"], "valid policies: flowcache, magcache, motion, none, teacache"),
+        (
+            ["--cache-policy", "nope"],
+            "valid policies: flowcache, magcache, magrefresh, motion, none, teacache, tokenrate",
+        ),
         (["--cache-policy", "motion", "--policy-config", "bogus=1"], "unknown field `bogus`"),
         (["--cache-policy", "motion", "--policy-config", "alpha"], "key=value"),
         (["--tile", "3"], "must divide the token grid"),

@@ -37,7 +37,8 @@ def engine(tmp_path_factory):
         enable_chunked_prefill=True,
         long_prefill_token_threshold=1,
         enable_prefix_caching=False,
-        additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB},
+        # batching is opt-in (off, a served video is bit-identical to generate_video: test_vllm_plugin)
+        additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB, "serve_batch_steps": True},
     ) as llm:
         yield llm
 

@@ -19,8 +19,9 @@ sides run the same bodies). Each sequential run sits right before its concurrent
 drift on a shared machine hits both alike. Issue 15's target: ratio >= 1.3 at N = 8
 (batched engine steps: concurrency adds throughput, not only latency).
 
-Engines (one server each, in turn): ``default`` is ``motioncache serve`` as it ships (the
-CPU worker's threads on every core, one batched transformer call per engine step); outside
+Engines (one server each, in turn): ``default`` is ``motioncache serve`` with the CPU
+worker's threads on every core (as it ships) and batched steps (``serve_batch_steps: true``,
+opt-in since they cost bit-equality with the library path); outside
 ``--quick`` also ``baseline``, the engine before issue 15: vLLM's own CPU binding (one core
 reserved for the API process: 1 worker thread) and one transformer call per unit and CFG
 branch (``serve_batch_steps: false``). ``vs_baseline`` = the default engine's videos/min at
@@ -65,7 +66,12 @@ class Engine:
     args: tuple[str, ...] = ()
 
 
-DEFAULT_ENGINE = Engine("default", "motioncache serve's defaults: worker threads on every core, batched steps", {})
+DEFAULT_ENGINE = Engine(
+    "default",
+    "worker threads on every core (motioncache serve's default), batched steps (serve_batch_steps: true)",
+    {},
+    ("--additional-config", '{"serve_batch_steps": true}'),
+)
 BASELINE_ENGINE = Engine(
     "baseline",
     "vLLM's CPU binding (1 core reserved: 1 worker thread), one call per unit and CFG branch",

@@ -54,7 +54,7 @@ class VideoWorker:
     Requests are advanced step by step: every engine step calls :meth:`engine_step`, which
     runs one unit (one denoising step of every CFG branch, or a chunk commit) of every
     running request, so concurrent requests interleave; the transformer calls of those units
-    that share a chunk shape run as one batched call (``serve_batch_steps``, default on). ``records`` keeps
+    that share a chunk shape run as one batched call (``serve_batch_steps``, default off). ``records`` keeps
     ``(engine_step, request_id, unit)`` of every unit run (the last ``MAX_RECORDS``).
     """
 

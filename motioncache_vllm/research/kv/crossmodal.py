@@ -228,7 +228,8 @@ def _text_hooks(adapter):
     def hook_for(layer: int):
         def pre(module, args):
             run = adapter.run
-            store = run.execution.kv if run is not None else None
+            # a store that observes attention runs alone in its transformer call (batch of one)
+            store = run.executions[0].kv if run is not None and len(run.executions) == 1 else None
             if not isinstance(store, CrossModalKV):
                 return
             hidden, enc = args[0], args[1]
