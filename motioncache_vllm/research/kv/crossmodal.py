@@ -114,6 +114,9 @@ class CrossModalKV(BudgetedKV):
         self._wmean[layer][:rows] += mass
         self._seen[layer][:rows] += 1.0
 
+    def _row_state(self, layer: int) -> tuple[torch.Tensor, ...]:
+        return (*super()._row_state(layer), self._impact[layer], self._wmean[layer], self._seen[layer])
+
     def observe_text(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """One cross-attention call over the kept text rows: ``query`` (queries, heads, d),
         ``key``/``value`` (kept text rows, heads, d)."""
@@ -177,20 +180,7 @@ class CrossModalKV(BudgetedKV):
             if keep_video < total:
                 self.evicted += (total - keep_video) * self.geometry.layers
                 for layer in range(self.geometry.layers):
-                    idx = _top(video[layer], keep_video)
-                    for t in (self._k[layer], self._v[layer]):
-                        t[0, :keep_video] = t[0, idx]
-                    for t in (
-                        self._pos[layer],
-                        self._mass[layer],
-                        self._used[layer],
-                        self._counts[layer],
-                        self._score[layer],
-                        self._impact[layer],
-                        self._wmean[layer],
-                        self._seen[layer],
-                    ):
-                        t[:keep_video] = t[idx]
+                    self._keep_rows(layer, _top(video[layer], keep_video), keep_video)
         self.rows = keep_video
         self.peak_rows = max(self.peak_rows, keep_video)
         self.peak_total_rows = max(self.peak_total_rows, keep_video + keep_text)

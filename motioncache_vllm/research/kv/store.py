@@ -142,18 +142,20 @@ class BudgetedKV(StreamKV):
                 tpf = g.tokens_per_frame
                 self._prev[layer] = (k[total - tpf : total].clone(), v[total - tpf : total].clone())
             if idx is not None:
-                for t in (self._k[layer], self._v[layer]):
-                    t[0, :keep] = t[0, idx]
-                for t in (
-                    self._pos[layer],
-                    self._mass[layer],
-                    self._used[layer],
-                    self._counts[layer],
-                    self._score[layer],
-                ):
-                    t[:keep] = t[idx]
+                self._keep_rows(layer, idx, keep)
         self.rows = keep
         self.peak_rows = max(self.peak_rows, keep)
+
+    def _row_state(self, layer: int) -> tuple[torch.Tensor, ...]:
+        """The per-row bookkeeping of one layer, moved with its K/V rows on eviction."""
+        return (self._pos[layer], self._mass[layer], self._used[layer], self._counts[layer], self._score[layer])
+
+    def _keep_rows(self, layer: int, idx: torch.Tensor, keep: int) -> None:
+        """Compact one layer to the rows ``idx`` (K/V and per-row state alike)."""
+        for t in (self._k[layer], self._v[layer]):
+            t[0, :keep] = t[0, idx]
+        for t in self._row_state(layer):
+            t[:keep] = t[idx]
 
     def attention_bias(self, layer: int) -> torch.Tensor | None:
         if not self._merged:
