@@ -10,9 +10,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from motioncache_vllm.limits import ModelGeometry
 
 app = typer.Typer(
     add_completion=False,
@@ -230,8 +233,7 @@ def _generate(o: GenerateOptions, pool_options: dict):
     import msgspec
 
     from motioncache_vllm.config import CacheConfig, ConfigError, GenerationReport, GenerationRequest, PoolConfig
-    from motioncache_vllm.config import decode_policy
-    from motioncache_vllm.policies import parse_overrides
+    from motioncache_vllm.config import decode_policy, parse_overrides
     from motioncache_vllm.video_io import SUPPORTED_SUFFIXES
 
     prompt, frames, height, width, steps, guidance, seed = (
@@ -263,10 +265,16 @@ def _generate(o: GenerateOptions, pool_options: dict):
         cache = CacheConfig(policy=policy, pool=PoolConfig.decode(pool_options))
     except ConfigError as exc:
         raise _usage_error_of(exc, PoolConfig) from None
-    _check_shape(o.model, prompt, frames, height, width, guidance, cache.pool.pool_mib)
+    geometry = _check_shape(o.model, prompt, frames, height, width, guidance, cache.pool.pool_mib)
     tile = cache.pool.tile
+    grid = (
+        (height or geometry.default_height) // geometry.spatial_factor,
+        (width or geometry.default_width) // geometry.spatial_factor,
+    )
     if runtime not in ("chunked", "vanilla"):
         raise UsageError(f"unknown --runtime {runtime!r}; valid: chunked, vanilla")
+    if runtime == "chunked" and (grid[0] % tile or grid[1] % tile):
+        raise UsageError(f"--tile {tile} must divide the token grid {grid[0]}x{grid[1]}")
     if runtime == "vanilla" and cache.policy.name != "none":
         raise UsageError("--runtime vanilla runs the stock pipeline and only supports --cache-policy none")
     if out.suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -281,17 +289,14 @@ def _generate(o: GenerateOptions, pool_options: dict):
         raise UsageError("--recompute-map needs the chunked runtime")
     model, quiet, compare = o.model, o.quiet, o.compare
     _quiet_libraries()
-    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+    from motioncache_vllm.models.folders import ModelNotFoundError
+    from motioncache_vllm.models.loading import load_pipeline
     from motioncache_vllm.runtime.generate import generate_video
 
     try:
         pipe = load_pipeline(model)
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    factor = pipe.spatial_factor
-    grid = ((height or pipe.config.default_height) // factor, (width or pipe.config.default_width) // factor)
-    if runtime == "chunked" and (grid[0] % tile or grid[1] % tile):
-        raise UsageError(f"--tile {tile} must divide the token grid {grid[0]}x{grid[1]}")
     show_progress = not quiet and sys.stderr.isatty()
     request = GenerationRequest(
         prompt=prompt,
@@ -368,7 +373,7 @@ def _generate(o: GenerateOptions, pool_options: dict):
         typer.echo(line)
 
 
-def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> None:
+def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> ModelGeometry:
     """The checks every entry point shares (:mod:`motioncache_vllm.limits`), and the memory
     check, from the model folder's JSON: before any weight is loaded."""
     from motioncache_vllm.limits import (
@@ -379,7 +384,7 @@ def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> No
         read_geometry,
         request_memory,
     )
-    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS, ModelNotFoundError, resolve_model_path
+    from motioncache_vllm.models.folders import SKYREELS_DF_DEFAULTS, ModelNotFoundError, resolve_model_path
 
     try:
         geometry = read_geometry(resolve_model_path(model), SKYREELS_DF_DEFAULTS)
@@ -409,6 +414,7 @@ def _check_shape(model, prompt, frames, height, width, guidance, pool_mib) -> No
         check_memory(need, default_budget_bytes())
     except InvalidRequest as exc:
         raise UsageError(str(exc)) from None
+    return geometry
 
 
 @app.command()
@@ -438,7 +444,8 @@ def calibrate(
 ) -> None:
     """Fit the model's rescale polynomial (TeaCache-style) and store it beside its weights."""
     _quiet_libraries()
-    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline, resolve_model_path
+    from motioncache_vllm.models.folders import ModelNotFoundError, resolve_model_path
+    from motioncache_vllm.models.loading import load_pipeline
     from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration
 
     try:
@@ -490,7 +497,8 @@ def gate(
     from motioncache_vllm.config import GenerationRequest
     from motioncache_vllm.data.procedural import held_out_prompts
     from motioncache_vllm.data.tracker import check
-    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+    from motioncache_vllm.models.folders import ModelNotFoundError
+    from motioncache_vllm.models.loading import load_pipeline
     from motioncache_vllm.runtime.generate import generate_video
 
     try:
@@ -550,7 +558,8 @@ def bench(
     from motioncache_vllm.bench.prompts import load_prompts
     import motioncache_vllm.fleet.bench  # noqa: F401  (registers the Ray fleet's suite, "fleet")
     from motioncache_vllm.bench.suites import SUITES, BenchSettings, default_settings, run_suite, to_table
-    from motioncache_vllm.models.loading import ModelNotFoundError, load_pipeline
+    from motioncache_vllm.models.folders import ModelNotFoundError
+    from motioncache_vllm.models.loading import load_pipeline
 
     if suite not in SUITES:
         _fail(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
@@ -682,7 +691,7 @@ def serve(
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
-    from motioncache_vllm.models.loading import ModelNotFoundError
+    from motioncache_vllm.models.folders import ModelNotFoundError
     from motioncache_vllm.vllm_plugin import ARCHITECTURE, build_model_dir
 
     path = Path(model).expanduser()
@@ -811,7 +820,7 @@ def research_kv(
         if not names or bad:
             _fail(f"--policies: unknown {bad or policies!r}; valid: {', '.join(valid)}")
         settings.policies = names
-    from motioncache_vllm.models.loading import ModelNotFoundError
+    from motioncache_vllm.models.folders import ModelNotFoundError
     from motioncache_vllm.research.kv.suites import ResumeMismatch
 
     try:

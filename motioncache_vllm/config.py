@@ -254,6 +254,20 @@ def policy_config_class(name: str) -> type[PolicyConfigBase]:
         raise UnknownPolicyError(f"unknown cache policy {name!r}; valid policies: {valid}") from None
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["threshold=0.2", "alpha=1"]`` -> ``{"threshold": 0.2, "alpha": 1}`` (values as JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidPolicyConfig(f"policy setting {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def decode_policy(name: str, overrides: Mapping[str, Any] | None = None) -> PolicyConfigBase:
     """The typed config of policy ``name`` with ``overrides`` (one ``msgspec.convert``;
     unknown keys and out-of-range values raise :class:`InvalidPolicyConfig`)."""

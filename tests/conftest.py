@@ -116,7 +116,7 @@ def served(tmp_path_factory):
     pytest.importorskip("vllm")
     from motioncache_vllm.limits import MIB, read_geometry, request_memory
     from motioncache_vllm.models.embedded import EMBEDDED_DIR
-    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS
+    from motioncache_vllm.models.folders import SKYREELS_DF_DEFAULTS
     from motioncache_vllm.vllm_plugin.server_process import ServerError, ServerProcess
 
     geometry = read_geometry(EMBEDDED_DIR, SKYREELS_DF_DEFAULTS)

@@ -22,7 +22,7 @@ from motioncache_vllm.limits import (
     request_memory,
 )
 from motioncache_vllm.models.embedded import EMBEDDED_DIR
-from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS
+from motioncache_vllm.models.folders import SKYREELS_DF_DEFAULTS
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,14 @@ import torch
 
 import motioncache_vllm.models.latent  # noqa: F401  (diffusers resolves the VAE class through sys.modules)
 from motioncache_vllm.models.embedded import (
-    EMBEDDED_DIR,
     build_scheduler,
     build_text_encoder,
     build_tokenizer,
     build_transformer,
 )
+from motioncache_vllm.models.folders import SKYREELS_DF_DEFAULTS, resolve_model_path
 from motioncache_vllm.models.pipeline import MotionCacheSkyReelsPipeline
 from motioncache_vllm.models.wan_adapter import register_diffusers_block_metadata
-
-# Generation defaults of the public SkyReels-V2 DF 1.3B 540P checkpoint (its model card):
-# used when a diffusers folder that is not ours is loaded.
-SKYREELS_DF_DEFAULTS = dict(
-    default_height=544,
-    default_width=960,
-    default_num_frames=97,
-    default_num_inference_steps=30,
-    default_guidance_scale=6.0,
-    default_max_sequence_length=512,
-)
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The model path does not hold a diffusers pipeline folder."""
 
 
 def build_pipeline(vae, transformer_overrides: dict | None = None, **defaults) -> MotionCacheSkyReelsPipeline:
@@ -44,15 +29,6 @@ def build_pipeline(vae, transformer_overrides: dict | None = None, **defaults) -
         scheduler=build_scheduler(),
         **defaults,
     )
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    path = EMBEDDED_DIR if str(model) == "embedded" else Path(model).expanduser()
-    if not (path / "model_index.json").is_file():
-        if str(model) == "embedded":
-            raise ModelNotFoundError(f"the embedded weights are missing from {path}; reinstall the package")
-        raise ModelNotFoundError(f"model path {path} is not a diffusers pipeline folder (no model_index.json)")
-    return path
 
 
 def load_pipeline(model: str | Path = "embedded", dtype: torch.dtype = torch.float32) -> MotionCacheSkyReelsPipeline:

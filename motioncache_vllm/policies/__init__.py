@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from motioncache_vllm.config import (
     FlowCacheConfig,
     InvalidPolicyConfig,
@@ -27,6 +25,7 @@ from motioncache_vllm.config import (
     TokenRateConfig,
     UnknownPolicyError,
     decode_policy,
+    parse_overrides,
     register_policy_config,
 )
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
@@ -119,17 +118,3 @@ def make_policy(
         model_fit_range=model_fit_range,
         model_mag_ratios=model_mag_ratios,
     )
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["threshold=0.2", "alpha=1"]`` -> ``{"threshold": 0.2, "alpha": 1}`` (values as JSON, else strings)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidPolicyConfig(f"policy setting {item!r} is not of the form key=value")
-        try:
-            out[key.strip()] = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            out[key.strip()] = raw
-    return out

@@ -86,7 +86,7 @@ def build_model_dir(pipeline: str | Path = "embedded", root: str | Path | None =
     """
     from safetensors.torch import save_file
 
-    from motioncache_vllm.models.loading import resolve_model_path
+    from motioncache_vllm.models.folders import resolve_model_path
 
     source = resolve_model_path(pipeline)  # fails now, not inside a vLLM worker
     spec = "embedded" if str(pipeline) == "embedded" else str(source.resolve())

@@ -48,7 +48,7 @@ def encode_mp4(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
 def served_geometry(vllm_config: VllmConfig) -> ModelGeometry:
     """The geometry of the served pipeline, read from its folder's JSON files (the front end
     does not load the pipeline; a folder without generation defaults gets the loader's)."""
-    from motioncache_vllm.models.loading import SKYREELS_DF_DEFAULTS, resolve_model_path
+    from motioncache_vllm.models.folders import SKYREELS_DF_DEFAULTS, resolve_model_path
 
     hf_config = vllm_config.model_config.hf_config
     folder = resolve_model_path(getattr(hf_config, "motioncache_pipeline", "embedded"))
