@@ -572,10 +572,6 @@ def bench(
         _check_writable(out / f"{suite}.json", "--out")
     except (OSError, UsageError) as exc:
         _fail(str(exc))
-    try:
-        pipe = load_pipeline(model)
-    except ModelNotFoundError as exc:
-        _fail(str(exc))
     defaults = default_settings(suite, quick)
     policy_names = None
     if policies is not None:
@@ -585,6 +581,10 @@ def bench(
         unknown = [p for p in policy_names if p not in known_policies()]
         if not policy_names or unknown:
             _fail(f"--policies: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(known_policies())}")
+    try:
+        pipe = load_pipeline(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
     settings = BenchSettings(
         prompts=lines[:2] if quick else lines,
         frames=frames or defaults["frames"],

@@ -66,6 +66,13 @@ def test_unknown_suite_is_a_usage_error():
         [sys.executable, "-m", "motioncache_vllm.cli", "bench", "nope"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 2 and "valid: pareto, overhead, memory, granularity, cuts, long" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "motioncache_vllm.cli", "bench", "throughput", "--policies", "none,nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "--policies: unknown nope; valid:" in res.stderr, res.stderr
 
 
 @pytest.mark.slow
