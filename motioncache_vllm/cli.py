@@ -775,8 +775,9 @@ def research_kv(
     ),
     resume: bool = typer.Option(
         False,
-        help="Video suites: keep the points already in OUT for the same settings, run only the missing "
-        "ones, cache reference videos in OUT/kv_ref (run a long suite as several short invocations).",
+        help="video, scenes, crossmodal: keep the points already in OUT for the same settings, run only the "
+        "missing ones; video/scenes cache reference videos in OUT/kv_ref (run a long suite as several short "
+        "invocations).",
     ),
 ) -> None:
     """K/V eviction under a budget: writes OUT/kv_SUITE.json and a plot, prints a table."""

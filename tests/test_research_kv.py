@@ -1,6 +1,7 @@
 """K/V-eviction research harness: store and policy contracts, budgets, bit-identity at
 100%, and the quick suites."""
 
+import hashlib
 import json
 import math
 
@@ -277,6 +278,8 @@ def test_video_suite_resumes_and_reuses_its_reference(tmp_path):
     got = sorted((p["policy"], p["budget"]) for p in points)
     assert got == [("full", 1.0), ("random", 0.25), ("random", 0.5), ("window", 0.25), ("window", 0.5)]
     assert refs[0].stat().st_mtime_ns == stamp  # the reference video came from the cache
+    ref = np.load(refs[0])["frames"]
+    assert {p["ref_sha256"] for p in points} == {hashlib.sha256(ref.tobytes()).hexdigest()[:16]}
     other = CliRunner().invoke(app, [*args, "--chunks", "3", "--policies", "window"])
     assert other.exit_code == 2 and "was run with chunks=2" in other.output
     bad = CliRunner().invoke(app, [*args, "--policies", "impact"])
@@ -298,7 +301,7 @@ def test_row_scores_are_the_exact_output_change_of_removing_one_row():
     assert torch.allclose(mass, w[0, 0].double())
 
 
-@pytest.mark.parametrize("mode", ["impact", "mass", "proportional", "text-full", "video-first"])
+@pytest.mark.parametrize("mode", ["impact", "mass", "proportional", "text-full", "video-first", "sets"])
 def test_crossmodal_store_holds_one_budget_over_both_modalities(mode):
     from motioncache_vllm.research.kv.crossmodal import CrossModalKV
 
@@ -349,6 +352,43 @@ def test_crossmodal_store_holds_one_budget_over_both_modalities(mode):
         CrossModalKV(g, "nope", 0.5, text_rows)
 
 
+def test_sets_scores_identical_text_rows_as_one_and_merges_them_losslessly():
+    from motioncache_vllm.research.kv.crossmodal import CrossModalKV
+
+    g = KVGeometry(layers=1, tokens=4 * 2 * 3, heads=2, head_dim=4, tokens_per_frame=4, frames_per_chunk=2)
+    gen = torch.Generator().manual_seed(3)
+    text_rows, chunk = 6, 8
+    embeds = torch.randn(text_rows, 5, generator=gen)
+    embeds[2:] = 0.0  # rows 2..5: identical (padding)
+    store = CrossModalKV(g, "sets", 0.8, text_rows)
+    store.set_text_rows(embeds)
+    q = torch.randn(chunk, g.heads, g.head_dim, generator=gen, dtype=torch.float64)
+    tk = torch.randn(text_rows, g.heads, g.head_dim, generator=gen, dtype=torch.float64)
+    tv = torch.randn(text_rows, g.heads, g.head_dim, generator=gen, dtype=torch.float64)
+    tk[2:], tv[2:] = tk[2], tv[2]
+    start = store.chunk_start(0)
+    store.keys(0)[0, start : start + chunk] = torch.randn(chunk, g.heads, g.head_dim, generator=gen)
+    store.observe_attention(0, torch.softmax(torch.randn(1, g.heads, chunk, chunk, generator=gen), -1))
+    store.observe_text(0, q, tk, tv)
+
+    def attend(keys, values, bias=None):  # (heads, queries, d)
+        logits = q.transpose(0, 1) @ keys.transpose(0, 1).transpose(-1, -2) * g.head_dim**-0.5
+        return torch.softmax(logits if bias is None else logits + bias, -1) @ values.transpose(0, 1)
+
+    o = attend(tk, tv)
+    for removed in ([0], [1], [2, 3, 4, 5]):  # a padding row is scored as the whole group
+        rest = [j for j in range(text_rows) if j not in removed]
+        change = float((attend(tk[rest], tv[rest]) - o).norm(dim=-1).mean())
+        for j in removed:
+            assert float(store._t_impact[0, j]) == pytest.approx(change, rel=1e-4)
+    store.committed(0, chunk)  # budget floor(0.8 x 14) = 11 < 8 + 6 rows: merging the copies is enough
+    assert store.text_kept.tolist() == [0, 1, 2] and store.text_counts.tolist() == [1.0, 1.0, 4.0]
+    assert store.evicted == 0 and store.history[-1] == {"committed": 8, "budget_rows": 11, "video": 8, "text": 3}
+    # one row with a +log 4 logit bias attends exactly as the four copies did
+    assert torch.allclose(attend(tk[:3], tv[:3], store.text_bias[0].double()), o, atol=1e-12)
+    assert not torch.allclose(attend(tk[:3], tv[:3]), o, atol=1e-3)
+
+
 def test_crossmodal_full_budget_is_bit_identical_and_the_words_steer_the_video(tiny_pipe):
     from motioncache_vllm.research.kv.crossmodal import MODES, generate_crossmodal
 
@@ -361,6 +401,13 @@ def test_crossmodal_full_budget_is_bit_identical_and_the_words_steer_the_video(t
     dropped = generate_crossmodal(tiny_pipe, req, None, drop_words=True)
     assert dropped.text_kept["cond"] == list(range(dropped.words, dropped.text_rows))
     assert not np.array_equal(dropped.result.frames, plain.frames)  # later chunks read the words
+    # 99%: merging the identical padding rows (+log count) makes room without evicting anything
+    run = generate_crossmodal(tiny_pipe, req, "sets", 0.99)
+    assert run.text_kept["cond"] == list(range(run.words + 1)) and run.text_kept["uncond"] == [0, 1]
+    assert run.stores["cond"].text_counts.tolist() == [1.0] * run.words + [run.text_rows - run.words]
+    assert all(s.evicted == 0 for s in run.stores.values())
+    diff = np.abs(run.result.frames.astype(int) - plain.frames.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 1e-3  # lossless up to float rounding
     run = generate_crossmodal(tiny_pipe, req, "impact", 0.25)
     for b, store in run.stores.items():
         assert store.history and all(h["video"] + h["text"] <= h["budget_rows"] for h in store.history)
@@ -383,6 +430,15 @@ def test_quick_crossmodal_suite_writes_points(tmp_path):
         assert p["kv_bytes"] <= p["kv_bytes_full"] and 1 <= p["text_rows_kept"] <= p["text_rows"]
         assert p["colour_ok"] in (True, False) and p["ref_colour_ok"] in (True, False)
     assert "text rows kept" in out.output and (tmp_path / "kv_crossmodal.png").stat().st_size > 0
+    # --resume runs only what is missing (here: the sets point) and keeps the others as they were
+    kept = [p for p in points if p["policy"] != "sets"]
+    (tmp_path / "kv_crossmodal.json").write_text(json.dumps({**result, "points": kept}))
+    args = ["research", "kv", "crossmodal", "--quick", "--out", str(tmp_path), "--resume", "--policies", "sets"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((tmp_path / "kv_crossmodal.json").read_text())["points"]
+    assert resumed[: len(kept)] == kept and [p["policy"] for p in resumed[len(kept) :]] == ["sets"]
+    assert resumed[-1]["psnr_db"] == next(p for p in points if p["policy"] == "sets")["psnr_db"]
 
 
 def test_a_snapshot_of_a_budgeted_generation_is_refused_clearly(tiny_pipe):

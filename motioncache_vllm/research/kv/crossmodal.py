@@ -29,6 +29,18 @@ score kept (text rows ranked by their score summed over layers). Baselines:
 ``text-full`` (text never evicted, the video takes the rest), ``video-first`` (text
 only gets what the video leaves). At least one text row is always kept (a softmax over
 nothing is undefined).
+
+**Sets** (mode ``sets``). The one-row score is blind to duplicates: the prompt's padding
+rows are identical (zero embeddings through the text projection), each alone barely
+matters, together they hold most of the cross-attention (an attention sink). ``sets``
+scores a group of identical prompt rows as one: its weight ``A_S`` is the group's summed
+weight, and ``A_S / (1 - A_S) |o - v|`` is exactly the change of removing the whole group.
+When the budget first asks for an eviction, each group is merged into one row whose
+cross-attention logit gets ``+log count`` (softmax over one row with that bias = over the
+``count`` copies: lossless), which frees the copies' rows for the video; then it evicts
+as ``impact`` does, a merged row counting as one row. The bias reaches the stock
+cross-attention processor through its ``attention_mask`` argument (an additive mask),
+set by a forward pre-hook of this module: no runtime change.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from motioncache_vllm.runtime.request import GenerationResult, resolve
 from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 from motioncache_vllm.runtime.stream import KVGeometry
 
-MODES = ("impact", "mass", "proportional", "text-full", "video-first")
+MODES = ("impact", "mass", "proportional", "text-full", "video-first", "sets")
 
 
 class _Shared:
@@ -89,6 +101,9 @@ class CrossModalKV(BudgetedKV):
         super().__init__(geometry, _Shared(), budget, rope=rope, seed=seed, extra_rows=text_rows)
         self.mode, self.text_rows = mode, text_rows
         self.text_kept = torch.arange(text_rows)  # prompt rows still in cross-attention
+        self.text_counts = torch.ones(text_rows, dtype=torch.float64)  # prompt rows each kept row stands for
+        self.text_group = torch.arange(text_rows)  # per kept row: its group of identical prompt rows
+        self.text_merged = False
         cap, layers = self.capacity, geometry.layers
         self._impact = [torch.zeros(cap, dtype=torch.float64) for _ in range(layers)]
         self._wmean = [torch.zeros(cap, dtype=torch.float64) for _ in range(layers)]
@@ -117,12 +132,35 @@ class CrossModalKV(BudgetedKV):
     def _row_state(self, layer: int) -> tuple[torch.Tensor, ...]:
         return (*super()._row_state(layer), self._impact[layer], self._wmean[layer], self._seen[layer])
 
+    def set_text_rows(self, embeds: torch.Tensor) -> None:
+        """The branch's prompt embedding rows ``(text rows, dim)``: ``sets`` groups identical ones."""
+        if embeds.shape[0] != self.text_rows:
+            raise ValueError(f"{embeds.shape[0]} prompt rows, the store holds {self.text_rows}")
+        if self.mode == "sets":
+            self.text_group = torch.unique(embeds.detach().float().cpu(), dim=0, return_inverse=True)[1]
+
+    @property
+    def text_bias(self) -> torch.Tensor | None:
+        """The additive cross-attention logit bias ``(1, 1, 1, kept rows)`` (``None``: no merged row)."""
+        return self.text_counts.log().float().view(1, 1, 1, -1) if self.text_merged else None
+
     def observe_text(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """One cross-attention call over the kept text rows: ``query`` (queries, heads, d),
         ``key``/``value`` (kept text rows, heads, d)."""
         q, k = query.transpose(0, 1), key.transpose(0, 1)
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, -1)
-        impact, mass = _row_scores(weights, value)
+        logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        bias = self.text_bias
+        weights = torch.softmax(logits if bias is None else logits + bias[0].to(logits.dtype), -1)
+        if self.mode == "sets":  # a group of identical rows is scored as one row (its summed weight)
+            group = torch.unique(self.text_group, return_inverse=True)[1]
+            first = torch.full((int(group.max()) + 1,), group.numel()).scatter_reduce(
+                0, group, torch.arange(group.numel()), "amin"
+            )
+            summed = torch.zeros(*weights.shape[:-1], first.numel(), dtype=weights.dtype)
+            impact, mass = _row_scores(summed.index_add_(-1, group, weights), value[first])
+            impact, mass = impact[group], mass[group]
+        else:
+            impact, mass = _row_scores(weights, value)
         n = self.text_kept.numel()
         self._t_impact[layer, :n] += impact
         self._t_wmean[layer, :n] += mass
@@ -166,6 +204,8 @@ class CrossModalKV(BudgetedKV):
         self.committed_tokens += tokens
         n = self.text_kept.numel()
         budget_rows = math.floor(self.budget * (self.committed_tokens + self.text_rows))
+        if total + n > budget_rows and self.mode == "sets" and not self.text_merged:
+            n = self._merge_identical_text()  # lossless: before anything is evicted
         keep_text, keep_video = n, total
         if total + n > budget_rows:
             video, text = self._scores(total)
@@ -173,7 +213,11 @@ class CrossModalKV(BudgetedKV):
             keep_video = max(0, min(total, budget_rows - keep_text))
             if keep_text < n:
                 j = _top(text.sum(0), keep_text)
-                self.text_kept = self.text_kept[j]
+                self.text_kept, self.text_counts, self.text_group = (
+                    self.text_kept[j],
+                    self.text_counts[j],
+                    self.text_group[j],
+                )
                 for t in (self._t_impact, self._t_wmean, self._t_seen):
                     t[:, :keep_text] = t[:, j].clone()
                     t[:, keep_text:] = 0.0
@@ -187,6 +231,22 @@ class CrossModalKV(BudgetedKV):
         self.history.append(
             {"committed": self.committed_tokens, "budget_rows": budget_rows, "video": keep_video, "text": keep_text}
         )
+
+    def _merge_identical_text(self) -> int:
+        """``sets``: each group of identical kept text rows becomes its first row with the
+        group's count (the ``+log count`` bias); returns the kept text rows."""
+        group = self.text_group
+        n = group.numel()
+        first = torch.tensor([int(torch.nonzero(group == g)[0]) for g in dict.fromkeys(group.tolist())])
+        if first.numel() == n:
+            return n  # no duplicates: nothing merged, no bias
+        self.text_merged = True
+        counts = torch.zeros(self.text_rows, dtype=torch.float64).index_add_(0, group, self.text_counts)
+        self.text_kept, self.text_counts, self.text_group = self.text_kept[first], counts[group[first]], group[first]
+        for t in (self._t_impact, self._t_wmean, self._t_seen):
+            t[:, : first.numel()] = t[:, first].clone()  # every row of a group carries the group's score
+            t[:, first.numel() :] = 0.0
+        return first.numel()
 
     @property
     def row_bytes(self) -> int:
@@ -213,7 +273,9 @@ class CrossModalRun:
 
 def _text_hooks(adapter):
     """Forward pre-hooks on every layer's cross-attention that hand a cross-modal store the
-    cross-attention of its calls (recomputed for scoring only; the model's output is untouched)."""
+    cross-attention of its calls (recomputed for scoring only) and, once ``sets`` merged
+    identical rows, pass its ``+log count`` bias as the stock processor's additive
+    ``attention_mask`` (the only change to the model's output)."""
 
     def hook_for(layer: int):
         def pre(module, args):
@@ -227,6 +289,13 @@ def _text_hooks(adapter):
             k = module.norm_k(module.to_k(enc)).unflatten(2, (module.heads, -1))[0]
             v = module.to_v(enc).unflatten(2, (module.heads, -1))[0]
             store.observe_text(layer, q, k, v)
+            bias = store.text_bias
+            if bias is None:
+                return None
+            if bias.shape[-1] != enc.shape[1]:
+                raise RuntimeError(f"text bias for {bias.shape[-1]} rows, cross-attention over {enc.shape[1]}")
+            # attn2(hidden, encoder_hidden_states, attention_mask, rotary_emb): the mask is added to the logits
+            return (hidden, enc, bias.to(hidden.dtype), *args[3:])
 
         return pre
 
@@ -266,6 +335,8 @@ def generate_crossmodal(
     full = dict(gen.run.prompt_embeds)
     if any(e.shape[1] != text_rows for e in full.values()):
         raise RuntimeError(f"prompt embeddings of {[e.shape[1] for e in full.values()]} rows, expected {text_rows}")
+    for b, store in stores.items():
+        store.set_text_rows(full[b][0])
     hooks = _text_hooks(adapter) if stores else []
     kept: dict[str, list[int]] = {b: list(range(text_rows)) for b in full}
     try:
@@ -345,15 +416,19 @@ def run_crossmodal_suite(
     modes=MODES,
     seed: int = 0,
     progress=None,
+    done: list[dict] | None = None,
 ) -> list[dict]:
     """Every mode at every budget below 1 on every prompt, against the unbudgeted video; plus
-    the ``words-dropped`` ablation (does the text still steer the video after chunk 0?)."""
+    the ``words-dropped`` ablation (does the text still steer the video after chunk 0?).
+    ``done``: points of an earlier run of the same settings (``--resume``): kept, not rerun
+    (the unbudgeted reference is generated again for a prompt with points still to run)."""
     from motioncache_vllm.bench.suites import chunk_pixel_ranges
     from motioncache_vllm.research.kv.video import frames_for_chunks
 
     frames = frames_for_chunks(pipe, chunks)
     ranges = chunk_pixel_ranges(frames, pipe.causal_block_size)
-    points: list[dict] = []
+    points = list(done or [])
+    have = {(p["prompt"], p["policy"], p["budget"]) for p in points}
     for i, prompt in enumerate(prompts):
         req = GenerationRequest(
             prompt=prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i
@@ -361,11 +436,18 @@ def run_crossmodal_suite(
         # (point name, budget, mode, words dropped): the reference first
         runs = [("full", 1.0, None, False), ("words-dropped", 1.0, None, True)]
         runs += [(m, b, m, False) for b in sorted(b for b in budgets if b < 1.0) for m in modes]
+        todo = [r for r in runs if (prompt, r[0], r[1]) not in have]
+        if not todo:
+            continue
         ref = None
         for name, budget, mode, drop in runs:
+            if ref is not None and (prompt, name, budget) in have:
+                continue
             t0 = time.perf_counter()
             run = generate_crossmodal(pipe, req, mode, budget, seed=seed, drop_words=drop)
             ref = ref or run
+            if (prompt, name, budget) in have:
+                continue  # the reference of a resumed prompt: its point is already there
             points.append({**_point(name, budget, run, ref, prompt, ranges, t0), "chunks": chunks})
             if progress:
                 progress(points[-1])

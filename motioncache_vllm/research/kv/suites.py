@@ -98,9 +98,10 @@ def run_suite(
     log=print,
     resume: bool = False,
 ) -> dict:
-    """Run ``suite``; with ``resume`` (video suites), keep the points already in ``out_dir``
-    for the same settings, run only the missing ones, and cache the reference videos in
-    ``out_dir/kv_ref`` (so a long suite can run as several short invocations)."""
+    """Run ``suite``; with ``resume`` (video, scenes, crossmodal), keep the points already in
+    ``out_dir`` for the same settings and run only the missing ones; video and scenes cache
+    their reference videos in ``out_dir/kv_ref`` (so a long suite can run as several short
+    invocations)."""
     from motioncache_vllm.bench.common import machine_info
 
     t0 = time.perf_counter()
@@ -108,89 +109,8 @@ def run_suite(
         from motioncache_vllm.research.kv.text import run_text_suite
 
         result = run_text_suite(quick, kept=None if settings.budgets == BUDGETS else settings.budgets, log=log)
-    elif suite == "crossmodal":
-        from motioncache_vllm.models.loading import load_pipeline
-        from motioncache_vllm.research.kv.crossmodal import run_crossmodal_suite
-
-        pipe = load_pipeline(model)
-
-        def progress_x(p: dict) -> None:
-            log(
-                f"{p['prompt'][:32]:32s} {p['policy']:13s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
-                f"SSIM {p['ssim']:.4f}, text rows {p['text_rows_kept']:2d} (words {p['words_kept']}/{p['words']}), "
-                f"colour {p['colour_ok']}, direction {p['direction_ok']} ({p['wall_s']:.0f} s)"
-            )
-
-        points = run_crossmodal_suite(
-            pipe,
-            settings.prompts,
-            settings.chunks,
-            settings.steps,
-            settings.guidance,
-            settings.budgets,
-            settings.policies,
-            settings.seed,
-            progress_x,
-        )
-        result = {
-            "points": points,
-            "settings": {
-                "prompts": settings.prompts,
-                "chunks": settings.chunks,
-                "steps": settings.steps,
-                "frames": points[0]["frames"] if points else None,
-                "guidance": settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale,
-                "budgets": list(settings.budgets),
-                "modes": list(settings.policies),
-                "seed": settings.seed,
-                "model": model,
-            },
-        }
-    elif suite in ("video", "scenes"):
-        from motioncache_vllm.models.loading import load_pipeline
-
-        pipe = load_pipeline(model)
-        guidance = settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale
-        run_settings = {
-            "prompts": settings.prompts,
-            "chunks": settings.chunks,
-            "steps": settings.steps,
-            "guidance": guidance,
-            "budgets": list(settings.budgets),
-            "seed": settings.seed,
-            "model": model,
-        }
-        earlier = earlier_points(suite, out_dir, run_settings) if resume else []
-        done: list[dict] = list(earlier)
-
-        def progress(p: dict) -> None:
-            done.append(p)  # a partial result survives an interrupted run
-            (out_dir / f"kv_{suite}.partial.json").write_text(
-                json.dumps({"points": done, "settings": run_settings}, indent=1)
-            )
-            log(
-                f"{p['prompt'][:32]:32s} {p['policy']:9s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
-                f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB ({p['wall_s']:.0f} s)"
-            )
-
-        points = run_video_suite(
-            pipe,
-            settings.prompts,
-            settings.chunks,
-            settings.steps,
-            settings.guidance,
-            settings.budgets,
-            settings.policies,
-            settings.seed,
-            progress,
-            done=earlier,
-            cache=out_dir / "kv_ref" if resume else None,
-        )
-        run_settings["prompts"] = list(dict.fromkeys(p["prompt"] for p in points))
-        run_settings["budgets"] = sorted({p["budget"] for p in points}, reverse=True)
-        run_settings["policies"] = list(dict.fromkeys(p["policy"] for p in points))
-        run_settings["frames"] = points[0]["frames"] if points else None
-        result = {"points": points, "settings": run_settings}
+    elif suite in ("video", "scenes", "crossmodal"):
+        result = _run_video_like(suite, settings, out_dir, model, log, resume)
     else:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     result = {
@@ -203,6 +123,65 @@ def run_suite(
     (out_dir / f"kv_{suite}.partial.json").unlink(missing_ok=True)
     plot(result, out_dir / f"kv_{suite}.png")
     return result
+
+
+def _progress_line(p: dict) -> str:
+    line = (
+        f"{p['prompt'][:32]:32s} {p['policy']:13s} budget {p['budget']:.2f}: PSNR {p['psnr_db']:6.2f} dB, "
+        f"SSIM {p['ssim']:.4f}, K/V {p['kv_bytes'] / 2**20:.1f} MiB"
+    )
+    if "text_rows_kept" in p:  # crossmodal
+        line += (
+            f", text rows {p['text_rows_kept']:2d} (words {p['words_kept']}/{p['words']}), "
+            f"colour {p['colour_ok']}, direction {p['direction_ok']}"
+        )
+    return f"{line} ({p['wall_s']:.0f} s)"
+
+
+def _run_video_like(suite: str, settings: KVSettings, out_dir: Path, model: str, log, resume: bool) -> dict:
+    """The video, scenes and crossmodal suites: one settings record, one resume and progress path."""
+    from motioncache_vllm.models.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    guidance = settings.guidance if settings.guidance is not None else pipe.config.default_guidance_scale
+    run_settings = {
+        "prompts": settings.prompts,
+        "chunks": settings.chunks,
+        "steps": settings.steps,
+        "guidance": guidance,
+        "budgets": list(settings.budgets),
+        "seed": settings.seed,
+        "model": model,
+    }
+    earlier = earlier_points(suite, out_dir, run_settings) if resume else []
+    done: list[dict] = list(earlier)
+
+    def progress(p: dict) -> None:
+        done.append(p)  # a partial result survives an interrupted run
+        (out_dir / f"kv_{suite}.partial.json").write_text(
+            json.dumps({"points": done, "settings": run_settings}, indent=1)
+        )
+        log(_progress_line(p))
+
+    args = (pipe, settings.prompts, settings.chunks, settings.steps, settings.guidance, settings.budgets)
+    if suite == "crossmodal":
+        from motioncache_vllm.research.kv.crossmodal import run_crossmodal_suite
+
+        points = run_crossmodal_suite(*args, settings.policies, settings.seed, progress, done=earlier)
+    else:
+        points = run_video_suite(
+            *args,
+            settings.policies,
+            settings.seed,
+            progress,
+            done=earlier,
+            cache=out_dir / "kv_ref" if resume else None,
+        )
+    run_settings["prompts"] = list(dict.fromkeys(p["prompt"] for p in points))
+    run_settings["budgets"] = sorted({p["budget"] for p in points}, reverse=True)
+    run_settings["policies"] = list(dict.fromkeys(p["policy"] for p in points))
+    run_settings["frames"] = points[0]["frames"] if points else None
+    return {"points": points, "settings": run_settings}
 
 
 def mean_points(points: list[dict], key: str) -> dict[tuple[str, float], float]:

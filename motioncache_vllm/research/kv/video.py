@@ -114,6 +114,7 @@ def run_video_suite(
             continue
         t0 = time.perf_counter()
         ref_frames, full_bytes = _reference(pipe, req, cache)
+        ref_sha = hashlib.sha256(np.ascontiguousarray(ref_frames).tobytes()).hexdigest()[:16]
         if (prompt, "full", 1.0) not in have:
             points.append(
                 {
@@ -127,6 +128,7 @@ def run_video_suite(
                     "frames": frames,
                     "chunks": chunks,
                     "psnr_db_per_chunk": [99.0] * len(ranges),
+                    "ref_sha256": ref_sha,
                     "wall_s": round(time.perf_counter() - t0, 2),
                 }
             )
@@ -152,6 +154,7 @@ def run_video_suite(
                     "psnr_db_per_chunk": [_finite(psnr_db(out[a:b], ref_frames[a:b])) for a, b in ranges],
                     "bookkeeping_bytes": sum(s.bookkeeping_bytes for s in run.stores.values()),
                     "evicted_rows": sum(s.evicted for s in run.stores.values()),
+                    "ref_sha256": ref_sha,  # which reference video the row was measured against
                     "wall_s": round(time.perf_counter() - t0, 2),
                 }
             )
