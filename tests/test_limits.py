@@ -226,3 +226,19 @@ def test_engine_threads_environment():
         env = dict(given)
         engine_threads_environment(env)
         assert env == expected, given
+
+
+def test_poll_after_is_half_the_estimated_remaining_time():
+    """openai-poll-after-ms of an unfinished job: the fixed default before its first unit,
+    then half its remaining time at its pace so far, clamped, so waiting clients poll rarely
+    while the engine computes and closely once the video is nearly done."""
+    pytest.importorskip("fastapi")
+    from motioncache_vllm.vllm_plugin.videos_api import POLL_AFTER_MS, POLL_AFTER_RANGE_MS, poll_after_ms
+
+    low, high = POLL_AFTER_RANGE_MS
+    assert poll_after_ms(0, 22, None) == POLL_AFTER_MS
+    assert poll_after_ms(0, 22, 3.0) == POLL_AFTER_MS  # started, no unit done: no pace yet
+    assert poll_after_ms(11, 22, 1.0) == 500  # 1 s left -> ask again in 0.5 s
+    assert poll_after_ms(20, 22, 2.0) == 100  # 0.2 s left
+    assert poll_after_ms(22, 22, 3.0) == low  # all units done, the answer is being built
+    assert poll_after_ms(1, 22, 1.0) == high  # 21 s left: at most the bound

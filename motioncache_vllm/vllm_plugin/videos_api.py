@@ -62,7 +62,9 @@ logger = logging.getLogger(__name__)
 VIDEOS_PATH = "/v1/videos"
 SYNC_PATH = "/v1/videos/generations"
 POLL_AFTER_MS = 250
-"""``openai-poll-after-ms`` of an unfinished job: the client's ``poll`` waits this long (its default is 1 s)."""
+"""``openai-poll-after-ms`` of a job not started yet: the client's ``poll`` waits this long (its default is 1 s)."""
+POLL_AFTER_RANGE_MS = (20, 1000)
+"""Bounds of the ``openai-poll-after-ms`` of a running job (half its estimated remaining time)."""
 LIST_LIMIT = (20, 100)
 """Default and largest ``limit`` of a list page."""
 SPRITES = 16
@@ -105,6 +107,9 @@ class Job:
     created_at: int
     status: str = "queued"
     progress: int = 0
+    units_done: int = 0
+    units_total: int = 0
+    started_s: float | None = None  # time.monotonic() of the job's first worker event
     completed_at: int | None = None
     expires_at: int | None = None
     error: dict | None = None
@@ -120,6 +125,19 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.status in ("completed", "failed")
+
+
+def poll_after_ms(units_done: int, units_total: int, elapsed_s: float | None) -> int:
+    """When a client polling an unfinished job should ask again: half the job's estimated
+    remaining time (from its pace so far), within ``POLL_AFTER_RANGE_MS``; ``POLL_AFTER_MS``
+    before its first unit. A fixed short interval would keep every waiting client's polls
+    (and the server's answers) on the cores the engine computes on; halving keeps the
+    delay after completion short (the last polls come every ``POLL_AFTER_RANGE_MS[0]``)."""
+    if elapsed_s is None or units_done <= 0 or units_total <= 0:
+        return POLL_AFTER_MS
+    remaining_s = elapsed_s * max(units_total - units_done, 0) / units_done
+    low, high = POLL_AFTER_RANGE_MS
+    return int(min(max(500 * remaining_s, low), high))
 
 
 def seconds_text(frames: int, fps: int) -> str:
@@ -385,6 +403,9 @@ class VideoService:
         if job is None or job.finished:
             return
         job.status = "in_progress"
+        if job.started_s is None:
+            job.started_s = time.monotonic()
+        job.units_done, job.units_total = max(job.units_done, event.units_done), event.units_total
         if event.units_total > 0:  # 100 only once the content is there
             job.progress = max(job.progress, min(99, 100 * event.units_done // event.units_total))
         if event.frames:
@@ -466,7 +487,10 @@ class VideoService:
         }
 
     def answer(self, job: Job) -> JSONResponse:
-        headers = {} if job.finished else {"openai-poll-after-ms": str(POLL_AFTER_MS)}
+        headers = {}
+        if not job.finished:
+            elapsed = None if job.started_s is None else time.monotonic() - job.started_s
+            headers["openai-poll-after-ms"] = str(poll_after_ms(job.units_done, job.units_total, elapsed))
         return JSONResponse(self.video_object(job), headers=headers)
 
     def page(self, after: str | None, limit: int, order: str) -> dict[str, Any]:
