@@ -210,9 +210,10 @@ class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Refresh only in the first this-many steps after a full step, while the other tokens'
     K/V (which a partial step attends to as they were) are still recent (0 = any step)."""
-    refresh_share: Fraction = 0.4
+    refresh_share: Fraction = 0.0
     """Refresh only when the chosen blocks hold at least this share of the total error (the
-    change is concentrated, e.g. an object on a still scene; a pan changes everywhere)."""
+    change is concentrated; 0 = no such gate). Measured unneeded once both CFG branches refresh
+    the same blocks (0.4 was needed before: pans collapsed with any refresh)."""
     refresh_level: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     """A refresh happens only when the worst block's error reaches this multiple of the threshold."""
     static_fraction: Fraction = 0.0

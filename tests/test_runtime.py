@@ -173,15 +173,16 @@ def test_chunked_runtime_drives_a_plain_wan_transformer(tiny_pipe, tiny_wan):
     assert psnr_db(cached.frames, none.frames) > 15
 
 
-def _executed_masks(pipe, monkeypatch, **cache):
+def _executed_masks(pipe, monkeypatch, policy="motion", **cache):
     """Blocks each (chunk, branch) stream computed at each step (recorded around plan()),
     and how many times the policy was asked to decide."""
-    from motioncache_vllm.policies.motion import MotionPolicy
+    from motioncache_vllm.policies import get_policy_class
     from motioncache_vllm.runtime import chunked
 
     masks: dict = {}
     decides = [0]
-    plan, decide = chunked.ChunkStream.plan, MotionPolicy.decide
+    cls = get_policy_class(policy)
+    plan, decide = chunked.ChunkStream.plan, cls.decide
 
     def recording_plan(self, hidden, temb):
         out = plan(self, hidden, temb)
@@ -195,8 +196,8 @@ def _executed_masks(pipe, monkeypatch, **cache):
         return decide(self, state, obs)
 
     monkeypatch.setattr(chunked.ChunkStream, "plan", recording_plan)
-    monkeypatch.setattr(MotionPolicy, "decide", counting_decide)
-    result = run(pipe, "motion", **cache)
+    monkeypatch.setattr(cls, "decide", counting_decide)
+    result = run(pipe, policy, **cache)
     monkeypatch.undo()
     return result, masks, decides[0]
 
@@ -219,6 +220,28 @@ def test_cfg_shared_uncond_branch_executes_the_cond_decisions(tiny_pipe, monkeyp
     # measured: both branches see the same block input and e0, so per-branch decisions
     # coincide and sharing changes no pixel; it only saves the second branch's scoring
     assert np.array_equal(own.frames, shared.frames)
+
+
+def test_magrefresh_refreshes_the_same_blocks_in_both_cfg_branches(tiny_pipe, monkeypatch):
+    # per-branch rates pick different blocks; a block fresh in one branch and stale in the
+    # other puts its staleness into cond - uncond, x guidance (measured: a pan 16.9 -> 27.4 dB)
+    cfg = {
+        "threshold": 0.3,
+        "max_skip_steps": 3,
+        "mag_ratios": [1.0] + [0.9] * 7,
+        "refresh_share": 0.0,
+        "refresh_level": 0.0,
+    }
+    result, masks, decides = _executed_masks(tiny_pipe, monkeypatch, "magrefresh", policy_config=cfg)
+    chunks = {c for c, _ in masks}
+    assert chunks and all((c, "uncond") in masks for c in chunks)
+    assert decides == sum(len(masks[c, "cond"]) for c in chunks)  # only the cond branch decides
+    partial = 0
+    for c in chunks:
+        for cond, uncond in zip(masks[c, "cond"], masks[c, "uncond"], strict=True):
+            assert torch.equal(cond, uncond)
+            partial += int(bool(cond.any()) and not bool(cond.all()))
+    assert partial > 0 and result.stats["partial_steps"] == 2 * partial
 
 
 def test_a_pool_short_of_the_need_costs_speed_never_quality(embedded_pipe):

@@ -22,8 +22,12 @@ spatially only inside it:
 
 Each chunk restarts everything (MagCache's ``retention_ratio`` of full steps seeds the
 rates), so nothing cached crosses a scene cut. Refreshes are partial steps, whose selected
-tokens attend to the stale K/V of the rest; tuning showed them fragile (pans collapse with
-any refresh), hence the gates (``refresh_level``, ``refresh_share``) that keep them rare.
+tokens attend to the stale K/V of the rest. Both CFG branches execute the conditional
+branch's decision (``shares_cfg_decisions``): with per-branch rates the branches refreshed
+different blocks, and a block fresh in one branch but stale in the other puts its staleness
+into ``cond - uncond``, amplified by the guidance scale - that, not the partial steps as
+such, was what collapsed pans (16.9 -> 27.4 dB on a held-out pan once shared), so the
+concentration gate (``refresh_share``) is off by default now.
 
 Measured (benchmarks/RESULTS.md, "Motion-aware in fact?", hybrid section): on two unseen
 caption sets, at the default +0.9 and -0.6 dB against the best step cache at equal work
@@ -68,6 +72,7 @@ class MagRefreshPolicy(CachePolicy):
     name = "magrefresh"
     config_cls = MagRefreshConfig
     description = "MagCache's step rule; skipped steps refresh the fastest-changing blocks (per-token rates)"
+    shares_cfg_decisions = True  # both CFG branches refresh the same blocks (see CachePolicy)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

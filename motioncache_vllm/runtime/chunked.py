@@ -91,8 +91,9 @@ class ChunkedRunner:
                 "before using the MotionCache runtime"
             )
         self.pipe, self.policy, self.pool, self.tile = pipe, policy, pool, tile
-        # uncond copies cond's decision each step; a paired pool (PoolConfig.cfg_delta_dtype) implies it
-        self.cfg_shared = cfg_shared or pool.paired
+        # uncond copies cond's decision each step; a paired pool (PoolConfig.cfg_delta_dtype) implies
+        # it, and so does a policy whose branches must not pick different blocks
+        self.cfg_shared = cfg_shared or pool.paired or policy.shares_cfg_decisions
         # (branch, geometry) -> the K/V store of one branch; default: keep every finished frame
         self.kv_factory = kv_factory or (lambda branch, geometry: StreamKV.for_geometry(geometry))
         self.adapter = shared_adapter(pipe.transformer)
