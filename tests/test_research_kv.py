@@ -179,24 +179,30 @@ def test_full_budget_is_bit_identical_for_every_policy_and_a_budget_holds(tiny_p
         assert not np.array_equal(run.result.frames, plain.frames), policy
 
 
-def test_quick_video_suite_writes_points(tmp_path):
+@pytest.mark.parametrize(
+    "suite, budgets",
+    [("video", (0.75, 0.5, 0.25, 0.1)), ("scenes", (0.5, 0.1))],  # video: every budget of the issue
+)
+def test_quick_video_suites_run_every_policy_at_every_budget_on_the_embedded_model(tmp_path, suite, budgets):
     from typer.testing import CliRunner
 
     from motioncache_vllm.cli import app
 
-    out = CliRunner().invoke(
-        app, ["research", "kv", "video", "--quick", "--chunks", "2", "--steps", "1", "--out", str(tmp_path)]
-    )
+    args = ["research", "kv", suite, "--quick", "--chunks", "2", "--steps", "1", "--out", str(tmp_path)]
+    out = CliRunner().invoke(app, [*args, "--budgets", ",".join(map(str, budgets))])
     assert out.exit_code == 0, out.output
-    result = json.loads((tmp_path / "kv_video.json").read_text())
+    result = json.loads((tmp_path / f"kv_{suite}.json").read_text())
     points = result["points"]
-    assert {p["policy"] for p in points} == {"full", *SCORED}
+    assert result["settings"]["model"] == "embedded"
+    got = {(p["policy"], p["budget"]) for p in points}
+    assert got == {("full", 1.0)} | {(n, b) for n in SCORED for b in budgets}
     for p in points:
         assert {"policy", "budget", "psnr_db", "ssim", "kv_bytes"} <= set(p)
         assert p["kv_bytes"] <= p["kv_bytes_full"]
-    assert (tmp_path / "kv_video.png").stat().st_size > 0
-    bad = CliRunner().invoke(app, ["research", "kv", "nope"])
-    assert bad.exit_code == 2 and "unknown suite" in bad.output
+    kv = [{p["kv_bytes"] for p in points if p["budget"] == b} for b in budgets]
+    assert all(len(v) == 1 for v in kv)  # equal memory for every policy at a budget
+    assert all(max(a) > max(b) for a, b in zip(kv, kv[1:]))
+    assert (tmp_path / f"kv_{suite}.png").stat().st_size > 0
 
 
 def test_recall_presses_keep_sorted_rows_per_head_and_full_is_unpruned():
@@ -284,6 +290,8 @@ def test_video_suite_resumes_and_reuses_its_reference(tmp_path):
     assert other.exit_code == 2 and "was run with chunks=2" in other.output
     bad = CliRunner().invoke(app, [*args, "--policies", "impact"])
     assert bad.exit_code == 2 and "valid: window" in bad.output
+    bad = CliRunner().invoke(app, ["research", "kv", "nope"])
+    assert bad.exit_code == 2 and "unknown suite" in bad.output
 
 
 def test_row_scores_are_the_exact_output_change_of_removing_one_row():
@@ -430,6 +438,7 @@ def test_quick_crossmodal_suite_writes_points(tmp_path):
         assert p["kv_bytes"] <= p["kv_bytes_full"] and 1 <= p["text_rows_kept"] <= p["text_rows"]
         assert p["colour_ok"] in (True, False) and p["ref_colour_ok"] in (True, False)
     assert "text rows kept" in out.output and (tmp_path / "kv_crossmodal.png").stat().st_size > 0
+    assert len({p["ref_sha256"] for p in points}) == 1
     # --resume runs only what is missing (here: the sets point) and keeps the others as they were
     kept = [p for p in points if p["policy"] != "sets"]
     (tmp_path / "kv_crossmodal.json").write_text(json.dumps({**result, "points": kept}))

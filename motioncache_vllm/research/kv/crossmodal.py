@@ -45,10 +45,12 @@ set by a forward pre-hook of this module: no runtime change.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from motioncache_vllm.config import GenerationRequest
@@ -402,6 +404,7 @@ def _point(name: str, budget: float, run: CrossModalRun, ref: CrossModalRun, pro
         "ref_colour_ok": ref_colour,
         "ref_direction_ok": ref_direction,
         "history": cond.history if cond is not None else [],
+        "ref_sha256": hashlib.sha256(np.ascontiguousarray(want).tobytes()).hexdigest()[:16],
         "wall_s": round(time.perf_counter() - t0, 2),
     }
 
