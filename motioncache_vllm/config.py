@@ -224,6 +224,9 @@ class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
     """... and here (then renormalised to mean 1, so without refreshes the rule is MagCache's)."""
     rate_smoothing: Fraction = 0.5
     """Weight of the newest rate measurement (1 = only the latest)."""
+    magnitude_exponent: Annotated[float, msgspec.Meta(ge=0.0, le=4.0)] = 2.0
+    """A token's weight also grows with (its residual's magnitude / the mean) to this power:
+    MagCache's ratio error is relative, so a reused residual's absolute error grows with it."""
     mag_ratios: list[float] | None = None
     """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
 

@@ -287,3 +287,16 @@ def test_magrefresh_does_not_refresh_when_the_change_is_spread_out():
     mag, _, _ = _drive(make_policy("magcache", settings), 20, 0.1, 0.1)
     modes, _, _ = _drive(make_policy("magrefresh", {**settings, "refresh_share": 0.4}), 20, 0.1, 0.1)
     assert modes == mag and "partial" not in modes
+
+
+def test_magrefresh_weights_grow_with_the_residual_magnitude():
+    # equal measured rates: only the magnitude tells the tokens apart (a reused residual's
+    # error is MagCache's relative error times its magnitude)
+    big = LAYOUT.block_of_token == 0
+    for exponent, bigger in ((0.0, False), (2.0, True)):
+        policy = make_policy("magrefresh", {"magnitude_exponent": exponent, "mag_ratios": RATIOS})
+        state = policy.new_state(LAYOUT)
+        state.reference = torch.where(big, 3.0, 1.0)[:, None].expand(LAYOUT.num_tokens, 3).clone()
+        w = policy.weights(state)
+        assert abs(float(w.mean()) - 1.0) < 1e-6
+        assert (float(w[big].min()) > 2 * float(w[~big].max())) == bigger
