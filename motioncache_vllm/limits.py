@@ -335,8 +335,10 @@ class ServeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     not bit-equal to ``motioncache generate``, so a fleet's resumed or continued video would
     differ from its no-fault run), and on a 2-core CPU it did not add throughput (0.81x of
     sequential at 8 concurrent, RESULTS.md "throughput")."""
-    serve_max_batch: int | None = None
-    """Most samples (request x CFG branch) in one batched call; None: no limit."""
+    serve_max_batch: int | None = 4
+    """Most samples (request x CFG branch) in one batched call; None: no limit. 4: on 2 CPU
+    cores, eight requests in-process took 7.0 s in calls of at most 4 samples, 7.9 s in calls
+    of all 16 (benchmarks/probes/batch_ceiling.py, RESULTS.md "throughput")."""
 
     def __post_init__(self) -> None:
         budget, timeout = self.serve_memory_budget_mib, self.serve_request_timeout_s

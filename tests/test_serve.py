@@ -61,6 +61,29 @@ def test_videos_endpoint_returns_mp4_and_stats(server):
     assert stats["pool_budget_bytes"] == POOL_MIB * 2**20
 
 
+def test_a_request_joins_while_a_lone_one_runs(server):
+    """A request sent while another runs alone starts before that one ends: the engine does not
+    give a lone request its whole prompt (its whole video) in one engine step."""
+    import threading
+    import time
+
+    answers = {}
+
+    def send(name: str, body: dict) -> None:
+        answers[name] = post(f"{server}{SYNC}", body)
+
+    first = threading.Thread(target=send, args=("first", {**REQUEST, "num_inference_steps": 12, "seed": 31}))
+    first.start()
+    time.sleep(1.5)  # the first is alone on the engine by now
+    send("second", {**REQUEST, "seed": 32})
+    first.join()
+    (s1, a1), (s2, a2) = answers["first"], answers["second"]
+    assert s1 == 200 and s2 == 200, (a1, a2)
+    steps1, steps2 = a1["stats"]["engine_steps"], a2["stats"]["engine_steps"]
+    assert len(set(steps1)) > 1  # the lone request advanced over several engine steps
+    assert min(steps2) < max(steps1)  # the second joined while the first ran
+
+
 def test_pooling_endpoint_same_video(server):
     _, direct = post(f"{server}{SYNC}", REQUEST)
     status, body = post(f"{server}/pooling", {"model": "embedded", "data": REQUEST})

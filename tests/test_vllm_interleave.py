@@ -38,7 +38,12 @@ def engine(tmp_path_factory):
         long_prefill_token_threshold=1,
         enable_prefix_caching=False,
         # batching is opt-in (off, a served video is bit-identical to generate_video: test_vllm_plugin)
-        additional_config={"cache_policy": "none", "cache_pool_mib": POOL_MIB, "serve_batch_steps": True},
+        additional_config={
+            "cache_policy": "none",
+            "cache_pool_mib": POOL_MIB,
+            "serve_batch_steps": True,
+            "serve_max_batch": None,  # every running sample in one call (the default caps at 4)
+        },
     ) as llm:
         yield llm
 

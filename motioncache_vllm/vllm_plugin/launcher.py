@@ -172,6 +172,15 @@ def given_flags(args: Sequence[str]) -> set[str]:
     return {f for f in map(_flag, args) if f is not None}
 
 
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag VALUE`` / ``flag=VALUE`` in ``args`` (None if absent)."""
+    value = None
+    for i, arg in enumerate(args):
+        if _flag(arg) == flag:
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else None)
+    return value
+
+
 def additional_config_of(args: Sequence[str]) -> dict:
     """The merged ``--additional-config`` JSON objects of a command line (as vLLM will see them
     with the plugin's merging action). Raises ValueError for text that is not a JSON object."""
@@ -210,6 +219,13 @@ def serve_argv(
     for flag, value in ENGINE_DEFAULTS.items():
         if flag not in given:
             argv += [flag] if value is None else [flag, value]
+    if "--max-num-scheduled-tokens" not in given:
+        # vLLM lifts long_prefill_token_threshold while a single request is running and would
+        # schedule its whole prompt, i.e. its whole video, in one engine step: a request
+        # arriving meanwhile would wait for all of it. One token per running request slot
+        # keeps a lone request at about one unit per engine step, so newcomers join (and batch)
+        # at the next step
+        argv += ["--max-num-scheduled-tokens", flag_value(extra, "--max-num-seqs") or ENGINE_DEFAULTS["--max-num-seqs"]]
     argv += list(extra)
     if cache_policy is not None:
         argv += ["--cache-policy", cache_policy]
