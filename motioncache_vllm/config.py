@@ -227,6 +227,12 @@ class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
     magnitude_exponent: Annotated[float, msgspec.Meta(ge=0.0, le=4.0)] = 2.0
     """A token's weight also grows with (its residual's magnitude / the mean) to this power:
     MagCache's ratio error is relative, so a reused residual's absolute error grows with it."""
+    extrapolate: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
+    """At a step that reuses a token's residual, add this share of its first-order
+    extrapolation from the token's last two computed residuals (0 = reuse as is)."""
+    rescale_reused: bool = False
+    """At a step that reuses a token's residual, scale it by the product of the calibrated
+    magnitude ratios since the token's last compute (the magnitude MagCache predicts)."""
     mag_ratios: list[float] | None = None
     """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
 

@@ -300,3 +300,24 @@ def test_magrefresh_weights_grow_with_the_residual_magnitude():
         w = policy.weights(state)
         assert abs(float(w.mean()) - 1.0) < 1e-6
         assert (float(w[big].min()) > 2 * float(w[~big].max())) == bigger
+
+
+def test_magrefresh_corrects_reused_residuals_only_when_asked():
+    # a token computed at steps 0 and 2 with residuals 1 and 3 continues +1 per step at step 4
+    # (extrapolate 1), half that at 0.5; rescale_reused scales by the ratios since (0.97^2)
+    def reused(settings):
+        policy = make_policy("magrefresh", {"mag_ratios": RATIOS, **settings})
+        state = policy.new_state(LAYOUT)
+        for step, value in ((0, 1.0), (2, 3.0)):
+            state.step = step
+            policy.observe_residual(state, torch.full((LAYOUT.num_tokens, 3), value))
+            policy.on_computed(state, None)
+        state.step, state.acc = 4, torch.full((LAYOUT.num_tokens,), 0.97**2)
+        residual = torch.full((LAYOUT.num_tokens, 3), 3.0)
+        policy.correct_reused(state, residual)
+        return float(residual.mean())
+
+    assert reused({}) == 3.0
+    assert reused({"extrapolate": 1.0}) == pytest.approx(5.0)
+    assert reused({"extrapolate": 0.5}) == pytest.approx(4.0)
+    assert reused({"rescale_reused": True}) == pytest.approx(3.0 * 0.97**2)

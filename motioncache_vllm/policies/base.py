@@ -116,6 +116,11 @@ class CachePolicy(ABC):
         """The block-stack residual after a computed step, before ``on_computed``: fresh
         everywhere after a full step, fresh on the recomputed blocks after a partial one."""
 
+    def correct_reused(self, state: PolicyState, residual: torch.Tensor) -> None:
+        """At a step that reuses cached residuals: ``residual`` (N, C) as read from the pool,
+        before a partial step writes its recomputed tokens over it; a policy may correct the
+        reused values in place (the pool keeps what was computed). Default: reuse as is."""
+
     def end_step(self, state: PolicyState) -> None:
         state.step += 1
 

@@ -58,13 +58,17 @@ class MagRefreshState(PolicyState):
     reference: torch.Tensor | None = None  # (N, C) residual at each token's last compute
     latest: torch.Tensor | None = None  # (N, C) this step's residual (reported before on_computed)
     run: int = 0  # steps since the last full step
+    previous: torch.Tensor | None = None  # (N, C) residual at each token's compute before the last
+    computed_at: torch.Tensor | None = None  # (N,) step of each token's last compute
+    previous_at: torch.Tensor | None = None  # (N,) step of the one before (-1: none yet)
 
     def reset(self) -> None:
         super().reset()
         n = self.layout.num_tokens
         self.acc, self.err, self.since = torch.ones(n), torch.zeros(n), torch.zeros(n)
         self.rate = torch.ones(n)
-        self.reference = self.latest = None
+        self.reference = self.latest = self.previous = None
+        self.computed_at, self.previous_at = torch.full((n,), -1.0), torch.full((n,), -1.0)
         self.run = 0
 
     def __post_init__(self) -> None:
@@ -155,13 +159,32 @@ class MagRefreshPolicy(CachePolicy):
                 old = state.rate[tokens]
                 fresh = (1 - cfg.rate_smoothing) * old + cfg.rate_smoothing * measured
                 state.rate[tokens] = torch.where(since > 0, fresh, old)
+                if cfg.extrapolate:
+                    if state.previous is None:
+                        state.previous = state.reference.clone()
+                    state.previous[tokens] = state.reference[tokens]
                 state.reference[tokens] = latest[tokens]
+            state.previous_at[tokens] = state.computed_at[tokens]
+            state.computed_at[tokens] = float(state.step)
         state.acc[tokens], state.err[tokens], state.since[tokens] = 1.0, 0.0, 0.0
         state.latest = None
         if blocks is None or bool(blocks.all()):
             state.run = 0
         if state.run > 0 or blocks is not None:  # a compute event outside the full steps
             state.updates += 1
+
+    def correct_reused(self, state: MagRefreshState, residual: torch.Tensor) -> None:
+        """First order: each reused token continues its own last measured change, from its
+        last two computed residuals, per step since its last compute (no K/V involved)."""
+        cfg = self.config
+        if cfg.rescale_reused:
+            residual *= state.acc[:, None]
+        if not cfg.extrapolate or state.previous is None:
+            return
+        gap = state.computed_at - state.previous_at
+        valid = (state.previous_at >= 0) & (gap > 0)
+        scale = torch.where(valid, (state.step - state.computed_at) / gap.clamp_min(1.0), 0.0) * cfg.extrapolate
+        residual += scale[:, None] * (state.reference - state.previous)
 
     def steps_until_recompute(self, state: MagRefreshState) -> torch.Tensor:
         """Blocks with the least error are recomputed last (a full step recomputes all)."""

@@ -128,6 +128,7 @@ class ChunkStream:
         self.follower: ChunkStream | None = None
         self.paired = pool.paired
         self.residual: torch.Tensor | None = None  # (N, C) residual of the last step
+        self.reused: torch.Tensor | None = None  # paired leader: its residual as read, before correct_reused
         self.executed: torch.Tensor | None = None  # blocks computed at the last step (bool)
         self.commit = False
         self.last_input: torch.Tensor | None = None
@@ -221,7 +222,9 @@ class ChunkStream:
         residual = torch.empty_like(h_in[0])
         residual[self._block_tokens.flatten()] = cached.flatten(0, 1).to(residual.dtype)
         if section == 1:
-            residual += self.leader.residual
+            residual += self.leader.reused
+        self.reused = residual.clone() if self.paired and self.follower is not None else None
+        self.policy.correct_reused(self.state, residual)  # e.g. extrapolate the reused values
         if self._mode == "partial":
             tokens = lay.tokens_of(self._blocks)
             residual[tokens] = (hidden_out - h_in[:, tokens])[0]
