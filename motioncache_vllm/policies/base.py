@@ -127,3 +127,24 @@ class CachePolicy(ABC):
     def steps_until_recompute(self, state: PolicyState) -> torch.Tensor | None:
         """Estimated steps until each block is recomputed anyway (eviction order), or None."""
         return None
+
+
+def update_token_rates(
+    rate: torch.Tensor,
+    reference: torch.Tensor,
+    latest: torch.Tensor,
+    tokens: torch.Tensor | slice,
+    since: torch.Tensor,
+    smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rates (``tokenrate``, ``magrefresh``): each recomputed token's residual change
+    since its last compute, relative to the step's mean residual magnitude, per unit of
+    ``since`` (its distance since then), blended into ``rate`` with weight ``smoothing``
+    where ``since > 0``. Returns the measurement and where it was valid; the caller moves
+    ``reference`` on."""
+    measured = (latest[tokens] - reference[tokens]).abs().mean(-1)
+    measured = measured / (latest.abs().mean() + 1e-12) / since.clamp_min(1e-6)
+    valid = since > 0
+    old = rate[tokens]
+    rate[tokens] = torch.where(valid, (1 - smoothing) * old + smoothing * measured, old)
+    return measured, valid

@@ -46,7 +46,13 @@ import torch
 
 from motioncache_vllm.config import TokenRateConfig
 from motioncache_vllm.motion import relative_l1
-from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
+from motioncache_vllm.policies.base import (
+    CachePolicy,
+    Decision,
+    PolicyState,
+    StepObservation,
+    update_token_rates,
+)
 
 
 @dataclass
@@ -129,12 +135,9 @@ class TokenRatePolicy(CachePolicy):
         if state.reference is None:
             state.reference = latest.clone()
         else:
-            since = state.since[tokens]
-            measured = (latest[tokens] - state.reference[tokens]).abs().mean(-1)
-            measured = measured / (latest.abs().mean() + 1e-12) / since.clamp_min(1e-6)
-            valid = since > 0
-            old = state.rate[tokens]
-            state.rate[tokens] = torch.where(valid, (1 - cfg.rate_smoothing) * old + cfg.rate_smoothing * measured, old)
+            measured, valid = update_token_rates(
+                state.rate, state.reference, latest, tokens, state.since[tokens], cfg.rate_smoothing
+            )
             state.reference[tokens] = latest[tokens]
             if blocks is None and state.step < self._warmup(state) and bool(valid.any()):
                 state.warmup_rates.append(float(measured[valid].mean()))
