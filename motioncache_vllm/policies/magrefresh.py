@@ -32,10 +32,10 @@ into ``cond - uncond``, amplified by the guidance scale - that, not the partial 
 such, was what collapsed pans (16.9 -> 27.4 dB on a held-out pan once shared), so the
 concentration gate (``refresh_share``) is off by default now.
 
-Measured (benchmarks/RESULTS.md, "Motion-aware in fact?", hybrid section): on two unseen
-caption sets, at the default +0.9 and -0.6 dB against the best step cache at equal work
-(+1.7 and +0.2 dB at equal wall-clock), below them at lower thresholds; not the clear win
-over MagCache the project wants.
+Measured (benchmarks/RESULTS.md, "Motion-aware in fact?", hybrid sections): on two unseen
+caption sets the recompute map follows pixel motion (median Spearman 0.6 over the moving-
+object clips), but at the default it is 1.2 and 0.9 dB below MagCache at equal work: work
+spent on partial steps buys less than the same work spent on full steps on this model.
 """
 
 from __future__ import annotations
@@ -45,7 +45,13 @@ from dataclasses import dataclass
 import torch
 
 from motioncache_vllm.config import MagRefreshConfig
-from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
+from motioncache_vllm.policies.base import (
+    CachePolicy,
+    Decision,
+    PolicyState,
+    StepObservation,
+    update_token_rates,
+)
 from motioncache_vllm.policies.calibration import MagRatios, ratios_for
 
 
@@ -153,12 +159,7 @@ class MagRefreshPolicy(CachePolicy):
             if state.reference is None:
                 state.reference = latest.clone()
             else:
-                since = state.since[tokens]
-                measured = (latest[tokens] - state.reference[tokens]).abs().mean(-1)
-                measured = measured / (latest.abs().mean() + 1e-12) / since.clamp_min(1e-6)
-                old = state.rate[tokens]
-                fresh = (1 - cfg.rate_smoothing) * old + cfg.rate_smoothing * measured
-                state.rate[tokens] = torch.where(since > 0, fresh, old)
+                update_token_rates(state.rate, state.reference, latest, tokens, state.since[tokens], cfg.rate_smoothing)
                 if cfg.extrapolate:
                     if state.previous is None:
                         state.previous = state.reference.clone()
