@@ -13,17 +13,27 @@ Captions are dropped 10% of the time (zero text states, what the pipeline feeds 
 empty negative prompt), so classifier-free guidance works.
 
 Resumable: a run directory keeps the full state (model, EMA, optimiser, step); with no
-state there, training starts from the shipped EMA weights if present. Every
-``--save-every`` steps the EMA weights are exported, in fp16, to the package's
-``weights/embedded`` folder (what ``load_pipeline("embedded")`` reads).
+state there, training starts from ``--init-from`` (default: the export folder if it holds
+a pipeline, else the shipped EMA weights, else a fresh model). Every ``--save-every``
+steps the EMA weights are exported, in fp16, to ``--out-dir`` (default: the package's
+``weights/embedded`` folder, what ``load_pipeline("embedded")`` reads).
+
+``--mix textured`` trains on the widened data of issue 11 (textured static backgrounds,
+distractors, pans over texture; :mod:`motioncache_vllm.data.procedural`), e.g. a
+fine-tune of the shipped model into a second folder::
+
+    python -m motioncache_vllm.train --mix textured --run-dir runs/textured \
+        --out-dir motioncache_vllm/weights/embedded_textured --minutes 10
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -84,8 +94,9 @@ def encode_text(pipe, captions: list[str], device: torch.device | str = "cpu") -
     return hidden * tok.attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 
-def export_ema(pipe, ema_transformer, ema_text, out_dir: Path) -> None:
-    """Save the pipeline with EMA weights in fp16 (what ships in the package)."""
+def export_ema(pipe, ema_transformer, ema_text, out_dir: Path, info: dict | None = None) -> None:
+    """Save the pipeline with EMA weights in fp16 (what ships in the package); ``info`` (how
+    the weights were trained) goes to ``training.json`` beside them, so the folder says what it is."""
     shipped = build_pipeline(copy.deepcopy(pipe.vae).cpu())
     shipped.transformer.load_state_dict({k: v.cpu() for k, v in ema_transformer.state_dict().items()})
     shipped.text_encoder.load_state_dict({k: v.cpu() for k, v in ema_text.state_dict().items()})
@@ -93,6 +104,8 @@ def export_ema(pipe, ema_transformer, ema_text, out_dir: Path) -> None:
     shipped.text_encoder.to(torch.float16)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shipped.save_pretrained(tmp)
+    if info is not None:
+        (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if out_dir.exists():
         import shutil
 
@@ -104,6 +117,10 @@ def export_ema(pipe, ema_transformer, ema_text, out_dir: Path) -> None:
 def main(
     run_dir: Path = typer.Option(Path("runs/embedded"), help="Resumable training state lives here."),
     out_dir: Path = typer.Option(EMBEDDED_DIR, help="Where the fp16 EMA pipeline is exported."),
+    init_from: Optional[Path] = typer.Option(
+        None, help="Pipeline folder a new run starts from (default: --out-dir if it holds one, else the shipped)."
+    ),
+    mix: str = typer.Option("flat", help="Training data: 'flat' (the shipped model's) or 'textured' (issue 11)."),
     minutes: float = typer.Option(60.0, help="Wall-clock budget of this sitting."),
     max_steps: int = typer.Option(100_000, help="Stop at this global step."),
     batch_size: int = typer.Option(8),
@@ -121,6 +138,10 @@ def main(
 ) -> None:
     from tqdm import tqdm
 
+    from motioncache_vllm.data.procedural import MIXES
+
+    if mix not in MIXES:
+        raise typer.BadParameter(f"unknown mix {mix!r}; valid: {', '.join(MIXES)}", param_hint="--mix")
     torch.set_num_threads(threads)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -131,10 +152,16 @@ def main(
     torch.manual_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
-    gen = ClipGenerator(seed=seed, num_frames=num_frames)
+    gen = ClipGenerator(seed=seed, num_frames=num_frames, mix=mix)
 
-    if (out_dir / "model_index.json").is_file():
-        base = load_pipeline(out_dir)
+    if init_from is None:
+        init_from = next((d for d in (out_dir, EMBEDDED_DIR) if (d / "model_index.json").is_file()), None)
+    elif not (init_from / "model_index.json").is_file():
+        raise typer.BadParameter(
+            f"{init_from} is not a pipeline folder (no model_index.json)", param_hint="--init-from"
+        )
+    if init_from is not None:  # the latent (fixed linear VAE) comes with the weights: never refitted
+        base = load_pipeline(init_from)
         vae = base.vae
     else:  # first sitting: fit the fixed latent on clips the training stream never reuses
         vae = fit_linear_latent(np.stack([ClipGenerator(seed + 1).clip(i).frames for i in range(256)]))
@@ -148,6 +175,7 @@ def main(
     params = list(model.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     step = 0
+    origin = str(init_from) if init_from is not None else None  # where step 0 started (kept across sittings)
     if state_path.is_file():
         st = torch.load(state_path, weights_only=False, map_location=dev)
         model.load_state_dict(st["model"])
@@ -156,10 +184,22 @@ def main(
         ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
+        origin = st.get("init_from", origin)
     if reset_ema:
         ema_model.load_state_dict(model.state_dict())
         ema_text.load_state_dict(text.state_dict())
     rng = torch.Generator().manual_seed(seed * 1000 + step)
+    info = {
+        "data_mix": mix,
+        "init_from": origin,
+        "seed": seed,
+        "batch_size": batch_size,
+        "num_frames": num_frames,
+        "lr": lr,
+        "ema_decay": ema_decay,
+        "caption_dropout": caption_dropout,
+        "note": "EMA weights (fp16) written by python -m motioncache_vllm.train; step counts from init_from",
+    }
 
     mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
@@ -234,16 +274,16 @@ def main(
             log.writerow([step, f"{running:.5f}", f"{lr * warm:.2e}", f"{time.monotonic() - t0:.0f}"])
             log_file.flush()
         if step % save_every == 0:
-            _checkpoint(state_path, model, text, ema_model, ema_text, opt, step)
-            export_ema(pipe, ema_model, ema_text, out_dir)
-    _checkpoint(state_path, model, text, ema_model, ema_text, opt, step)
-    export_ema(pipe, ema_model, ema_text, out_dir)
+            _checkpoint(state_path, model, text, ema_model, ema_text, opt, step, origin)
+            export_ema(pipe, ema_model, ema_text, out_dir, info | {"step": step})
+    _checkpoint(state_path, model, text, ema_model, ema_text, opt, step, origin)
+    export_ema(pipe, ema_model, ema_text, out_dir, info | {"step": step})
     bar.close()
     log_file.close()
     print(f"stopped at step {step}; EMA weights in {out_dir}")
 
 
-def _checkpoint(path: Path, model, text, ema_model, ema_text, opt, step: int) -> None:
+def _checkpoint(path: Path, model, text, ema_model, ema_text, opt, step: int, origin: str | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -253,6 +293,7 @@ def _checkpoint(path: Path, model, text, ema_model, ema_text, opt, step: int) ->
             "ema_text": ema_text.state_dict(),
             "opt": opt.state_dict(),
             "step": step,
+            "init_from": origin,
         },
         tmp,
     )

@@ -7,6 +7,15 @@ textured background, and hard scene cuts. Captions come from a small closed voca
 
 Held-out combinations (:data:`HELD_OUT_TRIPLES`) of colour, shape and direction never
 appear in training captions; the quality gate generates from them.
+
+Two mixes: ``"flat"`` (the shipped model's data: flat backgrounds, one captioned object)
+and ``"textured"`` (issue 11, point 3), which adds :data:`TEXTURED_KINDS`: a captioned
+object over a textured *static* background (stripes, checker or smooth noise) with up to
+two smaller uncaptioned distractors that move independently and pass in front of or
+behind it, and camera pans over such a texture. The texture and the distractors have no
+caption words: new words would change the word-level tokenizer and the text encoder's
+embedding table, i.e. the shipped model's architecture; captions stay those of the old
+kinds (``"a C S moves D SPEED"``, ``"camera pans D over a C S"``).
 """
 
 from __future__ import annotations
@@ -36,6 +45,17 @@ DIRECTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) in image coordinates
 SPEEDS = {"slowly": 0.7, "quickly": 1.4}  # pixels per frame at 64 px
 BACKGROUNDS = ((12, 12, 16), (40, 40, 44), (10, 20, 48))
 KINDS = ("moves", "bounces", "accelerates", "stays", "pans", "cut", "behind")
+TEXTURED_KINDS = ("textured", "pans_textured")
+TEXTURES = ("stripes", "checker", "noise")
+# kind probabilities per mix; "flat" is the shipped model's stream (unchanged)
+MIXES: dict[str, dict[str, float]] = {
+    "flat": dict(zip(KINDS, (0.4, 0.12, 0.1, 0.1, 0.1, 0.1, 0.08))),
+    "textured": {
+        **dict(zip(KINDS, (0.16, 0.05, 0.04, 0.05, 0.04, 0.04, 0.04))),
+        "textured": 0.46,
+        "pans_textured": 0.12,
+    },
+}
 
 # (colour, shape, direction) never used in training captions; every colour, shape and
 # direction on its own is still seen. Chosen as a fixed Latin-square-like pattern.
@@ -69,7 +89,8 @@ class Clip:
     frames: np.ndarray
     caption: str
     kind: str
-    objects: tuple[ObjectSpec, ...]
+    objects: tuple[ObjectSpec, ...]  # the captioned ones
+    distractors: tuple[ObjectSpec, ...] = ()  # uncaptioned moving objects (textured mix)
 
 
 def _shape_alpha(shape: str, cx: float, cy: float, radius: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -97,12 +118,17 @@ class ClipGenerator:
         size: height = width in pixels.
         held_out: ``False`` excludes :data:`HELD_OUT_TRIPLES` from captions (training),
             ``True`` draws only held-out triples for single-object motion clips.
+        mix: ``"flat"`` (the shipped model's data) or ``"textured"`` (see module docstring).
     """
 
-    def __init__(self, seed: int = 0, num_frames: int = 33, size: int = 64, held_out: bool = False) -> None:
+    def __init__(
+        self, seed: int = 0, num_frames: int = 33, size: int = 64, held_out: bool = False, mix: str = "flat"
+    ) -> None:
         if num_frames < 1 or size < 16:
             raise ValueError("num_frames must be >= 1 and size >= 16")
-        self.seed, self.num_frames, self.size, self.held_out = seed, num_frames, size, held_out
+        if mix not in MIXES:
+            raise ValueError(f"unknown mix {mix!r}; valid: {', '.join(MIXES)}")
+        self.seed, self.num_frames, self.size, self.held_out, self.mix = seed, num_frames, size, held_out, mix
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
         self._yy, self._xx = yy, xx
 
@@ -122,7 +148,8 @@ class ClipGenerator:
         rng = np.random.default_rng([self.seed, index])
         if kind is None:
             # single-object motion dominates so that colour and direction are learned first
-            kind = str(rng.choice(KINDS, p=[0.4, 0.12, 0.1, 0.1, 0.1, 0.1, 0.08]))
+            mix = MIXES[self.mix]
+            kind = str(rng.choice(list(mix), p=list(mix.values())))
         render = getattr(self, f"_render_{kind}")
         return render(rng)
 
@@ -250,6 +277,101 @@ class ClipGenerator:
                 frames[f, lo:hi, :] = 128.0
         caption = f"a {obj.colour} {obj.shape} moves {obj.direction} behind a bar"
         return Clip(_to_uint8(frames), caption, "behind", (obj,))
+
+    # -- textured mix (issue 11, point 3) ------------------------------------------------
+    def _texture_fn(self, rng: np.random.Generator):
+        """A seeded static texture: ``f(x, y) -> (..., 3)`` colours, defined on the whole
+        plane (pans sample it at shifted coordinates). Low-frequency (periods >= 12 px at
+        64 px) and low-contrast, grey around a background colour: the fixed linear latent
+        (4x4 px cells) represents it, and the gate's tracker never mistakes it for an object."""
+        kind = str(rng.choice(TEXTURES))
+        base = np.array(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], np.float32)
+        amplitude = float(rng.uniform(22.0, 40.0))
+        tint = rng.uniform(0.8, 1.0, size=3).astype(np.float32)  # near-grey: far from every palette colour
+        scale = self.size / 64.0
+        if kind == "stripes":
+            theta = float(rng.uniform(0, np.pi))
+            period = float(rng.uniform(12.0, 24.0)) * scale
+            ux, uy = np.cos(theta), np.sin(theta)
+
+            def pattern(x, y):
+                return 0.5 + 0.5 * np.sin(2 * np.pi * (x * ux + y * uy) / period)
+
+        elif kind == "checker":
+            cell = float(rng.uniform(8.0, 16.0)) * scale
+
+            def pattern(x, y):
+                return (np.floor(x / cell) + np.floor(y / cell)) % 2
+
+        else:  # smooth value noise: bilinear interpolation of a periodic random grid
+            cell = float(rng.uniform(10.0, 18.0)) * scale
+            grid = rng.random((8, 8)).astype(np.float32)
+
+            def pattern(x, y):
+                gx, gy = x / cell, y / cell
+                x0, y0 = np.floor(gx), np.floor(gy)
+                fx, fy = gx - x0, gy - y0
+                fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)  # smoothstep
+                i0, j0 = x0.astype(np.int64) % 8, y0.astype(np.int64) % 8
+                i1, j1 = (i0 + 1) % 8, (j0 + 1) % 8
+                top = grid[j0, i0] * (1 - fx) + grid[j0, i1] * fx
+                bottom = grid[j1, i0] * (1 - fx) + grid[j1, i1] * fx
+                return top * (1 - fy) + bottom * fy
+
+        def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return base + (amplitude * pattern(x, y))[..., None].astype(np.float32) * tint
+
+        return texture
+
+    def _distractors(self, rng: np.random.Generator, main: ObjectSpec) -> list[ObjectSpec]:
+        """0-2 uncaptioned objects of other colours than the captioned one (never a held-out triple)."""
+        out: list[ObjectSpec] = []
+        for _ in range(int(rng.choice(3, p=[0.2, 0.45, 0.35]))):
+            obj = self._object(rng, held_out=False)
+            while obj.colour == main.colour:
+                obj = self._object(rng, held_out=False)
+            out.append(obj)
+        return out
+
+    def _render_textured(self, rng: np.random.Generator) -> Clip:
+        """A captioned object moving over a static texture; distractors (smaller, so the
+        captioned object stays the largest coloured thing) move on their own paths and
+        pass in front of or behind it (occlusion)."""
+        obj = self._object(rng)
+        texture = self._texture_fn(rng)
+        background = texture(self._xx, self._yy)
+        frames = np.broadcast_to(background, (self.num_frames, self.size, self.size, 3)).copy()
+        main_radius = self._radius(rng)
+        layers = [(obj, self._trajectory(rng, obj, self.num_frames), main_radius, 0)]
+        for k, extra in enumerate(self._distractors(rng, obj), start=1):
+            path = self._trajectory(rng, extra, self.num_frames, bounce=bool(rng.random() < 0.3))
+            radius = float(rng.uniform(0.45, 0.6)) * main_radius  # smaller than any captioned shape
+            depth = k if rng.random() < 0.5 else -k  # negative: painted first, i.e. behind the captioned object
+            layers.append((extra, path, radius, depth))
+        layers.sort(key=lambda layer: layer[3])
+        for f in range(self.num_frames):
+            for spec, path, radius, _ in layers:
+                self._paint(frames[f], spec, float(path[f, 0]), float(path[f, 1]), radius)
+        caption = f"a {obj.colour} {obj.shape} moves {obj.direction} {obj.speed}"
+        extras = tuple(spec for spec, _, _, depth in layers if depth != 0)
+        return Clip(_to_uint8(frames), caption, "textured", (obj,), extras)
+
+    def _render_pans_textured(self, rng: np.random.Generator) -> Clip:
+        """Camera pans over a textured world (the object fixed in it): as ``pans``, other texture."""
+        obj = self._object(rng)
+        s, n = self.size, self.num_frames
+        dx, dy = DIRECTIONS[obj.direction]
+        v = SPEEDS["slowly"] * s / 64.0
+        texture = self._texture_fn(rng)
+        wx, wy = rng.uniform(0.3, 0.7, size=2) * s
+        r = self._radius(rng)
+        frames = np.empty((n, s, s, 3), np.float32)
+        for f in range(n):
+            ox, oy = dx * v * f, dy * v * f
+            frames[f] = texture(self._xx + ox, self._yy + oy)
+            self._paint(frames[f], obj, wx - ox, wy - oy, r)
+        caption = f"camera pans {obj.direction} over a {obj.colour} {obj.shape}"
+        return Clip(_to_uint8(frames), caption, "pans_textured", (obj,))
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
