@@ -548,8 +548,11 @@ def bench(
         None, help="Timed repeats per prompt (default 3; 1 with --quick; throughput: library-path runs)."
     ),
     policies: Optional[str] = typer.Option(
-        None, help="throughput: the cache policies to measure, comma-separated (default: none,motion)."
+        None,
+        help="throughput: the cache policies to measure, comma-separated (default: none,motion); "
+        "oracle: the caches compared with the oracles (default: teacache,magcache,tokenrate).",
     ),
+    seed: int = typer.Option(0, help="Seed of the first prompt (prompt i: seed + i)."),
 ) -> None:
     """Run a benchmark suite: prints a table, writes OUT/SUITE.json and a plot."""
     _quiet_libraries()
@@ -592,6 +595,7 @@ def bench(
         repeats=repeats or defaults["repeats"],
         model=model,
         policies=policy_names,
+        seed=seed,
     )
     from tqdm.auto import tqdm
 

@@ -126,6 +126,7 @@ def main(
     batch_size: int = typer.Option(8),
     num_frames: int = typer.Option(33, help="Frames per training clip (4k+1)."),
     lr: float = typer.Option(3e-4),
+    warmup_steps: int = typer.Option(500, help="Linear learning-rate warm-up (global steps)."),
     ema_decay: float = typer.Option(0.999),
     caption_dropout: float = typer.Option(0.1),
     save_every: int = typer.Option(500),
@@ -191,11 +192,12 @@ def main(
     rng = torch.Generator().manual_seed(seed * 1000 + step)
     info = {
         "data_mix": mix,
-        "init_from": origin,
+        "init_from": _model_name(origin),
         "seed": seed,
         "batch_size": batch_size,
         "num_frames": num_frames,
         "lr": lr,
+        "warmup_steps": warmup_steps,
         "ema_decay": ema_decay,
         "caption_dropout": caption_dropout,
         "note": "EMA weights (fp16) written by python -m motioncache_vllm.train; step counts from init_from",
@@ -252,7 +254,7 @@ def main(
         target = noise - x0
         weight = (sig > 0).float().view(b, 1, -1, 1, 1)  # clean context frames have nothing to learn
         loss = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4])
-        warm = min(1.0, (step + 1) / 500)
+        warm = min(1.0, (step + 1) / max(warmup_steps, 1))
         for g in opt.param_groups:
             g["lr"] = lr * warm
         opt.zero_grad(set_to_none=True)
@@ -283,6 +285,15 @@ def main(
     print(f"stopped at step {step}; EMA weights in {out_dir}")
 
 
+def _model_name(path: str | None) -> str | None:
+    """A shipped model's name for its folder (a portable training.json), else the path."""
+    from motioncache_vllm.models.folders import SHIPPED_MODELS
+
+    if path is None:
+        return None
+    return next((name for name, d in SHIPPED_MODELS.items() if Path(path).resolve() == d.resolve()), path)
+
+
 def _checkpoint(path: Path, model, text, ema_model, ema_text, opt, step: int, origin: str | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -293,7 +304,7 @@ def _checkpoint(path: Path, model, text, ema_model, ema_text, opt, step: int, or
             "ema_text": ema_text.state_dict(),
             "opt": opt.state_dict(),
             "step": step,
-            "init_from": origin,
+            "init_from": _model_name(origin),
         },
         tmp,
     )

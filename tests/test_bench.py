@@ -109,9 +109,12 @@ def test_throughput_quick_through_vllm(tmp_path):
 
 
 def test_oracle_quick_writes_table_json_and_plot(tmp_path):
-    res, data = run_quick(tmp_path, "oracle", "--frames", "9", "--steps", "6")
+    # a shipped model by name, the caches compared (--policies) and the seed (--seed) are honoured
+    args = ("--model", "embedded-textured", "--policies", "magcache", "--seed", "5")
+    res, data = run_quick(tmp_path, "oracle", "--frames", "9", "--steps", "6", *args)
     variants = {p["variant"] for p in data["points"]}
-    assert {"oracle:step", "oracle:block/stale", "oracle:block/fresh", "teacache"} <= variants
+    assert {"oracle:step", "oracle:block/stale", "oracle:block/fresh", "magcache"} == variants
+    assert data["settings"]["seed"] == 5
     for p in data["points"]:
         assert math.isfinite(p["psnr_db"]) and p["ideal_speedup"] >= 1
     assert set(data["proxies"]) >= {"previous_change", "motion", "top30_share_median"}

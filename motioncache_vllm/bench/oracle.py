@@ -255,9 +255,15 @@ class OracleSettings:
     seed: int = 0
     step_thresholds: tuple[float, ...] = (0.15, 0.3, 0.6)
     block_thresholds: tuple[float, ...] = (0.2, 0.4, 0.8)
-    policies: dict = field(
-        default_factory=lambda: {"teacache": (0.1, 0.3), "magcache": (0.06, 0.24), "tokenrate": (0.2, 0.4)}
-    )
+    policies: dict = field(default_factory=lambda: dict(POLICY_THRESHOLDS))
+
+
+# the step/token caches the oracles are compared with, and their thresholds (None: the policy's default)
+POLICY_THRESHOLDS: dict[str, tuple[float | None, ...]] = {
+    "teacache": (0.1, 0.3),
+    "magcache": (0.06, 0.24),
+    "tokenrate": (0.2, 0.4),
+}
 
 
 def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
@@ -301,10 +307,26 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
                 progress()
         for policy, thresholds in s.policies.items():
             for tau in thresholds:
-                res = generate_video(pipe, req, cache=CacheConfig.decode(policy, {"threshold": tau}))
+                overrides = {} if tau is None else {"threshold": tau}
+                res = generate_video(pipe, req, cache=CacheConfig.decode(policy, overrides))
                 add(policy, tau, res)
                 progress()
-    summary = {}
+    return {
+        "suite": "oracle",
+        "points": points,
+        "proxies": summarise_proxies(proxy_rows),
+        "proxy_rows": proxy_rows,
+        "fresh_context_max_rel_error": max(selected_errors["fresh"], default=None),
+        "stale_context_median_rel_error": statistics.median(selected_errors["stale"])
+        if selected_errors["stale"]
+        else None,
+        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "seed": s.seed},
+    }
+
+
+def summarise_proxies(proxy_rows: list[dict]) -> dict:
+    """Per proxy: Spearman with the true per-token change, median and quartiles over steps."""
+    summary: dict = {}
     for name in PROXIES:
         values = [r[name] for r in proxy_rows]
         summary[name] = {
@@ -313,16 +335,24 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
             "spearman_q75": round(float(np.quantile(values, 0.75)), 3) if values else None,
         }
     summary["top30_share_median"] = round(statistics.median(r["top30_share"] for r in proxy_rows), 3)
+    return summary
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One study from several runs (e.g. one prompt per invocation, to keep each short):
+    points and proxy rows pooled, proxies re-summarised; the stale-context error is the
+    median of the runs' medians."""
+    rows = [r for res in results for r in res["proxy_rows"]]
+    fresh = [r["fresh_context_max_rel_error"] for r in results if r["fresh_context_max_rel_error"] is not None]
+    stale = [r["stale_context_median_rel_error"] for r in results if r["stale_context_median_rel_error"] is not None]
     return {
         "suite": "oracle",
-        "points": points,
-        "proxies": summary,
-        "proxy_rows": proxy_rows,
-        "fresh_context_max_rel_error": max(selected_errors["fresh"], default=None),
-        "stale_context_median_rel_error": statistics.median(selected_errors["stale"])
-        if selected_errors["stale"]
-        else None,
-        "settings": {"prompts": s.prompts, "frames": s.frames, "steps": s.steps, "seed": s.seed},
+        "points": [p for res in results for p in res["points"]],
+        "proxies": summarise_proxies(rows),
+        "proxy_rows": rows,
+        "fresh_context_max_rel_error": max(fresh, default=None),
+        "stale_context_median_rel_error": statistics.median(stale) if stale else None,
+        "settings": [res["settings"] for res in results],
     }
 
 
@@ -394,7 +424,9 @@ def oracle_table(result: dict) -> str:
 
 def run_oracle_suite(pipe, settings, quick: bool, out_dir, progress_bar=None) -> dict:
     """``motioncache bench oracle``: the study on the bench's prompts (``--quick``: one
-    prompt, 9 frames, one threshold per variant)."""
+    prompt, 9 frames, one threshold per variant). ``settings.policies`` (``--policies``)
+    picks the caches compared (their thresholds from :data:`POLICY_THRESHOLDS`, else the
+    policy's default)."""
     from motioncache_vllm.bench.common import machine_info
 
     s = OracleSettings(
@@ -403,8 +435,15 @@ def run_oracle_suite(pipe, settings, quick: bool, out_dir, progress_bar=None) ->
         steps=settings.steps or 20,
         seed=settings.seed,
     )
+    if settings.policies:
+        s.policies = {name: POLICY_THRESHOLDS.get(name, (None,)) for name in settings.policies}
     if quick:
-        s.step_thresholds, s.block_thresholds, s.policies = (0.3,), (0.4,), {"teacache": (0.3,)}
+        s.step_thresholds, s.block_thresholds = (0.3,), (0.4,)
+        s.policies = (
+            {name: thresholds[-1:] for name, thresholds in s.policies.items()}
+            if settings.policies
+            else {"teacache": (0.3,)}
+        )
     if progress_bar is not None:
         per_prompt = 1 + len(s.step_thresholds) + 2 * len(s.block_thresholds) + sum(map(len, s.policies.values()))
         progress_bar.reset(total=per_prompt * len(s.prompts))

@@ -18,6 +18,9 @@ from pathlib import Path
 from motioncache_vllm.data.procedural import VOCABULARY
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "weights" / "embedded"
+# the same architecture fine-tuned on the textured data mix (issue 11, point 3); its
+# training.json says how. The default model stays "embedded".
+EMBEDDED_TEXTURED_DIR = EMBEDDED_DIR.with_name("embedded_textured")
 TEXT_DIM = 64
 MAX_SEQUENCE_LENGTH = 24
 CAUSAL_BLOCK_SIZE = 3  # latent frames per AR chunk

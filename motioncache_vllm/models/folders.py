@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from motioncache_vllm.models.embedded import EMBEDDED_DIR
+from motioncache_vllm.models.embedded import EMBEDDED_DIR, EMBEDDED_TEXTURED_DIR
+
+# models shipped in the package, by name
+SHIPPED_MODELS: dict[str, Path] = {"embedded": EMBEDDED_DIR, "embedded-textured": EMBEDDED_TEXTURED_DIR}
 
 # Generation defaults of the public SkyReels-V2 DF 1.3B 540P checkpoint (its model card):
 # used when a diffusers folder that is not ours is loaded.
@@ -27,10 +30,12 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """The folder of ``model``: ``"embedded"`` (shipped in the package) or a diffusers folder path."""
-    path = EMBEDDED_DIR if str(model) == "embedded" else Path(model).expanduser()
+    """The folder of ``model``: a name of :data:`SHIPPED_MODELS` (``"embedded"``,
+    ``"embedded-textured"``) or a diffusers folder path."""
+    shipped = SHIPPED_MODELS.get(str(model))
+    path = shipped if shipped is not None else Path(model).expanduser()
     if not (path / "model_index.json").is_file():
-        if str(model) == "embedded":
-            raise ModelNotFoundError(f"the embedded weights are missing from {path}; reinstall the package")
+        if shipped is not None:
+            raise ModelNotFoundError(f"the {model} weights are missing from {path}; reinstall the package")
         raise ModelNotFoundError(f"model path {path} is not a diffusers pipeline folder (no model_index.json)")
     return path
