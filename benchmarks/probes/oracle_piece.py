@@ -1,0 +1,76 @@
+"""Part of an oracle study (``bench/oracle.py``) in one short invocation, for a loaded
+machine where the whole study of one prompt would hold the shared lock too long.
+
+``python benchmarks/probes/oracle_piece.py MODEL CAPTION SEED FRAMES STEPS VARIANTS OUT.json``
+with VARIANTS comma-separated ``step:TAU``, ``stale:TAU``, ``fresh:TAU`` (the oracles) or
+``POLICY:TAU`` (a cache). Every piece first runs the ``record`` pass (full compute: the
+reference video, deterministic, so every piece has the same one; its proxy rows are kept
+only with ``record`` in VARIANTS). Merge pieces with ``oracle_merge.py``."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+
+def main(model: str, caption: str, seed: str, frames: str, steps: str, variants: str, out: str) -> None:
+    from motioncache_vllm.bench.oracle import OracleConfig, run_oracle
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.metrics import psnr_db
+    from motioncache_vllm.models.loading import load_pipeline
+    from motioncache_vllm.runtime.generate import generate_video
+
+    pipe = load_pipeline(model)
+    req = GenerationRequest(prompt=caption, num_frames=int(frames), num_inference_steps=int(steps), seed=int(seed))
+    ref, _, states = run_oracle(pipe, req, OracleConfig(mode="record"))
+    wanted = variants.split(",")
+    rows = [{"prompt": caption, **r} for st in states for r in st.records] if "record" in wanted else []
+    points, errors = [], {"stale": [], "fresh": []}
+    for item in wanted:
+        if item == "record":
+            continue
+        kind, tau = item.split(":")
+        if kind == "step":
+            res, _, _ = run_oracle(pipe, req, OracleConfig(mode="step", threshold=float(tau)))
+            variant = "oracle:step"
+        elif kind in ("stale", "fresh"):
+            res, runner, _ = run_oracle(pipe, req, OracleConfig(mode="block", threshold=float(tau)), kind)
+            errors[kind] += runner.selected_errors
+            variant = f"oracle:block/{kind}"
+        else:
+            res = generate_video(pipe, req, cache=CacheConfig.decode(kind, {"threshold": float(tau)}))
+            variant = kind
+        points.append(
+            {
+                "prompt": caption,
+                "variant": variant,
+                "threshold": float(tau),
+                "ideal_speedup": res.stats["ideal_speedup"],
+                "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
+                "full": res.stats["full_steps"],
+                "partial": res.stats["partial_steps"],
+                "skipped": res.stats["skipped_steps"],
+            }
+        )
+        print(points[-1], flush=True)
+    result = {
+        "suite": "oracle",
+        "points": points,
+        "proxy_rows": rows,
+        "fresh_context_max_rel_error": max(errors["fresh"], default=None),
+        "stale_context_median_rel_error": statistics.median(errors["stale"]) if errors["stale"] else None,
+        "settings": {
+            "model": model,
+            "prompts": [caption],
+            "frames": int(frames),
+            "steps": int(steps),
+            "seed": int(seed),
+        },
+    }
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
