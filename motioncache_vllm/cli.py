@@ -153,7 +153,9 @@ def _usage_error_of(exc: Exception, struct: type | None = None) -> UsageError:
 @_struct_options(_lazy_pool_config())
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Caption of the video."),
-    model: str = typer.Option("embedded", help="'embedded' or the path of a diffusers SkyReels-V2 DF folder."),
+    model: str = typer.Option(
+        "embedded", help="'embedded', 'embedded-textured' or the path of a diffusers SkyReels-V2 DF folder."
+    ),
     frames: Optional[int] = typer.Option(
         None, help="Frames, of the form 4k+1 (17, 33, 65, ...). Default: the model's."
     ),
@@ -619,7 +621,8 @@ def bench(
 def serve(
     ctx: typer.Context,
     model: str = typer.Option(
-        "embedded", help="'embedded', a diffusers SkyReels-V2 DF folder, or a model folder built for vLLM."
+        "embedded",
+        help="'embedded', 'embedded-textured', a diffusers SkyReels-V2 DF folder, or a model folder built for vLLM.",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (default: loopback only)."),
     port: int = typer.Option(8000, help="TCP port."),
@@ -695,19 +698,20 @@ def serve(
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
-    from motioncache_vllm.models.folders import ModelNotFoundError
+    from motioncache_vllm.models.folders import SHIPPED_MODELS, ModelNotFoundError
     from motioncache_vllm.vllm_plugin import ARCHITECTURE, build_model_dir
 
+    shipped = model in SHIPPED_MODELS
     path = Path(model).expanduser()
     config_path = path / "config.json"
     if (
-        model != "embedded"
+        not shipped
         and config_path.is_file()
         and ARCHITECTURE in json.loads(config_path.read_text()).get("architectures", [])
     ):
         model_dir = path.resolve()  # already a vLLM folder of the video model
     else:
-        if model != "embedded" and not path.exists():
+        if not shipped and not path.exists():
             _fail(f"model path {model} does not exist")
         try:
             model_dir = build_model_dir(model)
@@ -773,7 +777,7 @@ def research_kv(
         None,
         help="Shares of the full context K/V to test, comma-separated (default 0.75,0.5,0.25,0.1; text: kept shares).",
     ),
-    model: str = typer.Option("embedded", help="'embedded' or a diffusers SkyReels-V2 DF folder."),
+    model: str = typer.Option("embedded", help="'embedded', 'embedded-textured' or a diffusers SkyReels-V2 DF folder."),
     policies: Optional[str] = typer.Option(
         None, help="Eviction policies (crossmodal: modes) to run, comma-separated (default: all)."
     ),

@@ -9,7 +9,7 @@ regular vLLM decoder-attention pooling model::
     <folder>/
       config.json           model_type llama (any AutoConfig type with custom fields works),
                             architectures [MotionCacheVideoModel], io_processor_plugin,
-                            motioncache_pipeline: "embedded" | /path/to/diffusers/folder
+                            motioncache_pipeline: a shipped model name | /path/to/diffusers/folder
       tokenizer.json ...    the pipeline's tokenizer files (vLLM wants a tokenizer; prompts
                             arrive as token ids, so it is never used to encode)
       model.safetensors     the shim's weights (deterministic, a few hundred KiB)
@@ -76,8 +76,9 @@ def build_model_dir(pipeline: str | Path = "embedded", root: str | Path | None =
     """Create (or reuse) the vLLM model folder of ``pipeline``; returns its path.
 
     Args:
-        pipeline: ``"embedded"`` or the path of a diffusers SkyReels-V2 DF folder (stored
-            absolute, so the folder works from any working directory).
+        pipeline: a shipped model's name (``"embedded"``, ``"embedded-textured"``) or the path
+            of a diffusers SkyReels-V2 DF folder (stored absolute, so the folder works from any
+            working directory).
         root: where folders are kept; default ``$XDG_CACHE_HOME/motioncache_vllm/vllm-models``.
 
     The folder name is a hash of its config, so the same pipeline maps to the same folder
@@ -86,10 +87,11 @@ def build_model_dir(pipeline: str | Path = "embedded", root: str | Path | None =
     """
     from safetensors.torch import save_file
 
-    from motioncache_vllm.models.folders import resolve_model_path
+    from motioncache_vllm.models.folders import SHIPPED_MODELS, resolve_model_path
 
     source = resolve_model_path(pipeline)  # fails now, not inside a vLLM worker
-    spec = "embedded" if str(pipeline) == "embedded" else str(source.resolve())
+    # a shipped model by name (found in the installed package wherever it is), others by absolute path
+    spec = str(pipeline) if str(pipeline) in SHIPPED_MODELS else str(source.resolve())
     config = model_config(spec)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(root) if root is not None else default_cache_root()
