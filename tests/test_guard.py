@@ -160,6 +160,31 @@ def test_after_the_battery_health_and_a_normal_request(served):
     assert served.metrics()[refused] >= before + 1
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_request_too_large_is_refused_before_any_large_allocation(served):
+    """The issue's oversized request: refused from its shape, so no process of the server
+    allocates anything of its size (peak RSS of each, reset just before it, grows < 64 MiB;
+    its latents alone would be ~1 GiB, its K/V tens of GiB)."""
+    huge = next(body for case, _, body, *_ in BATTERY if case == "huge")
+    pids = [served.proc.proc.pid, *_descendants(served.proc.proc.pid)]
+    before = {}
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
+        before[pid] = _peak_rss_bytes(pid)
+    status, answer = served.post("/v1/videos/generations", huge)
+    assert status == 400 and "over the memory limit" in answer["error"]["message"], answer
+    status, answer = served.post("/v1/videos", huge)  # the async route checks the same way
+    assert status == 400 and "over the memory limit" in answer["error"]["message"], answer
+    growth = {pid: _peak_rss_bytes(pid) - before[pid] for pid in pids}
+    assert max(growth.values()) < 64 * 2**20, growth
+
+
 def _headers_only(served, path: str, length: int) -> tuple[int, dict]:
     """Send a POST's headers announcing ``length`` bytes, none of the body; read the answer."""
     parts = urllib.parse.urlsplit(served.url)
