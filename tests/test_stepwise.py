@@ -50,6 +50,26 @@ def test_stepwise_is_bit_identical_to_generate_video(tiny_pipe, policy, config):
         gen.step()
 
 
+def test_a_chunks_frames_are_final_before_its_commit_pass(tiny_pipe):
+    """What a stream sends: a chunk's frames as soon as its last denoising step ran, one unit
+    before its commit; they are the final video's first frames, bit for bit."""
+    cache = CacheConfig.decode(policy="none")
+    gen = StepwiseGeneration(tiny_pipe, GenerationRequest(**REQ), cache=cache)
+    seen = []  # (kind of the unit just run, chunks denoised, chunks committed, frames so far)
+    while not gen.done:
+        kind = gen.step()
+        seen.append((kind, gen.chunks_denoised, gen.chunks_done, gen.frames_so_far()))
+    final = gen.result().frames
+    steps = 8
+    # after chunk 0's last denoising step: denoised, not committed, and its frames are out
+    kind, denoised, done, frames = seen[steps - 1]
+    assert (kind, denoised, done) == ("denoise", 1, 0) and len(frames) > 0
+    assert seen[steps - 2][1] == 0 and len(seen[steps - 2][3]) == 0  # one step earlier: nothing
+    for _, _, _, frames in seen:
+        assert np.array_equal(frames, final[: len(frames)])
+    assert [d for _, d, _, _ in seen][-1] == 3 and len(seen[-1][3]) == len(final)
+
+
 def test_interleaved_generations_share_pipe_and_pool_and_match_solo_runs(tiny_pipe):
     requests = [dict(REQ, seed=s, prompt=p) for s, p in [(3, "a red circle"), (4, "a blue square"), (5, "dots")]]
     requests[2]["num_frames"] = 9  # a shorter request (2 chunks) finishes first

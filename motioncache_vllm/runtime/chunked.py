@@ -346,6 +346,13 @@ class DenoiseRun:
     def chunks_done(self) -> int:
         return self.units_done // self.units_per_chunk
 
+    @property
+    def chunks_denoised(self) -> int:
+        """Chunks whose latents are final: the finished ones, and the one whose commit pass is
+        next (the commit only computes its K/V for later chunks; its latents do not change)."""
+        c, i = self.position
+        return c + (i == len(self.timesteps))
+
     def context_kv(self) -> dict[str, list[torch.Tensor]]:
         """Per CFG branch ``[K0, V0, K1, V1, ...]`` over the finished chunks' tokens (views)."""
         end = self.chunks_done * self.frames_per_chunk * self.layout.tokens_per_frame

@@ -278,6 +278,11 @@ class StepwiseGeneration:
         return self.run.chunks_done
 
     @property
+    def chunks_denoised(self) -> int:
+        """Chunks whose frames are final (:attr:`runtime.chunked.DenoiseRun.chunks_denoised`)."""
+        return self.run.chunks_denoised
+
+    @property
     def num_chunks(self) -> int:
         return self.run.num_chunks
 
@@ -321,11 +326,12 @@ class StepwiseGeneration:
 
     # -- output --------------------------------------------------------------------------
     def frames_so_far(self) -> np.ndarray:
-        """The decoded frames of the finished chunks, trimmed to the request (what a stream
-        sends as the video is made). For a causal VAE (Wan's; the embedded linear code)
-        they are the first frames of the final video, bit for bit."""
+        """The decoded frames of the denoised chunks (:attr:`chunks_denoised`: a chunk counts
+        once its last denoising step ran, before its commit pass), trimmed to the request:
+        what a stream sends as the video is made. For a causal VAE (Wan's; the embedded
+        linear code) they are the first frames of the final video, bit for bit."""
         run, pipe = self.run, self.pipe
-        latent = run.chunks_done * run.frames_per_chunk
+        latent = run.chunks_denoised * run.frames_per_chunk
         if latent == 0:
             return np.zeros((0, self.request.height, self.request.width, 3), dtype=np.uint8)
         n = min((latent - 1) * pipe.vae_scale_factor_temporal + 1, self.request.num_frames)
@@ -454,6 +460,10 @@ class PlanGeneration:
     @property
     def chunks_done(self) -> int:
         return self.gen.run.chunks_done
+
+    @property
+    def chunks_denoised(self) -> int:
+        return self.gen.run.chunks_denoised
 
     @property
     def position(self) -> tuple[int, int]:

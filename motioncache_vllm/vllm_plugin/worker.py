@@ -42,6 +42,7 @@ class VideoJob:
         self.request_id, self.gen, self.cache, self.error, self.request = request_id, gen, cache, error, request
         self.engine_steps: list[int] = []  # engine step index of each unit, in order
         self.frames_sent = 0  # streaming: frames already published
+        self.chunks_streamed = 0  # streaming: denoised chunks whose frames were published
 
     @property
     def done(self) -> bool:
@@ -178,8 +179,9 @@ class VideoWorker:
         if command.drop_session is not None:
             self.sessions.pop(command.drop_session)
 
-    def _publish(self, job: VideoJob, chunk_done: bool) -> None:
-        """Progress of ``job`` to the API server; with ``stream``, the frames of a finished chunk."""
+    def _publish(self, job: VideoJob) -> None:
+        """Progress of ``job`` to the API server; with ``stream``, the frames of a chunk as soon
+        as its last denoising step ran (one unit before its commit pass)."""
         job_id = job.request.job if job.request is not None else None
         if self.channel is None or job_id is None:
             return
@@ -193,7 +195,8 @@ class VideoWorker:
             chunks_done=gen.chunks_done,
             chunks_total=gen.num_chunks,
         )
-        if chunk_done and job.request.stream:
+        if job.request.stream and gen.chunks_denoised > job.chunks_streamed:
+            job.chunks_streamed = gen.chunks_denoised
             frames = np.ascontiguousarray(gen.frames_so_far(), dtype=np.uint8)
             new = frames[job.frames_sent :]
             if len(new):
@@ -226,7 +229,7 @@ class VideoWorker:
         """Bookkeeping of a unit run (its generation was closed if it failed)."""
         if not isinstance(kind, BaseException):
             try:
-                self._publish(job, kind == "commit")
+                self._publish(job)
             except Exception as exc:  # noqa: BLE001
                 kind = exc
         if isinstance(kind, BaseException):
