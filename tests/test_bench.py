@@ -113,7 +113,14 @@ def test_oracle_quick_writes_table_json_and_plot(tmp_path):
     args = ("--model", "embedded-textured", "--policies", "magcache", "--seed", "5")
     res, data = run_quick(tmp_path, "oracle", "--frames", "9", "--steps", "6", *args)
     variants = {p["variant"] for p in data["points"]}
-    assert {"oracle:step", "oracle:block/stale", "oracle:block/fresh", "magcache"} == variants
+    assert {
+        "oracle:step",
+        "oracle:block/stale",
+        "oracle:block/fresh",
+        "oracle:step-dt",
+        "oracle:block-dt/stale",
+        "magcache",
+    } == variants
     assert data["settings"]["seed"] == 5
     for p in data["points"]:
         assert math.isfinite(p["psnr_db"]) and p["ideal_speedup"] >= 1

@@ -2,8 +2,10 @@
 machine where the whole study of one prompt would hold the shared lock too long.
 
 ``python benchmarks/probes/oracle_piece.py MODEL CAPTION SEED FRAMES STEPS VARIANTS OUT.json``
-with VARIANTS comma-separated ``step:TAU``, ``stale:TAU``, ``fresh:TAU`` (the oracles) or
-``POLICY:TAU`` (a cache). Every piece first runs the ``record`` pass (full compute: the
+with VARIANTS comma-separated ``step:TAU``, ``stale:TAU``, ``fresh:TAU`` (the oracles of
+relative residual change), ``stepdt:TAU``, ``staledt:TAU``, ``freshdt:TAU`` (the output-error
+oracles) or ``POLICY:TAU`` (a cache), each optionally followed by ``:KEY=VALUE`` settings
+(e.g. ``magcache:0.5:max_skip_steps=8``, ``stepdt:0.02:warmup_steps=2``). Every piece first runs the ``record`` pass (full compute: the
 reference video, deterministic, so every piece has the same one; its proxy rows are kept
 only with ``record`` in VARIANTS). Merge pieces with ``oracle_merge.py``."""
 
@@ -30,22 +32,30 @@ def main(model: str, caption: str, seed: str, frames: str, steps: str, variants:
     for item in wanted:
         if item == "record":
             continue
-        kind, tau = item.split(":")
-        if kind == "step":
-            res, _, _ = run_oracle(pipe, req, OracleConfig(mode="step", threshold=float(tau)))
-            variant = "oracle:step"
-        elif kind in ("stale", "fresh"):
-            res, runner, _ = run_oracle(pipe, req, OracleConfig(mode="block", threshold=float(tau)), kind)
-            errors[kind] += runner.selected_errors
-            variant = f"oracle:block/{kind}"
+        kind, tau, *extra = item.split(":")
+        settings = {k: json.loads(v) for k, v in (e.split("=") for e in extra)}
+        dt = kind.endswith("dt")
+        base = kind[:-2] if dt else kind
+        criterion = {"criterion": "dt"} if dt else {}
+        suffix = "-dt" if dt else ""
+        if base == "step":
+            config = OracleConfig(mode="step", threshold=float(tau), **criterion, **settings)
+            res, _, _ = run_oracle(pipe, req, config)
+            variant = f"oracle:step{suffix}"
+        elif base in ("stale", "fresh"):
+            config = OracleConfig(mode="block", threshold=float(tau), **criterion, **settings)
+            res, runner, _ = run_oracle(pipe, req, config, base)
+            errors[base] += runner.selected_errors
+            variant = f"oracle:block{suffix}/{base}"
         else:
-            res = generate_video(pipe, req, cache=CacheConfig.decode(kind, {"threshold": float(tau)}))
+            res = generate_video(pipe, req, cache=CacheConfig.decode(kind, {"threshold": float(tau), **settings}))
             variant = kind
         points.append(
             {
                 "prompt": caption,
                 "variant": variant,
                 "threshold": float(tau),
+                "settings": settings,
                 "ideal_speedup": res.stats["ideal_speedup"],
                 "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
                 "full": res.stats["full_steps"],

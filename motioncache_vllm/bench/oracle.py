@@ -15,6 +15,17 @@ forward for partial steps). Oracles, each swept over thresholds ``tau``:
   peek. Then the selected tokens' outputs equal the full step's (tested), so the gap
   between ``fresh`` and ``stale`` at equal work is the cost of stale context.
 
+Those rank by the *relative* change of the residual, which says little about what a step
+does to the video (the step oracle is not even monotone in work). ``criterion="dt"``
+ranks by the output error instead: the flow-matching update is ``x += dt_k * v``, so
+reusing ``R`` where the truth is ``R*`` moves the latent, to first order, by
+``dt_k * (R* - R)`` through the guided prediction ``v = v_u + g (v_c - v_u)``. Per token
+``e_k = |dt_k| * mean_c |g (R*_c - R_c) + (1 - g) (R*_u - R_u)|`` (one branch without
+CFG), summed over the steps since the token was last computed (``A``); both branches
+execute one decision (a block fresh in one branch and stale in the other is amplified by
+``g``). ``step-dt``: skip while ``mean(A + e_k) < tau``; ``block-dt``: recompute the blocks
+whose mean of ``A + e_k`` is ``>= tau``. ``tau`` is absolute (hidden-state units x sigma).
+
 PSNR against full compute of the same seed, over the work actually done (``ideal``:
 token passes, as the runtime counts them). A ``record`` pass (full compute, which is
 also the reference video) measures how well cheap per-token signals, available before a
@@ -35,6 +46,7 @@ from motioncache_vllm.motion import inter_frame_motion
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
 
 OracleMode = Literal["record", "step", "block"]
+Criterion = Literal["relative", "dt"]
 Context = Literal["stale", "fresh"]
 PROXIES = ("input_change", "first_block_change", "previous_change", "motion")
 
@@ -43,6 +55,8 @@ class OracleConfig(msgspec.Struct, frozen=True, kw_only=True):
     mode: OracleMode = "record"
     threshold: float = 0.1
     warmup_steps: int = 4
+    criterion: Criterion = "relative"  # "dt": the output error (see the module docstring)
+    trace: bool = False  # dt: keep every decision's inputs in the state (tests)
 
 
 @dataclass
@@ -55,6 +69,14 @@ class OracleState(PolicyState):
     previous_change: torch.Tensor | None = None
     pending: dict | None = None  # proxies of this step, scored once the residual is known
     records: list = field(default_factory=list)
+    truth_step: int = -1  # the step whose peek ``truth`` is
+    # dt criterion (the CFG leader's state): the follower's state, the per-token output error
+    # accumulated since each token was last computed, this step's own error, computed tokens
+    partner: "OracleState | None" = None
+    accumulated: torch.Tensor | None = None
+    step_error: torch.Tensor | None = None
+    computed: torch.Tensor | slice | None = None
+    trace: list = field(default_factory=list)
 
 
 def _token_change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -84,6 +106,13 @@ class OraclePolicy(CachePolicy):
     name = "oracle"
     config_cls = OracleConfig
 
+    def __init__(self, config: OracleConfig | None = None, step_sizes=None, guidance_scale: float = 1.0) -> None:
+        """``step_sizes``: ``|sigma_k - sigma_(k+1)|`` per step of the schedule (dt criterion);
+        ``guidance_scale``: the CFG scale g of the guided prediction."""
+        super().__init__(config)
+        self.step_sizes = None if step_sizes is None else [float(d) for d in step_sizes]
+        self.guidance_scale = guidance_scale
+
     def new_state(self, layout) -> OracleState:
         return OracleState(layout)
 
@@ -92,6 +121,8 @@ class OraclePolicy(CachePolicy):
         if cfg.mode == "record":
             state.pending = {"obs": obs}
             return Decision.full()
+        if cfg.criterion == "dt":
+            return self._decide_dt(state)
         if state.step < cfg.warmup_steps or state.cached is None:
             return Decision.full()
         scale = float(state.truth.abs().mean()) + 1e-12
@@ -105,6 +136,62 @@ class OraclePolicy(CachePolicy):
         if not bool(wanted.any()):
             return Decision.skip()
         return Decision.full() if bool(wanted.all()) else Decision("partial", wanted)
+
+    def step_error(self, state: OracleState) -> torch.Tensor:
+        """(N,) first-order latent error of reusing the cached residual at this step, per token."""
+        delta = state.truth - state.cached
+        partner = state.partner
+        if partner is not None:  # v = v_u + g (v_c - v_u): the reused part of both branches, guided
+            g = self.guidance_scale
+            delta = g * delta + (1.0 - g) * (partner.truth - partner.cached)
+        return self.step_sizes[state.step] * delta.abs().mean(-1)
+
+    def _decide_dt(self, state: OracleState) -> Decision:
+        cfg = self.config
+        ready = state.cached is not None and (state.partner is None or state.partner.cached is not None)
+        if state.step < max(cfg.warmup_steps, 1) or not ready:
+            state.step_error = None
+            return Decision.full()
+        if state.accumulated is None:
+            state.accumulated = torch.zeros(state.truth.shape[0])
+        e = state.step_error = self.step_error(state)
+        total = state.accumulated + e
+        if cfg.mode == "step":
+            decision = Decision.full() if float(total.mean()) >= cfg.threshold else Decision.skip()
+        else:
+            lay = state.layout
+            per_block = torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, total) / lay.block_sizes
+            wanted = per_block >= cfg.threshold
+            if not bool(wanted.any()):
+                decision = Decision.skip()
+            else:
+                decision = Decision.full() if bool(wanted.all()) else Decision("partial", wanted)
+        if cfg.trace:
+            p = state.partner
+            state.trace.append(
+                {
+                    "step": state.step,
+                    "truth": state.truth.clone(),
+                    "cached": state.cached.clone(),
+                    "partner_truth": None if p is None else p.truth.clone(),
+                    "partner_cached": None if p is None else p.cached.clone(),
+                    "decision": decision,
+                }
+            )
+        return decision
+
+    def on_computed(self, state: OracleState, blocks: torch.Tensor | None) -> None:
+        if self.config.criterion == "dt":
+            state.computed = slice(None) if blocks is None else state.layout.tokens_of(blocks)
+
+    def end_step(self, state: OracleState) -> None:
+        """dt: the error of this step's reused tokens joins their sum; computed tokens start over."""
+        if state.step_error is not None:
+            state.accumulated += state.step_error
+            if state.computed is not None:
+                state.accumulated[state.computed] = 0.0
+        state.step_error, state.computed = None, None
+        super().end_step(state)
 
     def record(self, state: OracleState, first_block: torch.Tensor, residual: torch.Tensor) -> None:
         """Record mode, after a full step: score the proxies (known before the step) against
@@ -148,31 +235,50 @@ def _runner_class():
             self.selected_errors: list[float] = []
             self.peek_calls = 0
 
+        def run_calls(self, calls) -> None:
+            """dt criterion: every branch peeks before any decides (the leader's decision
+            weighs both branches' errors); then the calls run as usual."""
+            if self.policy.config.mode != "record" and self.policy.config.criterion == "dt":
+                for call in calls:
+                    if not call.stream.commit:
+                        self._peek(call.stream, call.x, call.t, call.embeds)
+                for call in calls:
+                    if call.stream.follower is not None:
+                        call.stream.state.partner = call.stream.follower.state
+            super().run_calls(calls)
+
+        def _peek(self, stream, x, t, embeds) -> None:
+            """A full forward of the step: its residual is the state's ``truth``; with stale
+            context the chunk's K/V are put back as the last step left them."""
+            state = stream.state
+            kv = stream.kv
+            layers = range(self.adapter.num_layers)
+            saved = None
+            if self.context == "stale":
+                saved = [
+                    (
+                        kv.keys(i)[:, stream.start : stream.end].clone(),
+                        kv.values(i)[:, stream.start : stream.end].clone(),
+                    )
+                    for i in layers
+                ]
+            peek = _Peek(stream)
+            self._forward(peek, x, t, embeds)
+            self.peek_calls += 1
+            state.truth, state.truth_step = peek.residual, state.step
+            if saved is not None:
+                for i, (k, v) in zip(layers, saved):
+                    kv.keys(i)[:, stream.start : stream.end] = k
+                    kv.values(i)[:, stream.start : stream.end] = v
+
         def _call(self, stream, x, t, embeds):
             state = stream.state
             if stream.commit:
                 return super()._call(stream, x, t, embeds)
             record = self.policy.config.mode == "record"
             if not record:
-                kv = stream.kv
-                layers = range(self.adapter.num_layers)
-                saved = None
-                if self.context == "stale":
-                    saved = [
-                        (
-                            kv.keys(i)[:, stream.start : stream.end].clone(),
-                            kv.values(i)[:, stream.start : stream.end].clone(),
-                        )
-                        for i in layers
-                    ]
-                peek = _Peek(stream)
-                self._forward(peek, x, t, embeds)
-                self.peek_calls += 1
-                state.truth = peek.residual
-                if saved is not None:
-                    for i, (k, v) in zip(layers, saved):
-                        kv.keys(i)[:, stream.start : stream.end] = k
-                        kv.values(i)[:, stream.start : stream.end] = v
+                if state.truth_step != state.step:
+                    self._peek(stream, x, t, embeds)
                 out = super()._call(stream, x, t, embeds)
                 if stream._mode == "partial":  # selected tokens: partial step against the full one
                     tokens = stream.layout.tokens_of(stream._blocks)
@@ -225,9 +331,13 @@ def run_oracle(pipe, request, config: OracleConfig, context: Context = "stale"):
     from motioncache_vllm.config import CacheConfig
     from motioncache_vllm.runtime.stepwise import StepwiseGeneration
 
-    policy = OraclePolicy(config)
     gen = StepwiseGeneration(pipe, request, cache=CacheConfig())
+    # the generation has set the schedule: dt_k = |sigma_k - sigma_(k+1)| of the flow update x += dt v
+    sigmas = pipe.scheduler.sigmas.double()
+    policy = OraclePolicy(config, (sigmas[:-1] - sigmas[1:]).abs().tolist(), float(gen.run.guidance_scale))
     runner = _runner_class()(pipe, policy, gen.pool, context)
+    # dt: both CFG branches execute the leader's decision, weighed on the guided error
+    runner.cfg_shared = config.criterion == "dt"
     # the generation's run drives our runner and policy from here on (same adapter, pool)
     gen.run.runner, gen.run.policy, gen.runner = runner, policy, runner
     states: list[OracleState] = []
@@ -255,6 +365,10 @@ class OracleSettings:
     seed: int = 0
     step_thresholds: tuple[float, ...] = (0.15, 0.3, 0.6)
     block_thresholds: tuple[float, ...] = (0.2, 0.4, 0.8)
+    # the output-error oracles (criterion "dt"; absolute thresholds: ideal ~1.8-4x on the
+    # shipped models at 17 frames, 20 steps), run with stale context only (the runtime's)
+    dt_thresholds: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    dt_warmup_steps: int = 3
     policies: dict = field(default_factory=lambda: dict(POLICY_THRESHOLDS))
 
 
@@ -304,6 +418,12 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
                 res, runner, _ = run_oracle(pipe, req, OracleConfig(mode="block", threshold=tau), context)
                 add(f"oracle:block/{context}", tau, res)
                 selected_errors[context] += runner.selected_errors
+                progress()
+        for mode, variant in (("step", "oracle:step-dt"), ("block", "oracle:block-dt/stale")):
+            for tau in s.dt_thresholds:
+                config = OracleConfig(mode=mode, threshold=tau, criterion="dt", warmup_steps=s.dt_warmup_steps)
+                res, _, _ = run_oracle(pipe, req, config)
+                add(variant, tau, res)
                 progress()
         for policy, thresholds in s.policies.items():
             for tau in thresholds:
@@ -382,7 +502,8 @@ def summarise(result: dict) -> dict[str, list[dict]]:
     """Per variant and threshold: ideal speedup and PSNR averaged over prompts, sorted by work."""
     groups: dict[tuple, list[dict]] = {}
     for p in result["points"]:
-        groups.setdefault((p["variant"], p["threshold"]), []).append(p)
+        extra = ",".join(f"{k}={v}" for k, v in sorted(p.get("settings", {}).items()))
+        groups.setdefault((p["variant"], f"{p['threshold']}" + (f" ({extra})" if extra else "")), []).append(p)
     out: dict[str, list[dict]] = {}
     for (variant, threshold), pts in groups.items():
         out.setdefault(variant, []).append(
@@ -438,14 +559,20 @@ def run_oracle_suite(pipe, settings, quick: bool, out_dir, progress_bar=None) ->
     if settings.policies:
         s.policies = {name: POLICY_THRESHOLDS.get(name, (None,)) for name in settings.policies}
     if quick:
-        s.step_thresholds, s.block_thresholds = (0.3,), (0.4,)
+        s.step_thresholds, s.block_thresholds, s.dt_thresholds = (0.3,), (0.4,), (0.1,)
         s.policies = (
             {name: thresholds[-1:] for name, thresholds in s.policies.items()}
             if settings.policies
             else {"teacache": (0.3,)}
         )
     if progress_bar is not None:
-        per_prompt = 1 + len(s.step_thresholds) + 2 * len(s.block_thresholds) + sum(map(len, s.policies.values()))
+        per_prompt = (
+            1
+            + len(s.step_thresholds)
+            + 2 * len(s.block_thresholds)
+            + 2 * len(s.dt_thresholds)
+            + sum(map(len, s.policies.values()))
+        )
         progress_bar.reset(total=per_prompt * len(s.prompts))
     result = run_oracle_study(pipe, s, progress=progress_bar.update if progress_bar is not None else (lambda: None))
     result["machine"] = machine_info()
