@@ -135,6 +135,10 @@ def test_concurrent_requests_interleave_step_by_step(outputs, engine):
     assert all(set(late) & set(s) for s in steps[:3])
     # e.g. engine step first + LATE advanced all four requests
     assert all(first + LATE in s for s in steps)
+    # where the worker's time went while each lived: its span holds its engine steps, which hold their units
+    for out, _ in outputs:
+        st = out["stats"]
+        assert st["engine_span_s"] >= st["engine_step_s"] >= st["engine_units_s"] > 0, st
 
 
 def test_batched_videos_equal_generate_video_and_pool_stays_in_budget(outputs, engine):

@@ -34,3 +34,48 @@ def test_call_kwargs_and_token_grid(tiny_pipe):
     if not adapter.diffusion_forcing:
         with pytest.raises(ValueError):
             adapter.call_kwargs(torch.tensor([[1, 2]]))
+
+
+def test_shared_token_temb_keeps_one_row_only_when_every_token_has_it():
+    from motioncache_vllm.models.wan_adapter import shared_token_temb
+
+    row = torch.randn(2, 6, 1, 8)
+    same = row.expand(2, 6, 5, 8).contiguous()
+    assert torch.equal(shared_token_temb(same, 2), row)
+    differs = same.clone()
+    differs[1, :, 3] += 1e-6  # one token of one sample at another timestep
+    assert shared_token_temb(differs, 2) is None
+    assert shared_token_temb(torch.randn(2, 6, 8), 1) is None  # one timestep per sample: nothing to share
+
+
+@pytest.mark.parametrize("policy,config", [("none", {}), ("motion", {"threshold": 1.5})])
+def test_blocks_get_one_modulation_row_and_the_same_frames(tiny_pipe, monkeypatch, policy, config):
+    """A chunk shares one timestep: the blocks get (B, 6, 1, D) instead of one row per token,
+    and the latents are bit-identical to the per-token path's (the block broadcasts the row)."""
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.models import wan_adapter
+    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+
+    def latents(request, cache):
+        gen = StepwiseGeneration(tiny_pipe, request, cache=cache)
+        while not gen.done:
+            gen.step()
+        return gen.run.latents.clone()
+
+    block = tiny_pipe.transformer.blocks[1]
+    forward, shapes = block.forward, []
+
+    def spy(hidden_states, encoder_hidden_states, temb, *rest):
+        shapes.append(tuple(temb.shape))
+        return forward(hidden_states, encoder_hidden_states, temb, *rest)
+
+    monkeypatch.setattr(block, "forward", spy)  # the runtime's hook binds (and restores) the block's forward
+    request = GenerationRequest(prompt="a red circle moves right", num_frames=9, num_inference_steps=3, seed=1)
+    cache = CacheConfig.decode(policy=policy, policy_config=config)
+    shared = latents(request, cache)
+    assert shapes and all(s[2] == 1 for s in shapes), shapes[:3]
+    shapes.clear()
+    monkeypatch.setattr(wan_adapter, "SHARE_TOKEN_TEMB", False)
+    per_token = latents(request, cache)
+    assert shapes and all(s[2] > 1 for s in shapes)
+    assert torch.equal(shared, per_token)

@@ -47,6 +47,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 _HOOK_NAME = "motioncache_block"
 ROPE_CACHE_BYTES = 64 * 2**20
 """Bound of an adapter's RoPE-row cache (least recently used rows go first)."""
+SHARE_TOKEN_TEMB = True
+"""Blocks get one modulation row per sample when all tokens share it (see :func:`shared_token_temb`)."""
 
 
 def register_diffusers_block_metadata() -> None:
@@ -133,10 +135,27 @@ def _sample(x: torch.Tensor, i: int, batch: int) -> torch.Tensor:
     return x if batch == 1 else x[i : i + 1]
 
 
+def shared_token_temb(temb: torch.Tensor, token_dim: int) -> torch.Tensor | None:
+    """``temb`` with its token axis cut to one row when every token of every sample has the
+    same modulation (a chunk of the chunked runtime shares one timestep), else None.
+
+    Diffusion-forcing models get ``temb`` per token, (B, 6, N, D): each block then adds its
+    table to it and modulates with (B, N, D) operands, six tensors the size of the hidden
+    states per block, for values that are all equal along N. With one row the block's own
+    code broadcasts it: the same products, bit for bit, for much less memory traffic."""
+    if temb.dim() != 4 or temb.shape[token_dim] == 1:
+        return None
+    first = temb.narrow(token_dim, 0, 1)
+    return first if torch.equal(temb, first.expand_as(temb)) else None
+
+
 def _plan_groups(run: _Run, hidden: torch.Tensor, encoder: torch.Tensor, temb: torch.Tensor, token_dim: int):
     """Ask every sample's execution for its plan; group the samples that run blocks."""
     batch = len(run.executions)
     run.plans = [ex.plan(_sample(hidden, i, batch), _sample(temb, i, batch)) for i, ex in enumerate(run.executions)]
+    shared = shared_token_temb(temb, token_dim) if SHARE_TOKEN_TEMB else None
+    if shared is not None:  # policies saw the full tensor above; the blocks get one row per sample
+        temb = shared
     members: dict[int | None, list[int]] = {}
     for i, tokens in enumerate(run.plans):
         if tokens is not False:
@@ -149,7 +168,7 @@ def _plan_groups(run: _Run, hidden: torch.Tensor, encoder: torch.Tensor, temb: t
             c, s = run.executions[i].rope
             if tok is not None:
                 h = h[:, tok]
-                e = e.index_select(token_dim, tok) if e.dim() == 4 else e
+                e = e.index_select(token_dim, tok) if e.dim() == 4 and shared is None else e
                 c, s = c[:, tok], s[:, tok]
             hs.append(h)
             tembs.append(e)

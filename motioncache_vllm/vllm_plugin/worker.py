@@ -7,6 +7,7 @@ prompt token ids of each finished request.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 import weakref
 from typing import Any, Callable, Mapping
@@ -41,6 +42,11 @@ class VideoJob:
     ):
         self.request_id, self.gen, self.cache, self.error, self.request = request_id, gen, cache, error, request
         self.engine_steps: list[int] = []  # engine step index of each unit, in order
+        # seconds over the engine steps this job was in: the whole steps, their units (the
+        # transformer work of every job of the step), and first step start -> last step end
+        self.step_s = self.units_s = 0.0
+        self.first_step_t: float | None = None
+        self.last_step_t = 0.0
         self.frames_sent = 0  # streaming: frames already published
         self.chunks_streamed = 0  # streaming: denoised chunks whose frames were published
 
@@ -100,6 +106,7 @@ class VideoWorker:
         per-request ``PoolingStates`` (kept across steps): the job rides on them."""
         step = self.engine_steps
         self.engine_steps += 1
+        t0 = time.perf_counter()
         jobs = []
         for state, ids in zip(states, prompts):
             job = getattr(state, "motioncache_job", None)
@@ -110,11 +117,18 @@ class VideoWorker:
                     # an aborted request's states are dropped unfinished: free its blocks then
                     weakref.finalize(state, self._abandon, job.gen, job.request_id)
             jobs.append(job)
+        t1 = time.perf_counter()
         self._advance_all([job for job in jobs if not job.done], step)
         # a prompt shorter than the work: finish in this step (those jobs still batched together)
         ending = [job for job, last in zip(jobs, finished) if last]
         while any(not job.done for job in ending):
             self._advance_all([job for job in ending if not job.done], step)
+        t2 = time.perf_counter()
+        for job in jobs:
+            job.first_step_t = t0 if job.first_step_t is None else job.first_step_t
+            job.last_step_t = t2
+            job.step_s += t2 - t0
+            job.units_s += t2 - t1
         outputs = []
         for state, job, last in zip(states, jobs, finished):
             if last:
@@ -289,6 +303,11 @@ class VideoWorker:
             steps=result.steps,
             guidance=result.guidance,
             engine_steps=list(job.engine_steps),
+            # where the worker's time went while this job lived (the engine's overhead between
+            # steps = span - step; the steps' own overhead = step - units)
+            engine_span_s=round(job.last_step_t - (job.first_step_t or job.last_step_t), 4),
+            engine_step_s=round(job.step_s, 4),
+            engine_units_s=round(job.units_s, 4),
         )
         # the shared pool as of now, for the API process's /metrics (see metrics.py)
         stats.update(pool_in_use_bytes=self.pool.stats.in_use_bytes, pool_evictions_total=self.pool.stats.evictions)
