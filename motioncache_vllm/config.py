@@ -105,7 +105,18 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class PolicyConfigBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="policy"):
-    """Base of every policy config; the tag (``policy``) is the registered policy name."""
+    """Base of every policy config; the tag (``policy``) is the registered policy name.
+
+    The scene-cut guard's two fields are here because the runtime applies the guard to every
+    policy alike (``runtime/chunked.py``): a chunk whose content jumps against the previous
+    chunk runs its first steps in full whatever the policy decides."""
+
+    cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 1.5
+    """Scene-cut guard: a chunk whose content change against the previous chunk (at its first
+    step) is this many times the running median of the video's earlier chunks is a cut."""
+    cut_full_every: Annotated[int, msgspec.Meta(ge=0)] = 2
+    """On a cut chunk every n-th step (from its first) runs in full whatever the policy decides,
+    so it reuses at most n - 1 steps in a row (1: the whole chunk in full; 0: guard off)."""
 
     @property
     def name(self) -> str:
@@ -113,7 +124,7 @@ class PolicyConfigBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
 
 class NoneConfig(PolicyConfigBase, tag="none"):
-    """``none``: full compute every step (no knobs)."""
+    """``none``: full compute every step (no knobs of its own; the guard's change nothing)."""
 
 
 class TeaCacheConfig(PolicyConfigBase, tag="teacache"):
@@ -186,10 +197,6 @@ class TokenRateConfig(PolicyConfigBase, tag="tokenrate"):
     """... and here."""
     rate_smoothing: Fraction = 0.5
     """Weight of the newest rate measurement (1 = only the latest)."""
-    cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 2.0
-    """Scene-cut guard: a warm-up mean rate this many times the previous chunk's is a cut."""
-    cut_warmup: Annotated[int, msgspec.Meta(ge=0)] = 4
-    """Extra full steps of a chunk after a cut (0 disables the guard)."""
     coefficients: list[float] | None = None
     """Rescale polynomial of the distance (highest power first); None = the model's."""
 

@@ -214,30 +214,6 @@ def test_tokenrate_learns_per_token_rates_and_recomputes_fast_blocks_more_often(
     assert counts[0] > 2 * counts[1:].max()
 
 
-def test_tokenrate_scene_cut_guard_extends_the_warmup_of_a_chunk_whose_rates_jump():
-    policy = make_policy(
-        "tokenrate", {"threshold": 10.0, "warmup_steps": 2, "cut_warmup": 3, "coefficients": [1.0, 0.0]}
-    )
-
-    def chunk(change: float) -> list[str]:
-        state = policy.new_state(LAYOUT)
-        state.stream_key = ("request", "cond")
-        residual, modes = torch.ones(8, 3), []
-        for step in range(8):
-            decision = policy.decide(state, obs(1.0 + 0.1 * step))
-            residual = residual + change
-            modes.append(decision.mode)
-            if decision.mode != "skip":
-                policy.observe_residual(state, residual)
-                policy.on_computed(state, None if decision.mode == "full" else decision.blocks)
-            policy.end_step(state)
-        return modes
-
-    assert chunk(0.05).count("full") == 2  # first chunk: nothing to compare with
-    assert chunk(0.05).count("full") == 2  # same rates: no cut
-    assert chunk(1.0).count("full") == 5  # rates jumped 20x: 3 more full steps
-
-
 def _drive(policy, steps: int, fast_change: float, slow_change: float):
     """Run one chunk of ``steps`` whose block-0 residual changes ``fast_change`` per step
     (the others ``slow_change``); returns the modes and per-block compute counts."""

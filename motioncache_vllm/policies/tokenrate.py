@@ -32,14 +32,14 @@ caches' maps are flat), but on unseen captions its quality per unit of work is w
 MagCache's (28.1 vs 38.9 dB at ~2.1-2.2x ideal): its partial steps leave stale K/V. Use it
 to study spatial caching, not for speed.
 
-Scene-cut guard: a chunk whose warm-up measured a mean rate ``cut_factor`` times the
-previous chunk's (its content jumped) keeps running full steps for ``cut_warmup`` more
-steps and restarts its rates from them (nothing of the previous scene is trusted).
+Scene cuts: the runtime's guard (every policy; ``runtime/chunked.py``). This policy's own
+guard (a warm-up rate jump against the previous chunk) is gone: on a long multi-scene video
+the warm-up residual-change rates of cut and uncut chunks were the same (0.063-0.067 at the
+first step; benchmarks/RESULTS.md, "Cuts, session 7"), so it could not see a cut.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -61,16 +61,12 @@ class TokenRateState(PolicyState):
     since: torch.Tensor | None = None  # (N,) distance accumulated since the last recompute
     reference: torch.Tensor | None = None  # (N, C) residual at each token's last recompute
     latest: torch.Tensor | None = None  # (N, C) this step's residual (reported before on_computed)
-    extra_warmup: int = 0  # full steps added to the configured warm-up after a scene cut
-    warmup_rates: list | None = None
-    cut: bool = False
 
     def reset(self) -> None:
         super().reset()
         n = self.layout.num_tokens
         self.rate, self.since = torch.ones(n), torch.zeros(n)
         self.reference = self.latest = None
-        self.extra_warmup, self.warmup_rates, self.cut = 0, [], False
 
     def __post_init__(self) -> None:
         self.reset()
@@ -81,25 +77,15 @@ class TokenRatePolicy(CachePolicy):
     config_cls = TokenRateConfig
     description = "per-token measured residual-change rates (experimental: see RESULTS.md)"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # mean warm-up rate of each stream's last chunk (scene-cut guard); bounded: one
-        # policy object serves every request of an engine
-        self._previous_chunk_rate: OrderedDict = OrderedDict()
-
     def new_state(self, layout) -> TokenRateState:
         return TokenRateState(layout)
-
-    def _warmup(self, state: TokenRateState) -> int:
-        """Full steps of this chunk: the configured warm-up, extended after a scene cut."""
-        return self.config.warmup_steps + state.extra_warmup
 
     def decide(self, state: TokenRateState, obs: StepObservation) -> Decision:
         cfg = self.config
         previous, state.previous_e0 = state.previous_e0, obs.e0
         if previous is not None:
             state.since += self.rescale(relative_l1(obs.e0, previous))
-        if state.step < self._warmup(state) or previous is None:
+        if state.step < cfg.warmup_steps or previous is None:
             return Decision.full()
         lay = state.layout
         need = self.weights(state) * state.since
@@ -135,37 +121,12 @@ class TokenRatePolicy(CachePolicy):
         if state.reference is None:
             state.reference = latest.clone()
         else:
-            measured, valid = update_token_rates(
-                state.rate, state.reference, latest, tokens, state.since[tokens], cfg.rate_smoothing
-            )
+            update_token_rates(state.rate, state.reference, latest, tokens, state.since[tokens], cfg.rate_smoothing)
             state.reference[tokens] = latest[tokens]
-            if blocks is None and state.step < self._warmup(state) and bool(valid.any()):
-                state.warmup_rates.append(float(measured[valid].mean()))
         state.since[tokens] = 0.0
         state.latest = None
-        warmup = self._warmup(state)
-        if state.step >= warmup:
+        if state.step >= cfg.warmup_steps:
             state.updates += 1
-        elif state.step == warmup - 1 and not state.cut:
-            self._check_cut(state)
-
-    def _check_cut(self, state: TokenRateState) -> None:
-        """At the last warm-up step: compare this chunk's warm-up rate with the previous chunk's."""
-        cfg = self.config
-        if not state.warmup_rates:
-            return
-        key = state.stream_key
-        mean_rate = sum(state.warmup_rates) / len(state.warmup_rates)
-        before = self._previous_chunk_rate.get(key) if key is not None else None
-        if key is not None:
-            self._previous_chunk_rate[key] = mean_rate
-            self._previous_chunk_rate.move_to_end(key)
-            while len(self._previous_chunk_rate) > 1024:
-                self._previous_chunk_rate.popitem(last=False)
-        if cfg.cut_warmup and before is not None and mean_rate > cfg.cut_factor * before:
-            state.cut = True
-            state.extra_warmup += cfg.cut_warmup
-            state.stats["scene_cut"] = True
 
     def steps_until_recompute(self, state: TokenRateState) -> torch.Tensor:
         lay = state.layout

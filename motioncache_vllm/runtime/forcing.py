@@ -75,6 +75,7 @@ class ForcingRun(DenoiseRun):
         self.prefix_blocks = prefix_frames // per
         self.prefix_latents, self.prefix_t = prefix_latents, prefix_t
         self._active: dict[int, _ChunkUnits] = {}
+        self.cut_guard = False  # blocks overlap in time here: the previous block need not be final
 
     @torch.no_grad()
     def run(self) -> None:

@@ -7,7 +7,7 @@ After every finished chunk a chunked generation holds all it needs to go on:
 - the context K/V of the finished chunks, per CFG branch (the K/V of their commit passes),
   and each branch's last-frame block input of the last finished chunk (the motion score of
   the next chunk compares with it);
-- the cache counters so far, and what the video is: its :class:`VideoPlan` (the request,
+- the cache counters so far (with the scene-cut guard's history of chunk changes), and what the video is: its :class:`VideoPlan` (the request,
   then every extension).
 
 A snapshot is a msgspec Struct (tensors as dtype + shape + raw bytes; no pickle), so it
@@ -160,6 +160,9 @@ class CountersData(msgspec.Struct, kw_only=True):
     partial_steps: int = 0
     skipped_steps: int = 0
     forced_blocks: int = 0
+    chunk_changes: list[float] = msgspec.field(default_factory=list)
+    """The scene-cut guard's history (the running median a later chunk is compared with)."""
+    cut_chunks: list[int] = msgspec.field(default_factory=list)
     recompute_map: list[TensorData] = msgspec.field(default_factory=list)
     timings: dict[str, float] = msgspec.field(default_factory=dict)
 
@@ -177,6 +180,8 @@ class CountersData(msgspec.Struct, kw_only=True):
     def of(cls, counters) -> "CountersData":
         return cls(
             **{k: int(getattr(counters, k)) for k in cls._SCALARS},
+            chunk_changes=[float(x) for x in counters.chunk_changes],
+            cut_chunks=[int(x) for x in counters.cut_chunks],
             recompute_map=[TensorData.of(t) for t in counters.recompute_map],
             timings={k: float(v) for k, v in counters.timings.items()},
         )
@@ -186,6 +191,7 @@ class CountersData(msgspec.Struct, kw_only=True):
         for k in self._SCALARS:
             setattr(counters, k, getattr(self, k))
         counters.recompute_map = [t.tensor() for t in self.recompute_map]
+        counters.chunk_changes, counters.cut_chunks = list(self.chunk_changes), list(self.cut_chunks)
         counters.timings.update(self.timings)
 
 

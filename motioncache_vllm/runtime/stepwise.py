@@ -363,6 +363,7 @@ class StepwiseGeneration:
             partial_steps=c.partial_steps,
             skipped_steps=c.skipped_steps,
             forced_blocks=c.forced_blocks,
+            scene_cuts=list(c.cut_chunks),  # chunks the scene-cut guard ran partly in full
             pool_peak_bytes=pool.stats.peak_bytes,
             pool_budget_bytes=pool.budget_bytes,
             evictions=pool.stats.evictions,

@@ -91,6 +91,10 @@ class CacheCounters:
     partial_steps: int = 0
     skipped_steps: int = 0
     forced_blocks: int = 0  # recomputed only because their cached residual was missing
+    # scene-cut guard (runtime/chunked.py): each chunk's content change against the previous
+    # chunk at its first step (chunk 0: none), and the chunks found to be cuts
+    chunk_changes: list = field(default_factory=list)
+    cut_chunks: list = field(default_factory=list)
     recompute_map: list = field(default_factory=list)  # per chunk: (F, H, W) recompute counts
     # seconds: whole transformer calls of denoising steps; policy decisions and bookkeeping;
     # pool operations; assembling residuals (scatter); the skipped calls alone (what a call
@@ -122,6 +126,7 @@ class ChunkStream:
         self.counters, self.recompute_counts = counters, recompute_counts
         self.num_steps = num_steps
         self.previous_last_frame: torch.Tensor | None = None
+        self.full_every = 0  # scene-cut guard: every n-th step runs in full, whatever the policy decides
         # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
         # and the reverse link; in a paired pool the follower stores both branches' blocks
         self.leader: ChunkStream | None = None
@@ -162,6 +167,9 @@ class ChunkStream:
         else:  # follow the leader's executed blocks, including those it was forced to recompute
             self.state.previous_e0 = obs.e0
             decision = Decision("partial", self.leader.executed)
+        if self.full_every and self.state.step % self.full_every == 0:
+            # the policy decided first (its bookkeeping goes on); on_computed tells it what ran
+            decision = Decision.full()
         t1 = time.perf_counter()
         present = self.pool.present(self.owner, lay.num_blocks)
         timings["policy_s"] += t1 - t0

@@ -1,0 +1,51 @@
+"""The runtime's scene-cut guard on real compute (shipped model, real scene extensions).
+
+A plan of two scenes (the second a ``VideoPlan`` extension with another caption, as a
+server's session extension) has a hard cut before its third chunk; one caption for the
+same three chunks has none. The guard must flag exactly the cut chunk (its history crosses
+the extension in the snapshot's counters) and there compute every other step in full.
+"""
+
+import torch
+
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.runtime.request import resolve
+from motioncache_vllm.runtime.snapshot import VideoPlan
+from motioncache_vllm.runtime.stepwise import PlanGeneration
+
+STEPS = 10
+POLICY = {"threshold": 1.0, "max_skip_steps": 9}  # skips most steps of a chunk when left alone
+
+
+def _generate(pipe, prompts: list[str], policy_config: dict):
+    plan = VideoPlan.of(
+        resolve(
+            pipe,
+            GenerationRequest(
+                prompt=prompts[0], num_frames=21 if len(prompts) > 1 else 33, seed=0, num_inference_steps=STEPS
+            ),
+        )
+    )
+    if len(prompts) > 1:
+        plan = plan.extended(prompts[1], 33, seed=1)
+    gen = PlanGeneration(pipe, plan, cache=CacheConfig.decode("magcache", {**POLICY, **policy_config}))
+    with torch.inference_mode():
+        while not gen.done:
+            gen.step()
+        return gen.result()
+
+
+def test_the_guard_fires_on_a_real_cut_and_not_on_one_scene(embedded_pipe):
+    scene = "a cyan square moves right slowly"
+    cut = _generate(embedded_pipe, [scene, "a magenta triangle moves left quickly"], {})
+    smooth = _generate(embedded_pipe, [scene], {})
+    assert cut.stats["scene_cuts"] == [2]
+    assert smooth.stats["scene_cuts"] == []
+    # on the cut chunk every other step ran in full (steps 0, 2, ..., 8), and nowhere else
+    per_chunk = embedded_pipe.causal_block_size
+    off = _generate(embedded_pipe, [scene, "a magenta triangle moves left quickly"], {"cut_full_every": 0})
+    assert off.stats["scene_cuts"] == []
+    before, at_cut = slice(0, 2 * per_chunk), slice(2 * per_chunk, None)
+    assert (cut.recompute_map[before] == off.recompute_map[before]).all()
+    assert int(cut.recompute_map[at_cut].min()) >= STEPS // 2
+    assert int(cut.recompute_map[at_cut].min()) > int(off.recompute_map[at_cut].max())  # the policy alone skips more
