@@ -82,6 +82,8 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     partial_steps: int | None = None
     skipped_steps: int | None = None
     forced_blocks: int | None = None
+    scene_cuts: list[int] | None = None
+    """Chunks the scene-cut guard found to be cuts (every other step computed in full there)."""
     pool_peak_bytes: int | None = None
     pool_budget_bytes: int | None = None
     evictions: int | None = None
