@@ -92,8 +92,13 @@ def test_throughput_quick_through_vllm(tmp_path):
             "latency_max_s",
             "sequential_videos_per_min",
             "concurrent_over_sequential",
+            "sequential_units_s",
+            "concurrent_units_s",
+            "units_ratio",
         ):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        # the worker's transformer work is part of what the clients waited for (the sum of the latencies)
+        assert r["sequential_units_s"] <= 1.01 * 60 * r["concurrency"] / r["sequential_videos_per_min"], r
     assert {o["policy"] for o in data["overhead"]} == {"motion"}
     for o in data["overhead"]:
         for key in (

@@ -191,6 +191,14 @@ def level_row(policy: str, n: int, sequential: list[Answer], concurrent: list[An
         "sequential_videos_per_min": round(60 * n / sequential_s, 3),
         "sequential_latency_median_s": round(statistics.median(a.latency_s for a in sequential), 3),
         "concurrent_over_sequential": round(sequential_s / makespan, 4),
+        # the worker's transformer work alone (stats.engine_units_s; the concurrent requests share
+        # their engine steps, so the longest-lived one's covers the run): what batching changed
+        # in the compute, apart from the server's overhead around it
+        "sequential_units_s": round(sum(a.stats["engine_units_s"] for a in sequential), 3),
+        "concurrent_units_s": round(max(a.stats["engine_units_s"] for a in concurrent), 3),
+        "units_ratio": round(
+            sum(a.stats["engine_units_s"] for a in sequential) / max(a.stats["engine_units_s"] for a in concurrent), 4
+        ),
         # unbatched interleaving changes no pixel; batched steps stack other requests' samples into
         # the matrix products (float reassociation: equal within tests/test_stepwise.py's tolerance)
         "same_frames": all(a.frames_sha256 == b.frames_sha256 for a, b in zip(sequential, concurrent)),
