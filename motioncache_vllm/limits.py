@@ -333,8 +333,9 @@ class ServeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chunks have the same shape (CFG branches included); False: one call per unit and branch.
     Off by default: a batched call's frames depend on which requests share it (within 1/255,
     not bit-equal to ``motioncache generate``, so a fleet's resumed or continued video would
-    differ from its no-fault run), and on a 2-core CPU it did not add throughput (0.81x of
-    sequential at 8 concurrent, RESULTS.md "throughput")."""
+    differ from its no-fault run), and on a 2-core CPU it adds little throughput: a sample costs
+    about the same past batch 2 (a request's CFG pair), 0.88-1.15x of sequential at 8 concurrent
+    (RESULTS.md "throughput", session 7)."""
     serve_max_batch: int | None = 4
     """Most samples (request x CFG branch) in one batched call; None: no limit. 4: on 2 CPU
     cores, eight requests in-process took 7.0 s in calls of at most 4 samples, 7.9 s in calls
