@@ -84,6 +84,8 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     forced_blocks: int | None = None
     scene_cuts: list[int] | None = None
     """Chunks the scene-cut guard found to be cuts (every other step computed in full there)."""
+    chunk_changes: list[float] | None = None
+    """The guard's signal of chunks 1, 2, ...: 1 - corr(first-step x0 estimate, previous frame)."""
     pool_peak_bytes: int | None = None
     pool_budget_bytes: int | None = None
     evictions: int | None = None

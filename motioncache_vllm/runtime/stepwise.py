@@ -364,6 +364,7 @@ class StepwiseGeneration:
             skipped_steps=c.skipped_steps,
             forced_blocks=c.forced_blocks,
             scene_cuts=list(c.cut_chunks),  # chunks the scene-cut guard ran partly in full
+            chunk_changes=[round(x, 4) for x in c.chunk_changes],  # its signal, chunks 1, 2, ...
             pool_peak_bytes=pool.stats.peak_bytes,
             pool_budget_bytes=pool.budget_bytes,
             evictions=pool.stats.evictions,
