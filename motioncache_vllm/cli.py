@@ -557,17 +557,19 @@ def bench(
     seed: int = typer.Option(0, help="Seed of the first prompt (prompt i: seed + i)."),
 ) -> None:
     """Run a benchmark suite: prints a table, writes OUT/SUITE.json and a plot."""
-    _quiet_libraries()
     import msgspec
 
+    from motioncache_vllm.bench import SUITE_NAMES
     from motioncache_vllm.bench.prompts import load_prompts
-    import motioncache_vllm.fleet.bench  # noqa: F401  (registers the Ray fleet's suite, "fleet")
-    from motioncache_vllm.bench.suites import SUITES, BenchSettings, default_settings, run_suite, to_table
-    from motioncache_vllm.models.folders import ModelNotFoundError
-    from motioncache_vllm.models.loading import load_pipeline
+    from motioncache_vllm.models.folders import ModelNotFoundError, resolve_model_path
 
-    if suite not in SUITES:
-        _fail(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    # user mistakes are refused before torch and the model code load (~15 s)
+    if suite not in SUITE_NAMES:
+        _fail(f"unknown suite {suite!r}; valid: {', '.join(SUITE_NAMES)}")
+    try:
+        resolve_model_path(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
     try:
         lines = load_prompts(prompts)
     except (OSError, ValueError) as exc:
@@ -577,7 +579,6 @@ def bench(
         _check_writable(out / f"{suite}.json", "--out")
     except (OSError, UsageError) as exc:
         _fail(str(exc))
-    defaults = default_settings(suite, quick)
     policy_names = None
     if policies is not None:
         from motioncache_vllm.policies import policy_names as known_policies
@@ -586,6 +587,12 @@ def bench(
         unknown = [p for p in policy_names if p not in known_policies()]
         if not policy_names or unknown:
             _fail(f"--policies: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(known_policies())}")
+    _quiet_libraries()
+    import motioncache_vllm.fleet.bench  # noqa: F401  (registers the Ray fleet's suite, "fleet")
+    from motioncache_vllm.bench.suites import BenchSettings, default_settings, run_suite, to_table
+    from motioncache_vllm.models.loading import load_pipeline
+
+    defaults = default_settings(suite, quick)
     try:
         pipe = load_pipeline(model)
     except ModelNotFoundError as exc:

@@ -75,6 +75,15 @@ def test_unknown_suite_is_a_usage_error():
     assert res.returncode == 2 and "--policies: unknown nope; valid:" in res.stderr, res.stderr
 
 
+def test_the_cli_knows_every_registered_suite_by_name():
+    """The CLI refuses a suite name from a torch-free list; it must be the registry's."""
+    import motioncache_vllm.fleet.bench  # noqa: F401  (registers "fleet")
+    from motioncache_vllm.bench import SUITE_NAMES
+    from motioncache_vllm.bench.suites import SUITES
+
+    assert tuple(SUITES) == SUITE_NAMES
+
+
 @pytest.mark.slow
 def test_throughput_quick_through_vllm(tmp_path):
     """The vLLM throughput suite, quick: a real `motioncache serve`, 1 and 2 concurrent requests.
