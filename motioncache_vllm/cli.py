@@ -445,23 +445,29 @@ def calibrate(
     ),
 ) -> None:
     """Fit the model's rescale polynomial (TeaCache-style) and store it beside its weights."""
-    _quiet_libraries()
     from motioncache_vllm.models.folders import ModelNotFoundError, resolve_model_path
-    from motioncache_vllm.models.loading import load_pipeline
-    from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration
 
+    # user mistakes are refused before torch and the model code load
     try:
         lines = _read_prompts(prompts) if prompts else CALIBRATION_PROMPTS
         schedule = tuple(int(n) for n in steps.split(",") if n.strip())
         if not schedule or min(schedule) < 2:
             raise UsageError(f"--steps must list schedule lengths >= 2, got {steps!r}")
-        pipe = load_pipeline(model)
+        folder = resolve_model_path(model)
     except ValueError:
         _fail(f"--steps must be comma-separated integers, got {steps!r}")
     except (UsageError, ModelNotFoundError) as exc:
         _fail(str(exc))
+    _quiet_libraries()
+    from motioncache_vllm.models.loading import load_pipeline
+    from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration
+
+    try:
+        pipe = load_pipeline(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
     record = fit(pipe, lines, degree=degree, num_frames=frames, steps=schedule)
-    path = save_calibration(record, resolve_model_path(model))
+    path = save_calibration(record, folder)
     typer.echo(
         f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step"
     )
@@ -493,13 +499,18 @@ def gate(
     seed: int = typer.Option(0),
 ) -> None:
     """Quality gate: on held-out captions, does a tracker agree with colour and direction?"""
+    from motioncache_vllm.models.folders import ModelNotFoundError, resolve_model_path
+
+    try:  # before torch and the model code load
+        resolve_model_path(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
     _quiet_libraries()
     import numpy as np
 
     from motioncache_vllm.config import GenerationRequest
     from motioncache_vllm.data.procedural import held_out_prompts
     from motioncache_vllm.data.tracker import check
-    from motioncache_vllm.models.folders import ModelNotFoundError
     from motioncache_vllm.models.loading import load_pipeline
     from motioncache_vllm.runtime.generate import generate_video
 

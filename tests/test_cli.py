@@ -135,3 +135,31 @@ def test_motion_policy_report_and_recompute_map(tmp_path):
     assert int(counts[0::3].sum()) * 3 == data["token_steps_computed"]
     heat_video = read_video(heat)
     assert heat_video.shape == (17, 64, 128, 3)  # generated frame | heat map
+
+
+def test_other_commands_refuse_mistakes_before_loading_torch():
+    """bench, calibrate and gate refuse a mistyped suite, model or schedule with one clear line
+    and before torch and the model code load (that took 10-14 s per mistake)."""
+    cases = [
+        (["bench", "nope"], "unknown suite 'nope'"),
+        (["bench", "pareto", "--model", "/definitely/not/here"], "not a diffusers pipeline folder"),
+        (["calibrate", "--model", "/definitely/not/here"], "not a diffusers pipeline folder"),
+        (["calibrate", "--steps", "1"], "--steps must list schedule lengths >= 2"),
+        (["gate", "--model", "/definitely/not/here"], "not a diffusers pipeline folder"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from motioncache_vllm.cli import app\n"
+        f"for args in {[a for a, _ in cases]!r}:\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    print(json.dumps([r.exit_code, 'torch' in sys.modules, r.output]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    results = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(results) == len(cases)
+    for (args, message), (code, torch_loaded, output) in zip(cases, results):
+        assert code == 2 and message in output, (args, output)
+        assert "Traceback" not in output
+        assert not torch_loaded, args
