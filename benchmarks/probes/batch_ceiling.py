@@ -38,6 +38,22 @@ PROMPTS = [
 ]
 
 
+def generations(pipe, frames: int, steps: int) -> list[StepwiseGeneration]:
+    """One request per prompt of :data:`PROMPTS` (seed i + 1), policy none, one shared pool."""
+    cache = CacheConfig.decode(policy="none")
+    pool = make_pool(pipe, cache.pool)
+    return [
+        StepwiseGeneration(
+            pipe,
+            GenerationRequest(prompt=p, num_frames=frames, seed=i + 1, num_inference_steps=steps),
+            cache=cache,
+            pool=pool,
+            request_id=f"r{i}",
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
+
+
 def first_call_inputs(pipe, frames: int, steps: int) -> dict:
     """Keyword inputs of the transformer's first call in a real request (batch = its CFG branches)."""
     seen: dict = {}
@@ -48,13 +64,7 @@ def first_call_inputs(pipe, frames: int, steps: int) -> dict:
 
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        cache = CacheConfig.decode(policy="none")
-        gen = StepwiseGeneration(
-            pipe,
-            GenerationRequest(prompt=PROMPTS[0], num_frames=frames, seed=1, num_inference_steps=steps),
-            cache=cache,
-            pool=make_pool(pipe, cache.pool),
-        )
+        gen = generations(pipe, frames, steps)[0]
         gen.step()
         gen.close()
     finally:
@@ -80,18 +90,7 @@ def per_sample_ms(pipe, inputs: dict, batch: int, repeats: int) -> float:
 
 
 def eight_requests(pipe, mode: str, frames: int, steps: int) -> float:
-    cache = CacheConfig.decode(policy="none")
-    pool = make_pool(pipe, cache.pool)
-    gens = [
-        StepwiseGeneration(
-            pipe,
-            GenerationRequest(prompt=p, num_frames=frames, seed=i + 1, num_inference_steps=steps),
-            cache=cache,
-            pool=pool,
-            request_id=f"r{i}",
-        )
-        for i, p in enumerate(PROMPTS)
-    ]
+    gens = generations(pipe, frames, steps)
     t0 = time.perf_counter()
     if mode == "one at a time":
         for g in gens:

@@ -29,23 +29,14 @@ import time
 
 import torch
 
-from motioncache_vllm.config import CacheConfig
 from motioncache_vllm.models import wan_adapter
 from motioncache_vllm.models.loading import load_pipeline
 from motioncache_vllm.runtime import stream as stream_mod
-from motioncache_vllm.runtime.request import GenerationRequest, make_pool
-from motioncache_vllm.runtime.stepwise import StepwiseGeneration, step_together
+from motioncache_vllm.runtime.stepwise import step_together
 
-PROMPTS = [
-    "a red circle moves right",
-    "a blue square bounces up",
-    "a green ball falls",
-    "a yellow star spins",
-    "a white line slides left",
-    "a purple dot grows",
-    "an orange box shrinks",
-    "a black ring drifts",
-]
+# the requests, the stock call's timing and its inputs are batch_ceiling's (a sibling script)
+from batch_ceiling import first_call_inputs, generations, per_sample_ms
+
 PHASES: dict[str, float] = collections.defaultdict(float)
 
 
@@ -59,54 +50,6 @@ def timed(fn, label: str):
             PHASES[label] += time.perf_counter() - t0
 
     return wrapper
-
-
-def generations(pipe, frames: int, steps: int) -> list[StepwiseGeneration]:
-    cache = CacheConfig.decode(policy="none")
-    pool = make_pool(pipe, cache.pool)
-    return [
-        StepwiseGeneration(
-            pipe,
-            GenerationRequest(prompt=p, num_frames=frames, seed=i + 1, num_inference_steps=steps),
-            cache=cache,
-            pool=pool,
-            request_id=f"r{i}",
-        )
-        for i, p in enumerate(PROMPTS)
-    ]
-
-
-def raw_ms(pipe, gen_inputs: dict, batch: int, repeats: int) -> float:
-    one = {k: (v[:1] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in gen_inputs.items()}
-    stacked = {
-        k: (v.repeat(batch, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() > 0 else v)
-        for k, v in one.items()
-    }
-    times = []
-    with torch.inference_mode():
-        pipe.transformer(**stacked)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            pipe.transformer(**stacked)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times) / batch
-
-
-def first_call_inputs(pipe, frames: int) -> dict:
-    seen: dict = {}
-
-    def hook(module, args, kwargs):
-        if not seen:
-            seen.update(kwargs)
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        gen = generations(pipe, frames, 2)[0]
-        gen.step()
-        gen.close()
-    finally:
-        handle.remove()
-    return seen
 
 
 class UnitCalls:
@@ -221,8 +164,8 @@ def main() -> None:
         print(key, json.dumps(result[key]), flush=True)
 
     if "raw" in parts:
-        inputs = first_call_inputs(pipe, a.frames)
-        result["raw_ms_per_sample"] = {b: round(raw_ms(pipe, inputs, b, a.repeats), 2) for b in (1, 2, 4, 8, 16)}
+        inputs = first_call_inputs(pipe, a.frames, 2)
+        result["raw_ms_per_sample"] = {b: round(per_sample_ms(pipe, inputs, b, a.repeats), 2) for b in (1, 2, 4, 8, 16)}
         show("raw_ms_per_sample")
     units = UnitCalls(pipe, a.frames, a.steps)
     if "runtime" in parts:
