@@ -17,9 +17,8 @@ import sys
 
 
 def main(model: str, caption: str, seed: str, frames: str, steps: str, variants: str, out: str) -> None:
-    from motioncache_vllm.bench.oracle import OracleConfig, run_oracle
+    from motioncache_vllm.bench.oracle import OracleConfig, oracle_point, run_oracle
     from motioncache_vllm.config import CacheConfig, GenerationRequest
-    from motioncache_vllm.metrics import psnr_db
     from motioncache_vllm.models.loading import load_pipeline
     from motioncache_vllm.runtime.generate import generate_video
 
@@ -50,19 +49,7 @@ def main(model: str, caption: str, seed: str, frames: str, steps: str, variants:
         else:
             res = generate_video(pipe, req, cache=CacheConfig.decode(kind, {"threshold": float(tau), **settings}))
             variant = kind
-        points.append(
-            {
-                "prompt": caption,
-                "variant": variant,
-                "threshold": float(tau),
-                "settings": settings,
-                "ideal_speedup": res.stats["ideal_speedup"],
-                "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
-                "full": res.stats["full_steps"],
-                "partial": res.stats["partial_steps"],
-                "skipped": res.stats["skipped_steps"],
-            }
-        )
+        points.append({**oracle_point(caption, variant, float(tau), res, ref), "settings": settings})
         print(points[-1], flush=True)
     result = {
         "suite": "oracle",

@@ -380,9 +380,25 @@ POLICY_THRESHOLDS: dict[str, tuple[float | None, ...]] = {
 }
 
 
+def oracle_point(prompt: str, variant: str, threshold, result, reference) -> dict:
+    """One point of the study: a run's work (ideal speedup, step kinds) and its PSNR against
+    the full-compute ``reference`` (capped at 99 dB: identical videos)."""
+    from motioncache_vllm.metrics import psnr_db
+
+    return {
+        "prompt": prompt,
+        "variant": variant,
+        "threshold": threshold,
+        "ideal_speedup": result.stats["ideal_speedup"],
+        "psnr_db": min(round(psnr_db(result.frames, reference.frames), 3), 99.0),
+        "full": result.stats["full_steps"],
+        "partial": result.stats["partial_steps"],
+        "skipped": result.stats["skipped_steps"],
+    }
+
+
 def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
     from motioncache_vllm.config import CacheConfig, GenerationRequest
-    from motioncache_vllm.metrics import psnr_db
     from motioncache_vllm.runtime.generate import generate_video
 
     points, proxy_rows = [], []
@@ -396,18 +412,7 @@ def run_oracle_study(pipe, s: OracleSettings, progress=lambda: None) -> dict:
                 proxy_rows.append({"prompt": prompt, **row})
 
         def add(variant, threshold, res):
-            points.append(
-                {
-                    "prompt": prompt,
-                    "variant": variant,
-                    "threshold": threshold,
-                    "ideal_speedup": res.stats["ideal_speedup"],
-                    "psnr_db": min(round(psnr_db(res.frames, ref.frames), 3), 99.0),
-                    "full": res.stats["full_steps"],
-                    "partial": res.stats["partial_steps"],
-                    "skipped": res.stats["skipped_steps"],
-                }
-            )
+            points.append(oracle_point(prompt, variant, threshold, res, ref))
 
         for tau in s.step_thresholds:
             res, _, _ = run_oracle(pipe, req, OracleConfig(mode="step", threshold=tau))
