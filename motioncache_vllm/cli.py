@@ -165,7 +165,7 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale. Default: the model's."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same video."),
     cache_policy: str = typer.Option(
-        "none", help="Cache policy: none, teacache, flowcache, motion, magcache, tokenrate, magrefresh."
+        "none", help="Cache policy: none, teacache, flowcache, motion, magcache, tokenrate, magrefresh, steperror."
     ),
     policy_config: list[str] = typer.Option(
         [],

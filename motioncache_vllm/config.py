@@ -3,7 +3,7 @@
 - :class:`GenerationRequest`: one video (prompt, size, steps, guidance, seed).
 - Policy configs (:class:`NoneConfig`, :class:`TeaCacheConfig`, :class:`FlowCacheConfig`,
   :class:`MotionConfig`, :class:`MagCacheConfig`, :class:`TokenRateConfig`,
-  :class:`MagRefreshConfig`): a tagged union, tag field ``policy``
+  :class:`MagRefreshConfig`, :class:`StepErrorConfig`): a tagged union, tag field ``policy``
   (``{"policy": "motion", "threshold": 0.2}``); per request.
 - :class:`PoolConfig`: what fixes the activation pool (slot size, budget, eviction, slot
   dtypes); engine-wide, shared by every request of a worker.
@@ -248,8 +248,32 @@ class MagRefreshConfig(PolicyConfigBase, tag="magrefresh"):
     """Ratios per step (resampled to the schedule); None = the model's calibrated ones."""
 
 
+class StepErrorConfig(PolicyConfigBase, tag="steperror"):
+    """``steperror``: skip whole steps while the predicted output error (the step size dt times
+    the clip's measured change of the guided residual) stays small (see policies/steperror.py)."""
+
+    threshold: Threshold = 0.1
+    """Mean predicted latent error (|dt| x guided residual change, summed over the steps since
+    the last compute; the output-error oracle's units) below which a step is skipped."""
+    warmup_steps: Annotated[int, msgspec.Meta(ge=2)] = 4
+    """First steps of every chunk that always run in full (they measure the clip's rate)."""
+    rate_smoothing: Fraction = 0.5
+    """Weight of the newest rate measurement (1 = only the latest)."""
+    max_skip_steps: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """At most this many skipped steps in a row (0 = no limit)."""
+    coefficients: list[float] | None = None
+    """Rescale polynomial of the schedule distance (highest power first); None = the model's."""
+
+
 PolicyConfig = Union[
-    NoneConfig, TeaCacheConfig, FlowCacheConfig, MotionConfig, MagCacheConfig, TokenRateConfig, MagRefreshConfig
+    NoneConfig,
+    TeaCacheConfig,
+    FlowCacheConfig,
+    MotionConfig,
+    MagCacheConfig,
+    TokenRateConfig,
+    MagRefreshConfig,
+    StepErrorConfig,
 ]
 """The built-in policy configs as one tagged union (``msgspec.convert(data, PolicyConfig)``)."""
 

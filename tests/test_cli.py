@@ -71,7 +71,7 @@ def test_gif_output(tmp_path):
         (["--frames", "1025", "--height", "2048", "--width", "2048"], "over the memory limit"),
         (
             ["--cache-policy", "nope"],
-            "valid policies: flowcache, magcache, magrefresh, motion, none, teacache, tokenrate",
+            "valid policies: flowcache, magcache, magrefresh, motion, none, steperror, teacache, tokenrate",
         ),
         (["--cache-policy", "motion", "--policy-config", "bogus=1"], "unknown field `bogus`"),
         (["--cache-policy", "motion", "--policy-config", "alpha"], "key=value"),

@@ -24,8 +24,17 @@ def obs(e0_value: float, hidden=None, previous=None):
 
 
 def test_registry_lists_policies_and_rejects_unknown_names_and_fields():
-    assert policy_names() == ["flowcache", "magcache", "magrefresh", "motion", "none", "teacache", "tokenrate"]
-    valid = "valid policies: flowcache, magcache, magrefresh, motion, none, teacache, tokenrate"
+    assert policy_names() == [
+        "flowcache",
+        "magcache",
+        "magrefresh",
+        "motion",
+        "none",
+        "steperror",
+        "teacache",
+        "tokenrate",
+    ]
+    valid = "valid policies: flowcache, magcache, magrefresh, motion, none, steperror, teacache, tokenrate"
     with pytest.raises(UnknownPolicyError, match=valid):
         make_policy("lru")
     with pytest.raises(InvalidPolicyConfig, match="unknown field `tau`"):
@@ -297,3 +306,128 @@ def test_magrefresh_corrects_reused_residuals_only_when_asked():
     assert reused({"extrapolate": 1.0}) == pytest.approx(5.0)
     assert reused({"extrapolate": 0.5}) == pytest.approx(4.0)
     assert reused({"rescale_reused": True}) == pytest.approx(3.0 * 0.97**2)
+
+
+def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
+    """One chunk through a CFG pair of states as the runtime drives them: the cond state
+    decides, the uncond state follows (its residual reported before both end_steps)."""
+    leader, follower = policy.new_state(LAYOUT), policy.new_state(LAYOUT)
+    leader.partner = follower
+    modes = []
+    for k, e0 in enumerate(e0s):
+        o = StepObservation(
+            e0=torch.full((4,), e0),
+            hidden=torch.zeros(2, 4, 3),
+            previous_last_frame=None,
+            num_steps=len(e0s),
+            sigmas=sigmas,
+            guidance_scale=guidance,
+        )
+        d = policy.decide(leader, o)
+        assert d.mode in ("full", "skip")  # whole steps only
+        modes.append(d.mode)
+        if d.mode == "full":
+            for state, residual in ((leader, cond[k]), (follower, uncond[k])):
+                policy.observe_residual(state, residual)
+                policy.on_computed(state, None)
+        policy.end_step(leader)
+        policy.end_step(follower)
+    return modes, leader
+
+
+def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing):
+    """The decisions the policy must make, from the recorded values: predicted latent error
+    of reusing at step k = |sigma_k - sigma_(k+1)| x rate x D (D: summed relL1 of e0 since
+    the last compute), summed over the steps since; rate = the guided residual's measured
+    change per unit of D at computed steps."""
+    modes, distance, error, rate, reference = [], 0.0, None, None, None
+    for k, e0 in enumerate(e0s):
+        if k:
+            distance += abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
+        mode = "full"
+        if k >= warmup and rate is not None:
+            total = abs(sigmas[k] - sigmas[k + 1]) * rate * distance + (0 if error is None else error)
+            if float(total.mean()) < tau:
+                mode, error = "skip", total
+        modes.append(mode)
+        if mode == "full":
+            guided = g * cond[k] + (1 - g) * uncond[k]
+            if reference is not None:
+                measured = (guided - reference).abs().mean(-1) / distance
+                rate = measured if rate is None else (1 - smoothing) * rate + smoothing * measured
+            reference, distance, error = guided, 0.0, None
+    return modes
+
+
+def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_compute():
+    steps, g, tau = 16, 5.0, 0.02
+    gen = torch.Generator().manual_seed(0)
+    # a shifted schedule: tiny steps first, large ones at the end (dt varies ~10x)
+    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
+    e0s = [1.0 + 0.1 * k for k in range(steps)]
+    slope_c = 0.2 * torch.rand(8, 3, generator=gen)  # per token: fast and slow tokens
+    slope_u = 0.8 * slope_c  # the CFG difference: guided change = 1.8x the cond branch's
+    cond = [torch.ones(8, 3) + k * slope_c for k in range(steps)]
+    uncond = [torch.ones(8, 3) + k * slope_u for k in range(steps)]
+    policy = make_policy("steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5})
+    modes, state = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g)
+    assert modes == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.5)
+    assert modes[:4] == ["full"] * 4 and "skip" in modes[4:] and "full" in modes[4:]
+    # small steps early are skipped in longer runs than the large ones at the end
+    runs, run = [], 0
+    for m in modes[4:]:
+        run = run + 1 if m == "skip" else 0
+        runs.append(run)
+    assert max(runs[:6]) > max(runs[-4:])
+    # the measured rate is the guided residual's change per unit of schedule distance
+    per_step = (g * slope_c + (1 - g) * slope_u).abs().mean(-1)
+    assert state.rate is not None and float(state.rate.mean()) > 5 * float(slope_c.abs().mean())
+    assert torch.allclose(state.rate / state.rate.mean(), per_step / per_step.mean(), rtol=1e-4)
+    # without the unconditional branch's residual (no CFG) the same chunk skips more
+    alone, _ = _steperror_chunk(policy, sigmas, e0s, cond, cond, 1.0)
+    assert alone == _steperror_replay(sigmas, e0s, cond, cond, 1.0, tau, 4, 0.5)
+    assert alone.count("skip") > modes.count("skip")
+    # no schedule: never guess
+    nothing, _ = _steperror_chunk(policy, None, e0s, cond, uncond, g)
+    assert nothing == ["full"] * steps
+    # at most max_skip_steps in a row
+    capped, _ = _steperror_chunk(
+        make_policy("steperror", {"threshold": 10.0, "coefficients": [1.0, 0.0], "max_skip_steps": 2}),
+        sigmas,
+        e0s,
+        cond,
+        uncond,
+        g,
+    )
+    assert capped[4:] == ["skip", "skip", "full"] * 4
+
+
+def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branches(embedded_pipe, monkeypatch):
+    from motioncache_vllm.config import CacheConfig, GenerationRequest
+    from motioncache_vllm.metrics import psnr_db
+    from motioncache_vllm.policies.steperror import StepErrorPolicy
+    from motioncache_vllm.runtime.generate import generate_video
+
+    seen = []
+    decide = StepErrorPolicy.decide
+
+    def recording_decide(self, state, obs):
+        seen.append((obs.sigmas, obs.guidance_scale, state.partner is not None, obs.num_steps))
+        return decide(self, state, obs)
+
+    monkeypatch.setattr(StepErrorPolicy, "decide", recording_decide)
+    req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=10, seed=0)
+    full = generate_video(embedded_pipe, req)
+    cached = generate_video(embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={}))
+    sigmas = tuple(float(s) for s in embedded_pipe.scheduler.sigmas)
+    # one decision per (chunk, step), by the cond branch, which holds the uncond branch's state
+    assert len(seen) == cached.stats["full_steps"] // 2 + cached.stats["skipped_steps"] // 2
+    assert all(s == sigmas and len(s) == 11 and g == cached.guidance and p and n == 10 for s, g, p, n in seen)
+    assert cached.guidance > 1
+    assert cached.stats["skipped_steps"] > 0 and cached.stats["partial_steps"] == 0
+    assert psnr_db(cached.frames, full.frames) > 30
+    # a higher threshold skips more
+    more = generate_video(
+        embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={"threshold": 1.0})
+    )
+    assert more.stats["skipped_steps"] > cached.stats["skipped_steps"]

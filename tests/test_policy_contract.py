@@ -18,7 +18,12 @@ def observations(seed: int):
     for step in range(STEPS):
         e0 = torch.full((6, 8), 1.0 + 0.05 * step) + 0.01 * torch.randn(6, 8, generator=g)
         yield StepObservation(
-            e0=e0, hidden=torch.randn(2, 16, 8, generator=g), previous_last_frame=previous, num_steps=STEPS
+            e0=e0,
+            hidden=torch.randn(2, 16, 8, generator=g),
+            previous_last_frame=previous,
+            num_steps=STEPS,
+            sigmas=tuple(1.0 - i / STEPS for i in range(STEPS + 1)),
+            guidance_scale=5.0,
         )
 
 

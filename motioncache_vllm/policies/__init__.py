@@ -21,6 +21,7 @@ from motioncache_vllm.config import (
     MotionConfig,
     NoneConfig,
     PolicyConfigBase,
+    StepErrorConfig,
     TeaCacheConfig,
     TokenRateConfig,
     UnknownPolicyError,
@@ -34,6 +35,7 @@ from motioncache_vllm.policies.magcache import MagCachePolicy
 from motioncache_vllm.policies.magrefresh import MagRefreshPolicy
 from motioncache_vllm.policies.motion import MotionPolicy
 from motioncache_vllm.policies.none import NonePolicy
+from motioncache_vllm.policies.steperror import StepErrorPolicy
 from motioncache_vllm.policies.teacache import TeaCachePolicy
 from motioncache_vllm.policies.tokenrate import TokenRatePolicy
 
@@ -57,6 +59,7 @@ __all__ = [
     "MagCacheConfig",
     "TokenRateConfig",
     "MagRefreshConfig",
+    "StepErrorConfig",
 ]
 
 
@@ -82,6 +85,7 @@ for _cls in (
     MagCachePolicy,
     TokenRatePolicy,
     MagRefreshPolicy,
+    StepErrorPolicy,
 ):
     register_policy(_cls)
 

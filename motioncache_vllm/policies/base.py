@@ -31,12 +31,19 @@ class StepObservation:
         hidden: (F, P, C) block-stack input of the chunk (after patch embedding).
         previous_last_frame: (P, C) input of the previous chunk's last frame, or None.
         num_steps: the chunk's number of denoising steps (step index = the state's ``step``).
+        sigmas: the chunk's noise schedule, ``num_steps + 1`` values (flow matching: step
+            ``k`` moves the latent by ``(sigma_(k+1) - sigma_k) * v``), or None for a
+            scheduler without sigmas.
+        guidance_scale: the CFG scale g of the guided prediction ``v_u + g (v_c - v_u)``
+            (<= 1: one branch, no guidance).
     """
 
     e0: torch.Tensor
     hidden: torch.Tensor
     previous_last_frame: torch.Tensor | None
     num_steps: int | None = None  # denoising steps of this chunk's schedule
+    sigmas: tuple[float, ...] | None = None
+    guidance_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class PolicyState:
     previous_e0: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
     stream_key: tuple | None = None  # (request, branch), the same for every chunk of a stream; set by the runtime
+    # with shared CFG decisions (``shares_cfg_decisions``), on the deciding (cond) branch's
+    # state: the unconditional branch's state, whose residuals the runtime reports before
+    # both states' ``end_step`` (a policy may weigh both branches); set by the runtime
+    partner: "PolicyState | None" = None
 
     def reset(self) -> None:
         self.step, self.updates, self.previous_e0 = 0, 0, None

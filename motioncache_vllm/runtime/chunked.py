@@ -276,6 +276,8 @@ class DenoiseRun:
         self.timesteps = pipe.scheduler.timesteps.long()
         # a private copy: another request may reset the pipeline's scheduler between our units
         self._scheduler_template = copy.deepcopy(pipe.scheduler)
+        sigmas = getattr(pipe.scheduler, "sigmas", None)  # the policies' view of the schedule (dt per step)
+        self.sigmas = None if sigmas is None else tuple(float(v) for v in sigmas)
         self.previous_last: dict[str, torch.Tensor | None] = {b: None for b in self.branches}
         self.num_chunks = frames // per_chunk
         self.units_per_chunk = len(self.timesteps) + 1
@@ -431,11 +433,14 @@ class DenoiseRun:
                 self.counters,
                 self._recompute_counts,
                 len(self.timesteps),
+                self.sigmas,
+                float(self.guidance_scale),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
         if self.runner.cfg_shared and "uncond" in self.streams:
             self.streams["uncond"].leader = self.streams["cond"]
             self.streams["cond"].follower = self.streams["uncond"]
+            self.streams["cond"].state.partner = self.streams["uncond"].state
         self._scheduler = copy.deepcopy(self._scheduler_template)
 
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:

@@ -120,11 +120,13 @@ class ChunkStream:
         counters: CacheCounters,
         recompute_counts: torch.Tensor,
         num_steps: int | None = None,
+        sigmas: tuple[float, ...] | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
         self.owner, self.layout, self.policy, self.state, self.pool = owner, layout, policy, state, pool
         self.kv, self.start, self.end, self.rope = kv, start, start + layout.num_tokens, rope
         self.counters, self.recompute_counts = counters, recompute_counts
-        self.num_steps = num_steps
+        self.num_steps, self.sigmas, self.guidance_scale = num_steps, sigmas, guidance_scale
         self.previous_last_frame: torch.Tensor | None = None
         self.full_every = 0  # scene-cut guard: every n-th step runs in full, whatever the policy decides
         # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
@@ -159,6 +161,8 @@ class ChunkStream:
             hidden=hidden[0].view(lay.frames, lay.tokens_per_frame, -1),
             previous_last_frame=self.previous_last_frame,
             num_steps=self.num_steps,
+            sigmas=self.sigmas,
+            guidance_scale=self.guidance_scale,
         )
         timings = self.counters.timings
         t0 = time.perf_counter()
