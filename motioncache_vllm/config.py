@@ -111,13 +111,18 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
 class PolicyConfigBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="policy"):
     """Base of every policy config; the tag (``policy``) is the registered policy name.
 
-    The scene-cut guard's two fields are here because the runtime applies the guard to every
-    policy alike (``runtime/chunked.py``): a chunk whose content jumps against the previous
-    chunk runs its first steps in full whatever the policy decides."""
+    The scene-cut guard's fields are here because the runtime applies the guard to every
+    policy alike (``runtime/chunked.py`` ``DenoiseRun._check_cut``): a chunk whose content
+    jumps against the previous chunk runs every ``cut_full_every``-th step in full whatever
+    the policy decides."""
 
-    cut_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 1.5
-    """Scene-cut guard: a chunk whose content change against the previous chunk (at its first
-    step) is this many times the running median of the video's earlier chunks is a cut."""
+    cut_threshold: Annotated[float, msgspec.Meta(gt=0.0, le=2.0)] = 0.9
+    """Scene-cut guard: a chunk is a cut where 1 - corr between its first-step estimate of its
+    first frame and the previous chunk's last frame, both averaged onto a ``cut_grid`` grid,
+    is above this (0 = the same picture, 1 = unrelated, 2 = inverted)."""
+    cut_grid: Annotated[int, msgspec.Meta(ge=2, le=64)] = 4
+    """Scene-cut guard: the frames are compared on a ``cut_grid`` x ``cut_grid`` grid of cell
+    means (coarse enough that the first step's noise averages out and motion stays local)."""
     cut_full_every: Annotated[int, msgspec.Meta(ge=0)] = 2
     """On a cut chunk every n-th step (from its first) runs in full whatever the policy decides,
     so it reuses at most n - 1 steps in a row (1: the whole chunk in full; 0: guard off)."""

@@ -20,7 +20,6 @@ per transformer); the per-stream state is :mod:`.stream`.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import weakref
 from dataclasses import dataclass
@@ -35,10 +34,6 @@ from motioncache_vllm.policies import CachePolicy
 from motioncache_vllm.runtime.stream import CacheCounters, ChunkStream, KVGeometry, StreamKV
 
 BRANCHES = ("cond", "uncond")
-# the scene-cut guard's running median is taken as at least this: where the content barely
-# changes (a static scene: 1 - corr near 0) a ratio to the median is noise; one-scene videos
-# with motion measured medians of 0.5-0.7, the cuts 0.9-1.2
-CUT_MEDIAN_FLOOR = 0.2
 
 
 @dataclass
@@ -471,35 +466,40 @@ class DenoiseRun:
     def _check_cut(self, lo: int, noise: torch.Tensor) -> None:
         """Scene-cut guard, at the chunk's first step (before the policy may skip anything): the
         step's estimate of the clean chunk (flow prediction: x0 = x - sigma * v) against the
-        previous chunk's final last frame. A cut is a change ``cut_factor`` times the running
-        median of the earlier chunks' (the history crosses scene extensions and resumes in the
-        snapshot's counters; the first chunk with a predecessor only starts it). Then every
-        ``cut_full_every``-th step of the chunk runs in full, whatever the policy decides.
+        previous chunk's final last frame. Both frames are averaged onto a ``cut_grid`` x
+        ``cut_grid`` grid and the change is 1 - their correlation (0 = the same picture, 1 =
+        unrelated, 2 = inverted); above ``cut_threshold`` the chunk is a cut and every
+        ``cut_full_every``-th step of it runs in full, whatever the policy decides. An absolute
+        threshold needs no history, so the second chunk of a video is checked too.
 
-        The change is 1 - corr(x0 frame 0, previous frame): scale-free (the first step's x0 is
-        a blurred mean of the chunk). Measured (benchmarks/RESULTS.md, "Cuts, session 7"): on
-        a long three-scene video 2.4x and 1.7x the median at the two cuts, <= 1.2x at every
-        chunk of two one-scene videos (later, on held-out captions: a missed cut at 1.45x, uncut
-        chunks up to 1.72x at a bounce: a thin margin); the residual-change rates of cut and
-        uncut chunks were the same, and plain |x0 - previous| was dominated by motion. The action was chosen
-        teacher-forced on that video (each cut chunk from the reference's exact context): every
-        other step full lifted both cut chunks to the median for magcache, magrefresh and
-        tokenrate; the first half of the steps in full (a longer warm-up) left magcache's second
-        cut no better (40.8 -> 39.5 dB) and dropped tokenrate's first from 33.3 to 17.5 dB."""
+        Why this signal (benchmarks/RESULTS.md, "Cuts, session 8"): the first step's x0 already
+        shows the next scene, but with token-sized noise, so the full-resolution 1 - corr of
+        session 7 was high on uncut chunks too (fast motion, textured pans, near-empty frames) and
+        needed a running median that a fast chunk before a cut inflated (a missed cut at 1.45x,
+        a bounce at 1.72x). On the 4 x 4 grid the noise averages out and a moving object stays
+        in its cell or the next: of 80+ candidates on 37 full-compute videos (13 cuts, 150 uncut
+        chunks: motion, bounces, pans, static scenes, a caption change of the same subject) it
+        separated cuts (>= 0.98) from uncut chunks (<= 0.81) by the widest margin. The action
+        (every other step in full) was chosen teacher-forced in session 7."""
         sigmas = getattr(self._scheduler, "sigmas", None)
         if sigmas is None:  # a scheduler without flow sigmas: no x0 estimate, no guard
             return
-        x0 = self.latents[:, :, lo] - float(sigmas[0]) * noise[:, :, 0]
-        previous = self.latents[:, :, lo - 1]
-        pair = torch.stack([x0.flatten(), previous.flatten()]).float()
-        change = 1.0 - float(torch.corrcoef(pair)[0, 1].nan_to_num(1.0))
-        counters, cfg = self.counters, self.policy.config
-        history = list(counters.chunk_changes)
-        counters.chunk_changes.append(change)
+        cfg = self.policy.config
         every = getattr(cfg, "cut_full_every", 0)  # a config outside PolicyConfigBase (the oracle's): no guard
-        if not history or not every:
+        if not every:
             return
-        if change > cfg.cut_factor * max(statistics.median(history), CUT_MEDIAN_FLOOR):
+        x0 = self.latents[:, :, lo] - float(sigmas[0]) * noise[:, :, 0]
+        grid = (cfg.cut_grid, cfg.cut_grid)
+        pair = torch.stack(
+            [
+                torch.nn.functional.adaptive_avg_pool2d(f.float(), grid).flatten()
+                for f in (x0, self.latents[:, :, lo - 1])
+            ]
+        )
+        change = 1.0 - float(torch.corrcoef(pair)[0, 1].nan_to_num(1.0))
+        counters = self.counters
+        counters.chunk_changes.append(change)
+        if change > cfg.cut_threshold:
             counters.cut_chunks.append(lo // self.frames_per_chunk)
             for stream in self.streams.values():
                 stream.full_every = every
