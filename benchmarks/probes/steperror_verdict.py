@@ -126,7 +126,9 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker, color=colour, alpha=0.35, ms=4)
             med = []
             for w in LEVELS:
-                vals = [r["levels"][str(w)][key] for r in rows if r["set"] == name and r["levels"][str(w)][key] is not None]
+                vals = [
+                    r["levels"][str(w)][key] for r in rows if r["set"] == name and r["levels"][str(w)][key] is not None
+                ]
                 if vals:
                     med.append((w, statistics.median(vals)))
             ax.plot([w for w, _ in med], [m for _, m in med], "-", color=colour, lw=2, label=f"{name} median")
@@ -188,11 +190,14 @@ def main(out: str, *args: str) -> None:
         ]
         diffs = " / ".join(fmt(lv[str(w)]["policy_minus_cache"]) for w in LEVELS)
         speeds = " / ".join(
-            ("-" if lv[str(w)]["speed_ratio_at_cache_psnr"] is None else ">=" * lv[str(w)]["speed_ratio_is_lower_bound"])
-            + fmt(lv[str(w)]["speed_ratio_at_cache_psnr"], ".2f")
+            ">=" * lv[str(w)]["speed_ratio_is_lower_bound"] + fmt(lv[str(w)]["speed_ratio_at_cache_psnr"], ".2f")
             for w in LEVELS
         )
-        print(f"| {r['set']} | {r['model']} | {r['prompt']} | {r['seed']} | " + " | ".join(cells) + f" | {diffs} | {speeds} |")
+        print(
+            f"| {r['set']} | {r['model']} | {r['prompt']} | {r['seed']} | "
+            + " | ".join(cells)
+            + f" | {diffs} | {speeds} |"
+        )
     for name, summ in summary.items():
         print(f"\n{name} ({len(groups[name])} clips):")
         for w, d in summ.items():
