@@ -260,8 +260,10 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     threshold: Threshold = 0.1
     """Mean predicted latent error (|dt| x guided residual change, summed over the steps since
     the last compute; the output-error oracle's units) below which a step is skipped."""
-    warmup_steps: Annotated[int, msgspec.Meta(ge=2)] = 4
-    """First steps of every chunk that always run in full (they measure the clip's rate)."""
+    warmup_ratio: Fraction = 0.2
+    """Share of each chunk's first steps that always run in full (at least 2; they measure the
+    clip's rate): 4 of 20 steps, 6 of 30. The first-order estimate underprices early steps, whose
+    error later steps carry on: with 4 of 30 a pan fell from 41.9 to 29.7 dB."""
     rate_smoothing: Fraction = 1.0
     """Weight of the newest rate measurement (1 = only the latest: the change per unit of
     schedule distance drifts along a chunk; 0.5 measured 0.3-0.6 dB worse at 2.5-3x)."""

@@ -369,7 +369,9 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     slope_u = 0.8 * slope_c  # the CFG difference: guided change = 1.8x the cond branch's
     cond = [torch.ones(8, 3) + k * slope_c for k in range(steps)]
     uncond = [torch.ones(8, 3) + k * slope_u for k in range(steps)]
-    policy = make_policy("steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5})
+    policy = make_policy(
+        "steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5, "warmup_ratio": 0.25}
+    )
     modes, state = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g)
     assert modes == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.5)
     assert modes[:4] == ["full"] * 4 and "skip" in modes[4:] and "full" in modes[4:]
@@ -387,12 +389,24 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     alone, _ = _steperror_chunk(policy, sigmas, e0s, cond, cond, 1.0)
     assert alone == _steperror_replay(sigmas, e0s, cond, cond, 1.0, tau, 4, 0.5)
     assert alone.count("skip") > modes.count("skip")
+    # the warm-up is a share of the schedule: 0.2 x 16 steps -> 3 full steps
+    shorter, _ = _steperror_chunk(
+        make_policy("steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5}),
+        sigmas,
+        e0s,
+        cond,
+        uncond,
+        g,
+    )
+    assert shorter == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 3, 0.5) and shorter[3] == "skip"
     # no schedule: never guess
     nothing, _ = _steperror_chunk(policy, None, e0s, cond, uncond, g)
     assert nothing == ["full"] * steps
     # at most max_skip_steps in a row
     capped, _ = _steperror_chunk(
-        make_policy("steperror", {"threshold": 10.0, "coefficients": [1.0, 0.0], "max_skip_steps": 2}),
+        make_policy(
+            "steperror", {"threshold": 10.0, "coefficients": [1.0, 0.0], "max_skip_steps": 2, "warmup_ratio": 0.25}
+        ),
         sigmas,
         e0s,
         cond,

@@ -58,6 +58,7 @@ def clip_row(points: list[dict], key: tuple, sets: dict[str, set[str]]) -> dict:
         "prompt": prompt,
         "seed": seed,
         "set": next((name for name, caps in sets.items() if prompt in caps), "-"),
+        "policy_points": [p for p in points if p["variant"] == POLICY],
         "policy_front": mine,
         "levels": {},
     }

@@ -24,7 +24,10 @@ This policy is that oracle without the peek (no full forward at a skipped step):
 - at step ``k``, ``e[p] = dt_k * rate[p] * D`` joins the error accumulated since the last
   compute; the step is skipped while the mean over tokens stays below ``threshold``
   (absolute, in the oracle's units, so the oracle's thresholds are comparable), else
-  computed in full, which resets the sum.
+  computed in full, which resets the sum;
+- the first ``warmup_ratio`` of a chunk's steps run in full, as a share of the schedule
+  (MagCache's retention ratio): a first-order estimate does not see how later steps carry an
+  early error on (the oracle's caveat), and 4 of 30 steps lost 12 dB on a pan where 6 did not.
 
 Both CFG branches execute the conditional branch's decision (``shares_cfg_decisions``); the
 runtime gives the deciding state the unconditional branch's state (``PolicyState.partner``),
@@ -88,7 +91,8 @@ class StepErrorPolicy(CachePolicy):
         state.previous_e0 = obs.e0
         state.guidance = obs.guidance_scale
         sigmas = obs.sigmas
-        if sigmas is None or step + 1 >= len(sigmas) or step < max(cfg.warmup_steps, 1) or state.rate is None:
+        warmup = max(int(cfg.warmup_ratio * (obs.num_steps or 0) + 0.5), 2)
+        if sigmas is None or step + 1 >= len(sigmas) or step < warmup or state.rate is None:
             return Decision.full()  # no schedule or nothing measured yet: never guess
         if cfg.max_skip_steps and state.run >= cfg.max_skip_steps:
             return Decision.full()
