@@ -9,9 +9,11 @@ the same threshold that catches the cut: at full resolution its first-step chang
 was above the cut's (0.90); on the guard's grid it is 0.65 against 1.02.
 """
 
+import pytest
 import torch
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest
+from motioncache_vllm.policies import InvalidPolicyConfig
 from motioncache_vllm.runtime.request import resolve
 from motioncache_vllm.runtime.snapshot import VideoPlan
 from motioncache_vllm.runtime.stepwise import PlanGeneration
@@ -60,3 +62,15 @@ def test_a_bouncing_square_is_not_a_cut(embedded_pipe):
     assert bounce.stats["scene_cuts"] == []
     off = _generate(embedded_pipe, ["a green square bounces left"], {"cut_full_every": 0})
     assert (bounce.recompute_map == off.recompute_map).all()  # no step forced anywhere
+
+
+def test_the_guard_settings_are_checked_for_every_policy():
+    for policy in ("none", "magcache", "tokenrate"):
+        cfg = CacheConfig.decode(policy, {"cut_threshold": 0.7, "cut_grid": 8}).policy
+        assert (cfg.cut_threshold, cfg.cut_grid, cfg.cut_full_every) == (0.7, 8, 2)
+    with pytest.raises(InvalidPolicyConfig, match=r"<= 2.0 - at `\$.cut_threshold`"):
+        CacheConfig.decode("magcache", {"cut_threshold": 3})
+    with pytest.raises(InvalidPolicyConfig, match=r">= 2 - at `\$.cut_grid`"):
+        CacheConfig.decode("magcache", {"cut_grid": 1})
+    with pytest.raises(InvalidPolicyConfig, match="unknown field `cut_factor`"):  # session 7's rule, gone
+        CacheConfig.decode("magcache", {"cut_factor": 1.5})

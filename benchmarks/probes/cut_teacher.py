@@ -222,4 +222,6 @@ for policy, cfg in candidates:
         row["teacher_summary"] = {"psnr_db_per_chunk": per_chunk, **summary(per_chunk)}
         save()
         print(key, "teacher", row["teacher_summary"], flush=True)
-print(f"done for now ({time.perf_counter() - T0:.0f} s)", flush=True)
+complete = sum("teacher_summary" in results["rows"].get(json.dumps([p, c]), {}) for p, c in candidates)
+state = "all done" if complete == len(candidates) else "done for now: run again to go on"
+print(f"{state} ({complete} of {len(candidates)} candidates complete, {time.perf_counter() - T0:.0f} s)", flush=True)
