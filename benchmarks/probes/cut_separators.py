@@ -36,6 +36,8 @@ VALIDATION = {
     "static scene|a red circle moves right slowly|static scene",
     "a green square bounces left|a green square moves right quickly|a green square moves down quickly",
 }
+RUNTIME = "pool4x4 1-corr"  # the runtime guard's signal (cut_grid 4), compared with cut_threshold
+THRESHOLD = 0.9  # PolicyConfigBase.cut_threshold's default
 NO_VISIBLE_CUT = {  # (video, chunk): scene starts where the reference shows no cut
     ("a blue triangle moves left slowly|a blue circle moves right slowly|a blue square moves up slowly", 2),
     ("a blue triangle moves left slowly|a blue circle moves right slowly|a blue square moves up slowly", 4),
@@ -285,7 +287,7 @@ def main() -> None:
                 table.append(row)
     table.sort(key=lambda r: -(r["tuning"]["margin"] or 0))
     # per chunk: the values of the best ten candidates and of the session-7 signal
-    kept = list(dict.fromkeys([r["candidate"] for r in table][:10] + ["corr (now)"]))
+    kept = list(dict.fromkeys([r["candidate"] for r in table][:10] + ["corr (now)", RUNTIME]))
     chunks = [{**r, "values": {n: round(r["values"][n], 4) for n in kept}} for v in videos for r in v]
     best: dict = {}
     for r in table:  # sorted: the first row of a candidate is its best mode
@@ -297,6 +299,10 @@ def main() -> None:
         labels.setdefault(r["group"], {}).setdefault(r["label"], 0)
         labels[r["group"]][r["label"]] += 1
     print("chunks:", labels)
+    print(f"the runtime's signal ({RUNTIME}) per chunk; * = above {THRESHOLD}, flagged by the guard:")
+    for r in chunks:
+        flag = "*" if r["values"][RUNTIME] > THRESHOLD else " "
+        print(f"  {flag} {r['values'][RUNTIME]:.3f}  {r['label']:30s} {r['video'][:70]} #{r['chunk']}")
     print(
         "| candidate | mode | tuning: cuts >= | non-cuts <= | margin | set B: cuts >= | non-cuts <= | validation: cuts >= | non-cuts <= |"
     )
