@@ -101,18 +101,23 @@ def clip_rows(pts: list[dict], s: dict) -> dict:
     return row
 
 
+def spread(rows: list[dict], w: float, key: str, digits: int = 2) -> dict:
+    """Median, min, max and count over the clips that have ``key`` at level ``w``."""
+    vals = [r["levels"][str(w)][key] for r in rows if r["levels"][str(w)][key] is not None]
+    return {
+        "median": round(statistics.median(vals), digits) if vals else None,
+        "min": min(vals, default=None),
+        "max": max(vals, default=None),
+        "n": len(vals),
+    }
+
+
 def medians(rows: list[dict]) -> dict:
     out = {}
     for w in MEDIAN_LEVELS:
         out[str(w)] = {}
         for key in ("block_minus_cache", "block_minus_step_oracle", "step_oracle_minus_cache"):
-            vals = [r["levels"][str(w)][key] for r in rows if r["levels"][str(w)][key] is not None]
-            out[str(w)][key] = {
-                "median": round(statistics.median(vals), 2) if vals else None,
-                "min": min(vals, default=None),
-                "max": max(vals, default=None),
-                "n": len(vals),
-            }
+            out[str(w)][key] = spread(rows, w, key)
     return out
 
 

@@ -86,13 +86,7 @@ def summarise(rows: list[dict]) -> dict:
     for w in LEVELS:
         out[str(w)] = {}
         for k in ("policy_minus_cache", "policy_minus_step_oracle", "speed_ratio_at_cache_psnr"):
-            vals = [r["levels"][str(w)][k] for r in rows if r["levels"][str(w)][k] is not None]
-            out[str(w)][k] = {
-                "median": round(statistics.median(vals), 3) if vals else None,
-                "min": min(vals, default=None),
-                "max": max(vals, default=None),
-                "n": len(vals),
-            }
+            out[str(w)][k] = ov.spread(rows, w, k, 3)
         out[str(w)]["clips_ge_1.5dB"] = sum(
             1 for r in rows if (r["levels"][str(w)]["policy_minus_cache"] or -99) >= 1.5
         )
