@@ -1,5 +1,7 @@
 """Policies and motion scores on synthetic inputs whose answers are known."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -335,18 +337,20 @@ def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
     return modes, leader
 
 
-def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing):
+def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, amplification=0.0, mag=None):
     """The decisions the policy must make, from the recorded values: predicted latent error
     of reusing at step k = |sigma_k - sigma_(k+1)| x rate x D (D: summed relL1 of e0 since
-    the last compute), summed over the steps since; rate = the guided residual's measured
-    change per unit of D at computed steps."""
+    the last compute, or with ``mag`` the summed |1 - gamma_k| of MagCache ratios), times
+    exp(amplification x sigma_(k+1)), summed over the steps since; rate = the guided
+    residual's measured change per unit of D at computed steps."""
     modes, distance, error, rate, reference = [], 0.0, None, None, None
     for k, e0 in enumerate(e0s):
         if k:
-            distance += abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
+            distance += abs(1 - mag[k]) if mag else abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
         mode = "full"
         if k >= warmup and rate is not None:
-            total = abs(sigmas[k] - sigmas[k + 1]) * rate * distance + (0 if error is None else error)
+            step_error = abs(sigmas[k] - sigmas[k + 1]) * rate * distance * math.exp(amplification * sigmas[k + 1])
+            total = step_error + (0 if error is None else error)
             if float(total.mean()) < tau:
                 mode, error = "skip", total
         modes.append(mode)
@@ -414,6 +418,37 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
         g,
     )
     assert capped[4:] == ["skip", "skip", "full"] * 4
+
+
+def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_as_replayed():
+    steps, g, tau = 16, 5.0, 0.02
+    gen = torch.Generator().manual_seed(0)
+    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
+    e0s = [1.0 + 0.1 * k for k in range(steps)]
+    slope_c = 0.2 * torch.rand(8, 3, generator=gen)
+    cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]  # speeds up
+    uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
+    base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25}
+    plain, _ = _steperror_chunk(make_policy("steperror", base), sigmas, e0s, cond, uncond, g)
+    assert plain == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0)
+    # second order: an early step's error counts exp(a x sigma_(k+1)) times, a late one ~1x
+    amplified, _ = _steperror_chunk(
+        make_policy("steperror", {**base, "amplification": 1.5}), sigmas, e0s, cond, uncond, g
+    )
+    assert amplified == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.5)
+    assert amplified != plain and amplified.count("skip") < plain.count("skip")
+    # the schedule curve from the model's MagCache ratios (resampled to 16 steps from 32)
+    stored = tuple(1.0 - 0.004 * (1 + (i % 4)) - 0.0004 * i * i for i in range(32))
+    gammas = [stored[round(i * 31 / 15)] for i in range(steps)]
+    mag_policy = make_policy("steperror", {**base, "schedule": "magcache"}, model_mag_ratios={32: stored})
+    mag, _ = _steperror_chunk(mag_policy, sigmas, e0s, cond, uncond, g)
+    assert mag == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, mag=gammas)
+    assert mag != plain
+    # a model without MagCache ratios: never guess
+    uncalibrated = make_policy("steperror", {**base, "schedule": "magcache"})
+    assert _steperror_chunk(uncalibrated, sigmas, e0s, cond, uncond, g)[0] == ["full"] * steps
+    with pytest.raises(Exception, match="schedule"):
+        make_policy("steperror", {**base, "schedule": "flow"})
 
 
 def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branches(embedded_pipe, monkeypatch):

@@ -5,7 +5,8 @@ machine where the whole study of one prompt would hold the shared lock too long.
 with VARIANTS comma-separated ``step:TAU``, ``stale:TAU``, ``fresh:TAU`` (the oracles of
 relative residual change), ``stepdt:TAU``, ``staledt:TAU``, ``freshdt:TAU`` (the output-error
 oracles) or ``POLICY:TAU`` (a cache), each optionally followed by ``:KEY=VALUE`` settings
-(e.g. ``magcache:0.5:max_skip_steps=8``, ``stepdt:0.02:warmup_steps=2``). Every piece first runs the ``record`` pass (full compute: the
+(e.g. ``magcache:0.5:max_skip_steps=8``, ``stepdt:0.02:warmup_steps=2``; a VALUE that is not
+JSON is a string: ``steperror:0.1:schedule=magcache``). Every piece first runs the ``record`` pass (full compute: the
 reference video, deterministic, so every piece has the same one; its proxy rows are kept
 only with ``record`` in VARIANTS). Merge pieces with ``oracle_merge.py``."""
 
@@ -14,6 +15,13 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare word: a string setting
 
 
 def main(model: str, caption: str, seed: str, frames: str, steps: str, variants: str, out: str) -> None:
@@ -32,7 +40,7 @@ def main(model: str, caption: str, seed: str, frames: str, steps: str, variants:
         if item == "record":
             continue
         kind, tau, *extra = item.split(":")
-        settings = {k: json.loads(v) for k, v in (e.split("=") for e in extra)}
+        settings = {k: _value(v) for k, v in (e.split("=") for e in extra)}
         dt = kind.endswith("dt")
         base = kind[:-2] if dt else kind
         criterion = {"criterion": "dt"} if dt else {}

@@ -29,6 +29,12 @@ This policy is that oracle without the peek (no full forward at a skipped step):
   (MagCache's retention ratio): a first-order estimate does not see how later steps carry an
   early error on (the oracle's caveat), and 4 of 30 steps lost 12 dB on a pan where 6 did not.
 
+Two options (``StepErrorConfig``; off by default, see benchmarks/RESULTS.md): ``schedule =
+"magcache"`` sums ``|1 - gamma_k|`` of the model's calibrated MagCache ratios as ``D`` in place
+of the e0 polynomial, and ``amplification = a`` prices a step's error by
+``exp(a * sigma_(k+1))``, a second-order term for the later steps that carry it on (a
+constant growth rate per unit of sigma).
+
 Both CFG branches execute the conditional branch's decision (``shares_cfg_decisions``); the
 runtime gives the deciding state the unconditional branch's state (``PolicyState.partner``),
 so the rate is measured on the guided residual as the oracle's criterion is.
@@ -42,6 +48,7 @@ largest predicted error) were left out: the block oracle beat the step oracle by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +56,7 @@ import torch
 from motioncache_vllm.config import StepErrorConfig
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
+from motioncache_vllm.policies.calibration import MagRatios, ratios_for
 
 
 @dataclass
@@ -76,6 +84,11 @@ class StepErrorPolicy(CachePolicy):
     description = "skip whole steps while the predicted output error (dt x the clip's guided change) stays small"
     shares_cfg_decisions = True  # one decision for both branches: the error is of the guided prediction
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mag_ratios: MagRatios | None = self.model_mag_ratios
+        self._resampled: dict[int, tuple[float, ...]] = {}  # per schedule length, built once
+
     def new_state(self, layout) -> StepErrorState:
         return StepErrorState(layout)
 
@@ -83,11 +96,26 @@ class StepErrorPolicy(CachePolicy):
         """(N,) first-order latent error of reusing the residual at this step, per token."""
         return dt * state.rate * state.distance
 
+    def step_distance(self, state: StepErrorState, obs: StepObservation) -> float | None:
+        """The calibrated schedule distance from the previous step to this one (None: the
+        curve is missing for this schedule)."""
+        if self.config.schedule == "magcache":
+            if self.mag_ratios is None or not obs.num_steps:
+                return None
+            ratios = self._resampled.get(obs.num_steps)
+            if ratios is None:
+                ratios = self._resampled[obs.num_steps] = ratios_for(self.mag_ratios, obs.num_steps)
+            return abs(1.0 - ratios[min(state.step, len(ratios) - 1)])
+        return self.rescale(relative_l1(obs.e0, state.previous_e0))
+
     def decide(self, state: StepErrorState, obs: StepObservation) -> Decision:
         cfg = self.config
         step = state.step
         if state.previous_e0 is not None:
-            state.distance += self.rescale(relative_l1(obs.e0, state.previous_e0))
+            d = self.step_distance(state, obs)
+            if d is None:
+                return Decision.full()  # no calibrated curve: never guess
+            state.distance += d
         state.previous_e0 = obs.e0
         state.guidance = obs.guidance_scale
         sigmas = obs.sigmas
@@ -97,6 +125,9 @@ class StepErrorPolicy(CachePolicy):
         if cfg.max_skip_steps and state.run >= cfg.max_skip_steps:
             return Decision.full()
         total = self.predicted_error(state, abs(sigmas[step] - sigmas[step + 1]))
+        if cfg.amplification:
+            # the later steps from sigma_(k+1) down carry this step's error on
+            total = total * math.exp(cfg.amplification * abs(sigmas[step + 1]))
         if state.error is not None:
             total = total + state.error
         if float(total.mean()) < cfg.threshold:
