@@ -277,10 +277,11 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     model's MagCache residual-magnitude ratios (``motioncache calibrate``; a model without them
     runs every step in full, as ``magcache`` does). Only the curve's shape matters: the clip's
     measured rate per unit of D absorbs its scale."""
-    amplification: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0
+    amplification: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 1.0
     """Second-order term: later steps carry a latent error on, growing by this rate per unit of
     sigma, so an error made at step k counts ``exp(amplification * sigma_(k+1))`` times (0 = the
-    plain first-order sum; the warm-up share is what guards early steps then)."""
+    plain first-order sum). 1 beat 0 by a median +0.3-0.6 dB at 2.5-3x ideal on two caption
+    sets (2 overpriced early steps: worse at 2.5-3x; RESULTS.md, "Session 8, later")."""
 
 
 PolicyConfig = Union[

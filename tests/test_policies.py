@@ -374,7 +374,14 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     cond = [torch.ones(8, 3) + k * slope_c for k in range(steps)]
     uncond = [torch.ones(8, 3) + k * slope_u for k in range(steps)]
     policy = make_policy(
-        "steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5, "warmup_ratio": 0.25}
+        "steperror",
+        {
+            "threshold": tau,
+            "coefficients": [1.0, 0.0],
+            "rate_smoothing": 0.5,
+            "warmup_ratio": 0.25,
+            "amplification": 0.0,
+        },
     )
     modes, state = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g)
     assert modes == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.5)
@@ -395,7 +402,9 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     assert alone.count("skip") > modes.count("skip")
     # the warm-up is a share of the schedule: 0.2 x 16 steps -> 3 full steps
     shorter, _ = _steperror_chunk(
-        make_policy("steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5}),
+        make_policy(
+            "steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5, "amplification": 0.0}
+        ),
         sigmas,
         e0s,
         cond,
@@ -409,7 +418,14 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     # at most max_skip_steps in a row
     capped, _ = _steperror_chunk(
         make_policy(
-            "steperror", {"threshold": 10.0, "coefficients": [1.0, 0.0], "max_skip_steps": 2, "warmup_ratio": 0.25}
+            "steperror",
+            {
+                "threshold": 10.0,
+                "coefficients": [1.0, 0.0],
+                "max_skip_steps": 2,
+                "warmup_ratio": 0.25,
+                "amplification": 0.0,
+            },
         ),
         sigmas,
         e0s,
@@ -421,7 +437,7 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
 
 
 def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_as_replayed():
-    steps, g, tau = 16, 5.0, 0.02
+    steps, g, tau = 16, 5.0, 0.04
     gen = torch.Generator().manual_seed(0)
     sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
     e0s = [1.0 + 0.1 * k for k in range(steps)]
@@ -429,21 +445,24 @@ def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_
     cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]  # speeds up
     uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
     base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25}
-    plain, _ = _steperror_chunk(make_policy("steperror", base), sigmas, e0s, cond, uncond, g)
+    plain, _ = _steperror_chunk(make_policy("steperror", {**base, "amplification": 0.0}), sigmas, e0s, cond, uncond, g)
     assert plain == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0)
-    # second order: an early step's error counts exp(a x sigma_(k+1)) times, a late one ~1x
+    # second order (the default, a = 1): an early step's error counts exp(a x sigma_(k+1)) times, a late one ~1x
+    default, _ = _steperror_chunk(make_policy("steperror", base), sigmas, e0s, cond, uncond, g)
+    assert default == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0)
+    assert default != plain and default.count("skip") < plain.count("skip")
     amplified, _ = _steperror_chunk(
-        make_policy("steperror", {**base, "amplification": 1.5}), sigmas, e0s, cond, uncond, g
+        make_policy("steperror", {**base, "amplification": 0.5}), sigmas, e0s, cond, uncond, g
     )
-    assert amplified == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.5)
-    assert amplified != plain and amplified.count("skip") < plain.count("skip")
+    assert amplified == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=0.5)
+    assert amplified != default and plain.count("skip") > amplified.count("skip") > default.count("skip") > 0
     # the schedule curve from the model's MagCache ratios (resampled to 16 steps from 32)
     stored = tuple(1.0 - 0.004 * (1 + (i % 4)) - 0.0004 * i * i for i in range(32))
     gammas = [stored[round(i * 31 / 15)] for i in range(steps)]
     mag_policy = make_policy("steperror", {**base, "schedule": "magcache"}, model_mag_ratios={32: stored})
     mag, _ = _steperror_chunk(mag_policy, sigmas, e0s, cond, uncond, g)
-    assert mag == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, mag=gammas)
-    assert mag != plain
+    assert mag == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0, mag=gammas)
+    assert mag != default
     # a model without MagCache ratios: never guess
     uncalibrated = make_policy("steperror", {**base, "schedule": "magcache"})
     assert _steperror_chunk(uncalibrated, sigmas, e0s, cond, uncond, g)[0] == ["full"] * steps
