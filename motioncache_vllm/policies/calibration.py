@@ -53,6 +53,22 @@ def ratios_for(mag_ratios: MagRatios, steps: int) -> tuple[float, ...]:
     return tuple(source[round(i * scale)] for i in range(steps))
 
 
+class ResampledRatios:
+    """MagCache ratios looked up step by step (``magcache``, ``magrefresh``, ``steperror``):
+    each schedule length is resampled by :func:`ratios_for` once, not at every step."""
+
+    def __init__(self, mag_ratios: MagRatios) -> None:
+        self.mag_ratios = mag_ratios
+        self._by_length: dict[int, tuple[float, ...]] = {}
+
+    def at(self, steps: int, step: int) -> float:
+        """The ratio of ``step`` in a ``steps``-long schedule (the last one past its end)."""
+        ratios = self._by_length.get(steps)
+        if ratios is None:
+            ratios = self._by_length[steps] = ratios_for(self.mag_ratios, steps)
+        return ratios[min(step, len(ratios) - 1)]
+
+
 def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
     """The calibration stored beside a model's weights (one read of the file), or None."""
     if not model_dir:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from motioncache_vllm.config import MagCacheConfig
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-from motioncache_vllm.policies.calibration import MagRatios, ratios_for
+from motioncache_vllm.policies.calibration import ResampledRatios
 
 
 @dataclass
@@ -42,8 +42,8 @@ class MagCachePolicy(CachePolicy):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         own = self.config.mag_ratios
-        self.mag_ratios: MagRatios | None = {len(own): tuple(own)} if own else self.model_mag_ratios
-        self._resampled: dict[int, tuple[float, ...]] = {}  # per schedule length, built once
+        mag_ratios = {len(own): tuple(own)} if own else self.model_mag_ratios
+        self.ratios: ResampledRatios | None = ResampledRatios(mag_ratios) if mag_ratios is not None else None
 
     def new_state(self, layout) -> MagState:
         return MagState(layout)
@@ -51,14 +51,11 @@ class MagCachePolicy(CachePolicy):
     def decide(self, state: MagState, obs: StepObservation) -> Decision:
         cfg = self.config
         steps = obs.num_steps
-        if self.mag_ratios is None or not steps:
+        if self.ratios is None or not steps:
             return Decision.full()  # nothing calibrated: never guess
         if state.step < int(cfg.retention_ratio * steps + 0.5) or state.step == 0:
             return Decision.full()
-        ratios = self._resampled.get(steps)
-        if ratios is None:
-            ratios = self._resampled[steps] = ratios_for(self.mag_ratios, steps)
-        state.acc_ratio *= ratios[min(state.step, len(ratios) - 1)]
+        state.acc_ratio *= self.ratios.at(steps, state.step)
         state.acc_steps += 1
         state.acc_error += abs(1.0 - state.acc_ratio)
         if state.acc_error <= cfg.threshold and state.acc_steps <= cfg.max_skip_steps:

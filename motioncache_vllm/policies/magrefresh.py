@@ -52,7 +52,7 @@ from motioncache_vllm.policies.base import (
     StepObservation,
     update_token_rates,
 )
-from motioncache_vllm.policies.calibration import MagRatios, ratios_for
+from motioncache_vllm.policies.calibration import ResampledRatios
 
 
 @dataclass
@@ -90,17 +90,11 @@ class MagRefreshPolicy(CachePolicy):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         own = self.config.mag_ratios
-        self.mag_ratios: MagRatios | None = {len(own): tuple(own)} if own else self.model_mag_ratios
-        self._resampled: dict[int, tuple[float, ...]] = {}
+        mag_ratios = {len(own): tuple(own)} if own else self.model_mag_ratios
+        self.ratios: ResampledRatios | None = ResampledRatios(mag_ratios) if mag_ratios is not None else None
 
     def new_state(self, layout) -> MagRefreshState:
         return MagRefreshState(layout)
-
-    def _ratio(self, steps: int, step: int) -> float:
-        ratios = self._resampled.get(steps)
-        if ratios is None:
-            ratios = self._resampled[steps] = ratios_for(self.mag_ratios, steps)
-        return ratios[min(step, len(ratios) - 1)]
 
     def weights(self, state: MagRefreshState) -> torch.Tensor:
         """Rate over the chunk's mean rate, clipped, renormalised to mean 1: the rule's mean
@@ -120,9 +114,9 @@ class MagRefreshPolicy(CachePolicy):
     def decide(self, state: MagRefreshState, obs: StepObservation) -> Decision:
         cfg = self.config
         steps = obs.num_steps
-        if self.mag_ratios is None or not steps:
+        if self.ratios is None or not steps:
             return Decision.full()  # nothing calibrated: never guess
-        ratio = self._ratio(steps, state.step) if state.step > 0 else 1.0
+        ratio = self.ratios.at(steps, state.step) if state.step > 0 else 1.0
         state.since += abs(1.0 - ratio)
         if state.step == 0 or state.step < int(cfg.retention_ratio * steps + 0.5):
             return Decision.full()

@@ -57,7 +57,7 @@ import torch
 from motioncache_vllm.config import StepErrorConfig
 from motioncache_vllm.motion import relative_l1
 from motioncache_vllm.policies.base import CachePolicy, Decision, PolicyState, StepObservation
-from motioncache_vllm.policies.calibration import MagRatios, ratios_for
+from motioncache_vllm.policies.calibration import ResampledRatios
 
 
 @dataclass
@@ -87,8 +87,8 @@ class StepErrorPolicy(CachePolicy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.mag_ratios: MagRatios | None = self.model_mag_ratios
-        self._resampled: dict[int, tuple[float, ...]] = {}  # per schedule length, built once
+        mag_ratios = self.model_mag_ratios
+        self.ratios: ResampledRatios | None = ResampledRatios(mag_ratios) if mag_ratios is not None else None
 
     def new_state(self, layout) -> StepErrorState:
         return StepErrorState(layout)
@@ -101,12 +101,9 @@ class StepErrorPolicy(CachePolicy):
         """The calibrated schedule distance from the previous step to this one (None: the
         curve is missing for this schedule)."""
         if self.config.schedule == "magcache":
-            if self.mag_ratios is None or not obs.num_steps:
+            if self.ratios is None or not obs.num_steps:
                 return None
-            ratios = self._resampled.get(obs.num_steps)
-            if ratios is None:
-                ratios = self._resampled[obs.num_steps] = ratios_for(self.mag_ratios, obs.num_steps)
-            return abs(1.0 - ratios[min(state.step, len(ratios) - 1)])
+            return abs(1.0 - self.ratios.at(obs.num_steps, state.step))
         return self.rescale(relative_l1(obs.e0, state.previous_e0))
 
     def decide(self, state: StepErrorState, obs: StepObservation) -> Decision:

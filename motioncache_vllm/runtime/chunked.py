@@ -271,7 +271,7 @@ class DenoiseRun:
         self.timesteps = pipe.scheduler.timesteps.long()
         # a private copy: another request may reset the pipeline's scheduler between our units
         self._scheduler_template = copy.deepcopy(pipe.scheduler)
-        sigmas = getattr(pipe.scheduler, "sigmas", None)  # the policies' view of the schedule (dt per step)
+        sigmas = getattr(pipe.scheduler, "sigmas", None)  # the run's schedule: policies' dt, the cut guard's x0
         self.sigmas = None if sigmas is None else tuple(float(v) for v in sigmas)
         self.previous_last: dict[str, torch.Tensor | None] = {b: None for b in self.branches}
         self.num_chunks = frames // per_chunk
@@ -481,14 +481,13 @@ class DenoiseRun:
         chunks: motion, bounces, pans, static scenes, a caption change of the same subject) it
         separated cuts (>= 0.98) from uncut chunks (<= 0.81) by the widest margin. The action
         (every other step in full) was chosen teacher-forced in session 7."""
-        sigmas = getattr(self._scheduler, "sigmas", None)
-        if sigmas is None:  # a scheduler without flow sigmas: no x0 estimate, no guard
+        if self.sigmas is None:  # a scheduler without flow sigmas: no x0 estimate, no guard
             return
         cfg = self.policy.config
         every = getattr(cfg, "cut_full_every", 0)  # a config outside PolicyConfigBase (the oracle's): no guard
         if not every:
             return
-        x0 = self.latents[:, :, lo] - float(sigmas[0]) * noise[:, :, 0]
+        x0 = self.latents[:, :, lo] - self.sigmas[0] * noise[:, :, 0]
         grid = (cfg.cut_grid, cfg.cut_grid)
         pair = torch.stack(
             [
