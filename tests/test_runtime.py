@@ -45,7 +45,9 @@ def test_motion_with_alpha_one_is_exactly_flowcache(tiny_pipe):
 
 
 def test_motion_weighting_changes_decisions(tiny_pipe):
-    cfg = {"threshold": 1.5, "min_update_ratio": 0.0, "phase1_updates": 0}
+    # scene-cut guard off: on the untrained tiny model the first-step estimate is noise; with the
+    # session-9 guard both runs computed the second chunk in full (5376 token-steps each)
+    cfg = {"threshold": 1.5, "min_update_ratio": 0.0, "phase1_updates": 0, "cut_full_every": 0}
     a = run(tiny_pipe, "motion", policy_config={**cfg, "alpha": 1.0})
     b = run(tiny_pipe, "motion", policy_config={**cfg, "alpha": 0.2})
     assert b.stats["token_steps_computed"] < a.stats["token_steps_computed"]

@@ -187,6 +187,7 @@ for policy, cfg in candidates:
             "psnr_db_per_chunk": per_chunk,
             "seconds": round(time.perf_counter() - t1, 1),
             "scene_cuts": r.stats["scene_cuts"],
+            "scene_cut_band": r.stats.get("scene_cut_band", []),
             **summary(per_chunk),
         }
         save()
@@ -200,7 +201,7 @@ for policy, cfg in candidates:
         try:
             before = gen.gen.run.counters
             total0, computed0 = before.token_steps_total, before.token_steps_computed  # restored: the reference's
-            cuts0 = len(before.cut_chunks)
+            cuts0, band0 = len(before.cut_chunks), len(getattr(before, "cut_band_chunks", []))
             while gen.chunks_denoised <= c:
                 gen.step()
             with torch.inference_mode():
@@ -209,6 +210,7 @@ for policy, cfg in candidates:
             row["teacher"][str(c)] = {
                 "psnr_db": chunk_psnr(frames, c),
                 "guard_fired": len(stats.cut_chunks) > cuts0,
+                "band_fired": len(getattr(stats, "cut_band_chunks", [])) > band0,
                 "computed_share": round(
                     (stats.token_steps_computed - computed0) / max(stats.token_steps_total - total0, 1), 4
                 ),

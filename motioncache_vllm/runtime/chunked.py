@@ -469,8 +469,9 @@ class DenoiseRun:
         previous chunk's final last frame. Both frames are averaged onto a ``cut_grid`` x
         ``cut_grid`` grid and the change is 1 - their correlation (0 = the same picture, 1 =
         unrelated, 2 = inverted); above ``cut_threshold`` the chunk is a cut and every
-        ``cut_full_every``-th step of it runs in full, whatever the policy decides. An absolute
-        threshold needs no history, so the second chunk of a video is checked too.
+        ``cut_full_every``-th step of it (1: every step) runs in full, whatever the policy
+        decides; above ``cut_band_threshold`` only (the band) every ``cut_band_every``-th step.
+        An absolute threshold needs no history, so the second chunk of a video is checked too.
 
         Why this signal (benchmarks/RESULTS.md, "Cuts, session 8"): the first step's x0 already
         shows the next scene, but with token-sized noise, so the full-resolution 1 - corr of
@@ -479,8 +480,13 @@ class DenoiseRun:
         a bounce at 1.72x). On the 4 x 4 grid the noise averages out and a moving object stays
         in its cell or the next: of 80+ candidates on 37 full-compute videos (13 cuts, 150 uncut
         chunks: motion, bounces, pans, static scenes, a caption change of the same subject) it
-        separated cuts (>= 0.98) from uncut chunks (<= 0.81) by the widest margin. The action
-        (every other step in full) was chosen teacher-forced in session 7."""
+        separated cuts (>= 0.98) from uncut chunks (<= 0.81) by the widest margin.
+        Why this action and the band ("Cuts, session 9"): every other step in full left held-out
+        cut chunks 3.5-13 dB below their video's median, the whole chunk in full leaves none
+        (cuts are rare, so the cost is small); a held-out cut came at 0.81, inside the range of
+        uncut chunks, and no second signal (72 candidates of the first step, nor the final
+        latents) told the two apart, so the band below the threshold has its own action: the
+        whole chunk too by default, every other step where speed matters more."""
         if self.sigmas is None:  # a scheduler without flow sigmas: no x0 estimate, no guard
             return
         cfg = self.policy.config
@@ -498,10 +504,16 @@ class DenoiseRun:
         change = 1.0 - float(torch.corrcoef(pair)[0, 1].nan_to_num(1.0))
         counters = self.counters
         counters.chunk_changes.append(change)
+        chunk = lo // self.frames_per_chunk
         if change > cfg.cut_threshold:
-            counters.cut_chunks.append(lo // self.frames_per_chunk)
-            for stream in self.streams.values():
-                stream.full_every = every
+            counters.cut_chunks.append(chunk)
+        elif cfg.cut_band_every and change > cfg.cut_band_threshold:
+            counters.cut_band_chunks.append(chunk)
+            every = cfg.cut_band_every
+        else:
+            return
+        for stream in self.streams.values():
+            stream.full_every = every
 
     def _commit(self, c: int, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> None:
         calls = self._commit_calls(lo, hi, x, t)

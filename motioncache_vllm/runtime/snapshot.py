@@ -161,8 +161,9 @@ class CountersData(msgspec.Struct, kw_only=True):
     skipped_steps: int = 0
     forced_blocks: int = 0
     chunk_changes: list[float] = msgspec.field(default_factory=list)
-    """The scene-cut guard's history (the running median a later chunk is compared with)."""
+    """The scene-cut guard's signal per chunk (chunks 1, 2, ...)."""
     cut_chunks: list[int] = msgspec.field(default_factory=list)
+    cut_band_chunks: list[int] = msgspec.field(default_factory=list)
     recompute_map: list[TensorData] = msgspec.field(default_factory=list)
     timings: dict[str, float] = msgspec.field(default_factory=dict)
 
@@ -182,6 +183,7 @@ class CountersData(msgspec.Struct, kw_only=True):
             **{k: int(getattr(counters, k)) for k in cls._SCALARS},
             chunk_changes=[float(x) for x in counters.chunk_changes],
             cut_chunks=[int(x) for x in counters.cut_chunks],
+            cut_band_chunks=[int(x) for x in counters.cut_band_chunks],
             recompute_map=[TensorData.of(t) for t in counters.recompute_map],
             timings={k: float(v) for k, v in counters.timings.items()},
         )
@@ -192,6 +194,7 @@ class CountersData(msgspec.Struct, kw_only=True):
             setattr(counters, k, getattr(self, k))
         counters.recompute_map = [t.tensor() for t in self.recompute_map]
         counters.chunk_changes, counters.cut_chunks = list(self.chunk_changes), list(self.cut_chunks)
+        counters.cut_band_chunks = list(self.cut_band_chunks)
         counters.timings.update(self.timings)
 
 

@@ -363,7 +363,8 @@ class StepwiseGeneration:
             partial_steps=c.partial_steps,
             skipped_steps=c.skipped_steps,
             forced_blocks=c.forced_blocks,
-            scene_cuts=list(c.cut_chunks),  # chunks the scene-cut guard ran partly in full
+            scene_cuts=list(c.cut_chunks),  # chunks the scene-cut guard ran in full (cut_full_every)
+            scene_cut_band=list(c.cut_band_chunks),  # in its band: every cut_band_every-th step in full
             chunk_changes=[round(x, 4) for x in c.chunk_changes],  # its signal, chunks 1, 2, ...
             pool_peak_bytes=pool.stats.peak_bytes,
             pool_budget_bytes=pool.budget_bytes,

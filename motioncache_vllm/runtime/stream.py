@@ -92,9 +92,11 @@ class CacheCounters:
     skipped_steps: int = 0
     forced_blocks: int = 0  # recomputed only because their cached residual was missing
     # scene-cut guard (runtime/chunked.py): each chunk's content change against the previous
-    # chunk at its first step (chunk 0: none), and the chunks found to be cuts
+    # chunk at its first step (chunk 0: none), the chunks found to be cuts, and those in the
+    # band below the cut threshold (the milder action)
     chunk_changes: list = field(default_factory=list)
     cut_chunks: list = field(default_factory=list)
+    cut_band_chunks: list = field(default_factory=list)
     recompute_map: list = field(default_factory=list)  # per chunk: (F, H, W) recompute counts
     # seconds: whole transformer calls of denoising steps; policy decisions and bookkeeping;
     # pool operations; assembling residuals (scatter); the skipped calls alone (what a call
