@@ -4,7 +4,8 @@
 
 JSON = list of [policy, policy_config]; PROMPTS_FILE: one caption a line, or ``bench`` for the
 bench's held-out set (``bench/prompts.py``); seed = the caption's index in its file (as the
-pareto/hybrid suites). Per (caption, candidate): the chunks flagged (``stats["scene_cuts"]``),
+pareto/hybrid suites). Per (caption, candidate): the chunks flagged (``stats["scene_cuts"]``; in
+the band below the threshold: ``scene_cut_band``),
 each chunk's change (``stats["chunk_changes"]``, chunks 1, 2, ...: what the guard compares with
 ``cut_threshold``), ideal speedup. A one-scene caption's flags are false positives; where nothing
 is flagged the guard changed no decision, so the run equals the run without it. Resumable:
@@ -43,6 +44,7 @@ for path in files:
             results["runs"][key] = {
                 "cut_caption": " cut " in prompt,
                 "scene_cuts": r.stats["scene_cuts"],
+                "scene_cut_band": r.stats.get("scene_cut_band", []),
                 "chunk_changes": r.stats["chunk_changes"],  # chunks 1, 2, ...
                 "ideal_speedup": r.stats["ideal_speedup"],
             }

@@ -36,8 +36,14 @@ VALIDATION = {
     "static scene|a red circle moves right slowly|static scene",
     "a green square bounces left|a green square moves right quickly|a green square moves down quickly",
 }
+SET_C = {  # the lead's held-out set C (benchmarks/cut_plans_C.txt), seen in session 8's end
+    "a magenta triangle moves left slowly|a white circle moves down quickly|a cyan square moves right quickly",
+    "a orange square moves up slowly|camera pans right over a white circle|a magenta triangle moves left quickly",
+}
 RUNTIME = "pool4x4 1-corr"  # the runtime guard's signal (cut_grid 4), compared with cut_threshold
 THRESHOLD = 0.9  # PolicyConfigBase.cut_threshold's default
+BAND = 0.7  # PolicyConfigBase.cut_band_threshold's default: (BAND, THRESHOLD] is the guard's band
+AFTER = "final latents pool4x4 1-corr"  # the same signal on the finished chunk: what a later step could see
 NO_VISIBLE_CUT = {  # (video, chunk): scene starts where the reference shows no cut
     ("a blue triangle moves left slowly|a blue circle moves right slowly|a blue square moves up slowly", 2),
     ("a blue triangle moves left slowly|a blue circle moves right slowly|a blue square moves up slowly", 4),
@@ -208,9 +214,18 @@ def chunk_rows(path: Path) -> list[dict]:
             label = "in-caption cut video"
         else:
             label = "uncut"
-        group = "seen once" if meta["name"] in SEEN_ONCE else "validation" if meta["name"] in VALIDATION else "tuning"
+        group = (
+            "seen once"
+            if meta["name"] in SEEN_ONCE
+            else "validation"
+            if meta["name"] in VALIDATION
+            else "set C"
+            if meta["name"] in SET_C
+            else "tuning"
+        )
         values = candidates(x0, lat[0, :, (c - 1) * per : c * per], prev_x0, xc, xu)
-        rows.append({"video": meta["name"], "chunk": c, "label": label, "group": group, "values": values})
+        after = 1.0 - corr(pool(lat[0, :, c * per], 4), pool(lat[0, :, c * per - 1], 4))
+        rows.append({"video": meta["name"], "chunk": c, "label": label, "group": group, "values": values, AFTER: after})
     return rows
 
 
@@ -259,6 +274,39 @@ def boundaries_png(paths: list[Path], out: Path) -> None:
     iio.imwrite(out, img)
 
 
+def band_confirmers(videos: list[list[dict]], names: list[str]) -> dict:
+    """The guard's band (BAND, THRESHOLD] of the runtime signal: could a second signal confirm a
+    cut there? Per candidate (and the after-the-fact final-latents signal): the lowest value at
+    any cut of any group against the highest at the non-cuts in the band (> 1: it confirms)."""
+    every = [r for v in videos for r in v]
+    cuts = [r for r in every if r["label"] == "cut"]
+    inside = [
+        r
+        for r in every
+        if r["label"] not in ("cut", "in-caption cut video") and BAND < r["values"][RUNTIME] <= THRESHOLD
+    ]
+    if not cuts or not inside:
+        return {}
+    rows = []
+    for name in [*names, AFTER]:
+        get = (lambda r: r[AFTER]) if name == AFTER else (lambda r, n=name: r["values"][n])
+        lo, hi = min(get(r) for r in cuts), max(get(r) for r in inside)
+        rows.append({"candidate": name, "cuts_lowest": round(lo, 4), "band_noncuts_highest": round(hi, 4)})
+        rows[-1]["margin"] = round(lo / hi, 3) if hi > 0 else None
+    rows.sort(key=lambda r: -(r["margin"] or 0))
+    return {
+        "band": [BAND, THRESHOLD],
+        "cuts_in_band": [
+            f"{r['video'][:40]} #{r['chunk']} {r['values'][RUNTIME]:.3f}"
+            for r in cuts
+            if r["values"][RUNTIME] <= THRESHOLD
+        ],
+        "noncuts_in_band": [f"{r['video'][:40]} #{r['chunk']} {r['values'][RUNTIME]:.3f}" for r in inside],
+        "n_cuts": len(cuts),
+        "confirmers": rows,
+    }
+
+
 def main() -> None:
     out_path, dirs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
     paths = [p for d in dirs for p in sorted(d.glob("*.npz"))]
@@ -280,7 +328,7 @@ def main() -> None:
                     (x, r["label"], r["video"], r["chunk"], r["group"]) for r, x in zip(v, vals) if x is not None
                 ]
             row = {"candidate": name, "mode": mode}
-            for group in ("tuning", "seen once", "validation"):
+            for group in ("tuning", "seen once", "validation", "set C"):
                 row[group] = spread([p for p in points if p[4] == group])
             row["in_caption_cut_videos"] = sorted(round(p[0], 3) for p in points if p[1] == "in-caption cut video")
             if row["tuning"]:
@@ -293,16 +341,26 @@ def main() -> None:
     for r in table:  # sorted: the first row of a candidate is its best mode
         best.setdefault(r["candidate"], r)
     rows = list(best.values()) + [r for r in table if r["candidate"] == "corr (now)" and r is not best["corr (now)"]]
-    out_path.write_text(json.dumps({"table": rows, "chunks": chunks}))
+    band = band_confirmers(videos, names)
+    out_path.write_text(json.dumps({"table": rows, "chunks": chunks, "band": band}))
     labels = {}
     for r in chunks:
         labels.setdefault(r["group"], {}).setdefault(r["label"], 0)
         labels[r["group"]][r["label"]] += 1
     print("chunks:", labels)
-    print(f"the runtime's signal ({RUNTIME}) per chunk; * = above {THRESHOLD}, flagged by the guard:")
+    print(f"the runtime's signal ({RUNTIME}) per chunk; * = above {THRESHOLD}, + = in the band above {BAND}:")
     for r in chunks:
-        flag = "*" if r["values"][RUNTIME] > THRESHOLD else " "
+        flag = "*" if r["values"][RUNTIME] > THRESHOLD else "+" if r["values"][RUNTIME] > BAND else " "
         print(f"  {flag} {r['values'][RUNTIME]:.3f}  {r['label']:30s} {r['video'][:70]} #{r['chunk']}")
+    if band:
+        print(f"band ({BAND}, {THRESHOLD}]: cuts {band['cuts_in_band']}, non-cuts {band['noncuts_in_band']}")
+        print(
+            f"second signals that could confirm a cut there (lowest of {band['n_cuts']} cuts / highest band non-cut):"
+        )
+        for r in band["confirmers"][:6]:
+            print(
+                f"  {r['margin']}  {r['candidate']}: cuts >= {r['cuts_lowest']}, band non-cuts <= {r['band_noncuts_highest']}"
+            )
     print(
         "| candidate | mode | tuning: cuts >= | non-cuts <= | margin | set B: cuts >= | non-cuts <= | validation: cuts >= | non-cuts <= |"
     )
