@@ -199,10 +199,8 @@ def _forcing_call(pipe, cache: CacheConfig, call: dict):
         block = pipe.transformer.config.num_frame_per_block
     else:
         pipe.transformer._set_ar_attention(block)  # the stock call's side effect, kept
-    coefficients, fit_range, mag_ratios = model_calibration(
-        getattr(pipe, "name_or_path", None), pipe.transformer.config
-    )
-    policy = make_policy(cache.policy, None, coefficients, fit_range, mag_ratios)  # once per call
+    calibration = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+    policy = make_policy(cache.policy, None, *calibration)  # once per call
     pool = make_pool(pipe, cache.pool, block)
     runner = ChunkedRunner(pipe, policy, pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared)
     if pipe.transformer.config.inject_sample_info:

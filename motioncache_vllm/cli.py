@@ -444,7 +444,8 @@ def calibrate(
         "10,20,30", help="Schedule lengths to sample, comma-separated (several widen the fitted range)."
     ),
 ) -> None:
-    """Fit the model's rescale polynomial (TeaCache-style) and store it beside its weights."""
+    """Fit the model's rescale polynomial (TeaCache-style), record its MagCache ratios and
+    steperror's guided-change curve, and store them beside its weights."""
     from motioncache_vllm.models.folders import ModelNotFoundError, resolve_model_path
 
     # user mistakes are refused before torch and the model code load

@@ -289,12 +289,13 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     """At most this many skipped steps in a row (0 = no limit)."""
     coefficients: list[float] | None = None
     """Rescale polynomial of the schedule distance (highest power first); None = the model's."""
-    schedule: Literal["teacache", "magcache"] = "teacache"
+    schedule: Literal["teacache", "magcache", "measured"] = "teacache"
     """The calibrated curve the schedule distance D sums per step: ``teacache`` = the rescale
     polynomial of relL1(e0) (the model's TeaCache fit); ``magcache`` = ``|1 - gamma_k|`` of the
-    model's MagCache residual-magnitude ratios (``motioncache calibrate``; a model without them
-    runs every step in full, as ``magcache`` does). Only the curve's shape matters: the clip's
-    measured rate per unit of D absorbs its scale."""
+    model's MagCache residual-magnitude ratios; ``measured`` = the model's mean change of the
+    guided residual per step under full compute (``guided_change``). The last two come from
+    ``motioncache calibrate``; a model without them runs every step in full, as ``magcache``
+    does. Only the curve's shape matters: the clip's measured rate per unit of D absorbs its scale."""
     amplification: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 1.0
     """Second-order term: later steps carry a latent error on, growing by this rate per unit of
     sigma, so an error made at step k counts ``exp(amplification * sigma_(k+1))`` times (0 = the

@@ -181,8 +181,12 @@ def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
     path = save_calibration(record, tmp_path)
     from motioncache_vllm.policies.calibration import load_model_calibration
 
-    coefficients, fit_range, mag_ratios = load_model_calibration(tmp_path)
+    coefficients, fit_range, mag_ratios, guided_change = load_model_calibration(tmp_path)
     assert coefficients == tuple(json.loads(path.read_text())["coefficients"])
+    # steperror's measured schedule: one positive change per step, each chunk's curve of mean 1
+    assert sorted(guided_change) == [6, 12] and all(len(guided_change[n]) == n for n in (6, 12))
+    for curve in guided_change.values():
+        assert curve[0] == curve[1] and min(curve) > 0 and abs(sum(curve[1:]) / (len(curve) - 1) - 1) < 1e-3
     # MagCache ratios: one per step of each schedule, the first 1 by definition, all near 1
     assert sorted(mag_ratios) == [6, 12] and all(len(mag_ratios[n]) == n for n in (6, 12))
     assert all(r[0] == 1.0 and all(0.3 < x < 3 for x in r) for r in mag_ratios.values())

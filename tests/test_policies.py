@@ -1,5 +1,6 @@
 """Policies and motion scores on synthetic inputs whose answers are known."""
 
+import json
 import math
 
 import numpy as np
@@ -337,16 +338,20 @@ def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
     return modes, leader
 
 
-def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, amplification=0.0, mag=None):
+def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, amplification=0.0, mag=None, curve=None):
     """The decisions the policy must make, from the recorded values: predicted latent error
     of reusing at step k = |sigma_k - sigma_(k+1)| x rate x D (D: summed relL1 of e0 since
-    the last compute, or with ``mag`` the summed |1 - gamma_k| of MagCache ratios), times
+    the last compute, or with ``mag`` the summed |1 - gamma_k| of MagCache ratios, or with
+    ``curve`` the summed per-step guided change of the model's calibration), times
     exp(amplification x sigma_(k+1)), summed over the steps since; rate = the guided
     residual's measured change per unit of D at computed steps."""
     modes, distance, error, rate, reference = [], 0.0, None, None, None
     for k, e0 in enumerate(e0s):
         if k:
-            distance += abs(1 - mag[k]) if mag else abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
+            if curve:
+                distance += curve[k]
+            else:
+                distance += abs(1 - mag[k]) if mag else abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
         mode = "full"
         if k >= warmup and rate is not None:
             step_error = abs(sigmas[k] - sigmas[k + 1]) * rate * distance * math.exp(amplification * sigmas[k + 1])
@@ -470,6 +475,39 @@ def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_
         make_policy("steperror", {**base, "schedule": "flow"})
 
 
+def test_steperror_measured_schedule_sums_the_models_guided_change_curve_and_falls_back_without_it():
+    steps, g, tau = 16, 5.0, 0.04
+    gen = torch.Generator().manual_seed(0)
+    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
+    e0s = [1.0 + 0.1 * k for k in range(steps)]
+    slope_c = 0.2 * torch.rand(8, 3, generator=gen)
+    cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]
+    uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
+    base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "schedule": "measured"}
+    # a curve stored for 32 steps that rises 7x at the end (as the embedded model's true change)
+    stored = tuple(0.6 + 0.4 * (i % 3) + 6.0 * (i / 31) ** 4 for i in range(32))
+    curve = [stored[round(i * 31 / 15)] for i in range(steps)]  # resampled to 16 steps by nearest index
+    policy = make_policy("steperror", base, model_guided_change={32: stored})
+    modes, _ = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g)
+    assert modes == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0, curve=curve)
+    assert modes[:4] == ["full"] * 4 and "skip" in modes and "full" in modes[4:]
+    # the curve decides: the e0 schedule (ignoring it) and a flat curve of the same mean decide otherwise
+    teacache, _ = _steperror_chunk(
+        make_policy("steperror", {**base, "schedule": "teacache"}), sigmas, e0s, cond, uncond, g
+    )
+    flat = {32: (sum(stored) / 32,) * 32}
+    level, _ = _steperror_chunk(make_policy("steperror", base, model_guided_change=flat), sigmas, e0s, cond, uncond, g)
+    assert modes != teacache and modes != level
+    # a stored length is used as it is
+    exact = make_policy("steperror", base, model_guided_change={16: tuple(curve[::-1])})
+    assert _steperror_chunk(exact, sigmas, e0s, cond, uncond, g)[0] == _steperror_replay(
+        sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0, curve=curve[::-1]
+    )
+    # a model without the curve: every step in full, never a guess
+    uncalibrated = make_policy("steperror", base, model_mag_ratios={32: (1.0,) * 32})
+    assert _steperror_chunk(uncalibrated, sigmas, e0s, cond, uncond, g)[0] == ["full"] * steps
+
+
 def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branches(embedded_pipe, monkeypatch):
     from motioncache_vllm.config import CacheConfig, GenerationRequest
     from motioncache_vllm.metrics import psnr_db
@@ -499,3 +537,21 @@ def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branche
         embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={"threshold": 1.0})
     )
     assert more.stats["skipped_steps"] > cached.stats["skipped_steps"]
+
+
+def test_a_calibration_file_with_a_bad_guided_change_is_refused_naming_the_field(tmp_path):
+    from motioncache_vllm.config import InvalidPolicyConfig, decode_policy
+    from motioncache_vllm.policies.calibration import CALIBRATION_FILE, CalibrationError, load_model_calibration
+
+    path = tmp_path / CALIBRATION_FILE
+    good = {"coefficients": [1.0, 0.0], "guided_change": {"3": [0.5, 0.5, 1.5]}}
+    path.write_text(json.dumps(good))
+    assert load_model_calibration(tmp_path).guided_change == {3: (0.5, 0.5, 1.5)}
+    for bad in ({"3": [0.5, 1.5]}, {"3": [0.5, 0.0, 1.5]}, {"3": "flat"}, {"x": [1.0]}):
+        path.write_text(json.dumps({**good, "guided_change": bad}))
+        with pytest.raises(CalibrationError, match="guided_change") as info:
+            load_model_calibration(tmp_path)
+        assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
+    with pytest.raises(InvalidPolicyConfig, match="schedule") as info:
+        decode_policy("steperror", {"schedule": "curve"})
+    assert len(str(info.value).splitlines()) == 1

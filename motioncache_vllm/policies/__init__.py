@@ -109,9 +109,11 @@ def make_policy(
     model_coefficients: tuple[float, ...] | None = None,
     model_fit_range: tuple[float, float] | None = None,
     model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
+    model_guided_change: dict[int, tuple[float, ...]] | None = None,
 ) -> CachePolicy:
     """The policy of a decoded config (or of a name + overrides, decoded here), with the
-    model's calibration. The runtime builds one per request."""
+    model's calibration (``make_policy(config, None, *model_calibration(...))``). The runtime
+    builds one per request."""
     if isinstance(config, str):
         config = decode_policy(config, overrides)
     elif overrides:
@@ -121,4 +123,5 @@ def make_policy(
         model_coefficients=model_coefficients,
         model_fit_range=model_fit_range,
         model_mag_ratios=model_mag_ratios,
+        model_guided_change=model_guided_change,
     )

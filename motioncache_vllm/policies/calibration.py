@@ -1,14 +1,16 @@
 """Calibration data: the TeaCache polynomial that maps the relative L1 change of the
-timestep modulation e0 to the expected relative change of the model output.
+timestep modulation e0 to the expected relative change of the model output; MagCache's
+magnitude ratios; the measured per-step change of the guided residual (``steperror``).
 
-The coefficients are fitted per model (``motioncache calibrate`` fits and stores them
-beside a model's weights as ``motioncache_calibration.json``).
+All are fitted per model (``motioncache calibrate`` fits and stores them beside a model's
+weights as ``motioncache_calibration.json``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,8 +33,24 @@ CALIBRATION_FILE = "motioncache_calibration.json"
 MagRatios = dict[int, tuple[float, ...]]
 """MagCache magnitude ratios per schedule length (steps per chunk), step by step."""
 
-Calibration = tuple[tuple[float, ...], tuple[float, float] | None, MagRatios | None]
-"""(coefficients, fitted x range or None, MagCache ratios or None)."""
+GuidedChange = dict[int, tuple[float, ...]]
+"""Per schedule length: the mean change of the guided residual ``g R_c + (1 - g) R_u`` from
+step k-1 to step k under full compute, each chunk's curve scaled to mean 1 (only the shape
+is used); entry 0 repeats entry 1 (no change is defined before the first step), so that a
+nearest-index resample (:func:`ratios_for`) never reads a zero."""
+
+
+class Calibration(NamedTuple):
+    """A model's calibration (``load_model_calibration`` / ``model_calibration``)."""
+
+    coefficients: tuple[float, ...]
+    fit_range: tuple[float, float] | None = None
+    mag_ratios: MagRatios | None = None
+    guided_change: GuidedChange | None = None
+
+
+class CalibrationError(ValueError):
+    """A calibration file with a field that cannot be used (the message names the file and field)."""
 
 
 def magnitude_ratios(norms: list[torch.Tensor]) -> list[float]:
@@ -41,8 +59,8 @@ def magnitude_ratios(norms: list[torch.Tensor]) -> list[float]:
     return [1.0] + [float((cur / (prev + 1e-8)).mean()) for prev, cur in zip(norms, norms[1:])]
 
 
-def ratios_for(mag_ratios: MagRatios, steps: int) -> tuple[float, ...]:
-    """Ratios for a ``steps``-long schedule: the stored one of that length, else the longest
+def ratios_for(mag_ratios: MagRatios | GuidedChange, steps: int) -> tuple[float, ...]:
+    """Ratios (or any per-step curve stored per schedule length) for a ``steps``-long schedule: the stored one of that length, else the longest
     stored one resampled by nearest index (as diffusers' MagCacheConfig does)."""
     if steps in mag_ratios:
         return mag_ratios[steps]
@@ -54,10 +72,11 @@ def ratios_for(mag_ratios: MagRatios, steps: int) -> tuple[float, ...]:
 
 
 class ResampledRatios:
-    """MagCache ratios looked up step by step (``magcache``, ``magrefresh``, ``steperror``):
-    each schedule length is resampled by :func:`ratios_for` once, not at every step."""
+    """MagCache ratios (or the guided-change curve) looked up step by step (``magcache``,
+    ``magrefresh``, ``steperror``): each schedule length is resampled by :func:`ratios_for`
+    once, not at every step."""
 
-    def __init__(self, mag_ratios: MagRatios) -> None:
+    def __init__(self, mag_ratios: MagRatios | GuidedChange) -> None:
         self.mag_ratios = mag_ratios
         self._by_length: dict[int, tuple[float, ...]] = {}
 
@@ -82,7 +101,24 @@ def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
     fit_range = None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
     stored = record.get("mag_ratios")
     mag_ratios = {int(n): tuple(float(r) for r in ratios) for n, ratios in stored.items()} if stored else None
-    return coefficients, fit_range, mag_ratios
+    return Calibration(coefficients, fit_range, mag_ratios, _guided_change(record.get("guided_change"), path))
+
+
+def _guided_change(stored, path: Path) -> GuidedChange | None:
+    """The stored guided-change curves, checked: a policy must never read a negative or
+    missing step of a schedule as "no change"."""
+    if not stored:
+        return None
+    try:
+        curves = {int(n): tuple(float(c) for c in curve) for n, curve in stored.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise CalibrationError(f"{path}: guided_change must map schedule lengths to lists of numbers") from None
+    for n, curve in curves.items():
+        if len(curve) != n or not all(c > 0 and np.isfinite(c) for c in curve):
+            raise CalibrationError(
+                f"{path}: guided_change[{n}] must hold {n} positive numbers (one per step), got {len(curve)}"
+            )
+    return curves
 
 
 def model_calibration(model_dir: str | Path | None, transformer_config) -> Calibration:
@@ -93,8 +129,8 @@ def model_calibration(model_dir: str | Path | None, transformer_config) -> Calib
         return stored
     width = transformer_config.num_attention_heads * transformer_config.attention_head_dim
     if transformer_config.num_layers == 30 and width == 1536:
-        return WAN_1_3B_COEFFICIENTS, None, None
-    return IDENTITY_COEFFICIENTS, None, None
+        return Calibration(WAN_1_3B_COEFFICIENTS)
+    return Calibration(IDENTITY_COEFFICIENTS)
 
 
 class Rescaler:

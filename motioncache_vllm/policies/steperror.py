@@ -35,6 +35,11 @@ per unit of sigma); a = 1 beat the plain first-order sum (a = 0) at 2.5-3x on tw
 sets. Option ``schedule = "magcache"`` sums ``|1 - gamma_k|`` of the model's calibrated MagCache
 ratios as ``D`` in place of the e0 polynomial; it lost (magnitude ratios miss most of the
 mid-schedule change), so the e0 polynomial stays the default (benchmarks/RESULTS.md).
+Option ``schedule = "measured"`` sums the model's calibrated mean change of the guided
+residual per step under full compute (``GuidedChange``, fitted by ``motioncache calibrate``
+on training captions; a model without it runs every step in full): the curve the clip's
+measured rate is a rate of (absolute change of the guided residual), where the e0 polynomial
+is the TeaCache fit of the relative change of one branch's residual.
 
 Both CFG branches execute the conditional branch's decision (``shares_cfg_decisions``); the
 runtime gives the deciding state the unconditional branch's state (``PolicyState.partner``),
@@ -87,8 +92,9 @@ class StepErrorPolicy(CachePolicy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        mag_ratios = self.model_mag_ratios
+        mag_ratios, measured = self.model_mag_ratios, self.model_guided_change
         self.ratios: ResampledRatios | None = ResampledRatios(mag_ratios) if mag_ratios is not None else None
+        self.measured: ResampledRatios | None = ResampledRatios(measured) if measured is not None else None
 
     def new_state(self, layout) -> StepErrorState:
         return StepErrorState(layout)
@@ -104,6 +110,10 @@ class StepErrorPolicy(CachePolicy):
             if self.ratios is None or not obs.num_steps:
                 return None
             return abs(1.0 - self.ratios.at(obs.num_steps, state.step))
+        if self.config.schedule == "measured":
+            if self.measured is None or not obs.num_steps:
+                return None
+            return self.measured.at(obs.num_steps, state.step)
         return self.rescale(relative_l1(obs.e0, state.previous_e0))
 
     def decide(self, state: StepErrorState, obs: StepObservation) -> Decision:

@@ -6,7 +6,9 @@ Over full-compute trajectories of a few prompts, per (chunk, branch) and step, r
 ``y = relL1(R_t, R_{t-1})`` (how much the block-stack residual really changed), then
 fit ``y ~ poly(x)`` by least squares, as TeaCache does. From the same runs, per schedule
 length and step i, MagCache's ratio ``mean_tokens(|R_i| / |R_{i-1}|)`` averaged over chunks,
-branches and prompts. The result is stored beside the model's weights as
+branches and prompts. And, for ``steperror``'s ``schedule="measured"``, per schedule length
+and step k the mean change of the guided residual ``g R_c + (1 - g) R_u`` from step k-1
+(each chunk's curve scaled to mean 1, then averaged). The result is stored beside the model's weights as
 ``motioncache_calibration.json`` and picked up automatically.
 """
 
@@ -32,6 +34,7 @@ class _RecordingState(PolicyState):
     pending_x: float | None = None
     samples: list = field(default_factory=list)
     norms: list = field(default_factory=list)  # per step: |R| of every token
+    residuals: list = field(default_factory=list)  # per step: the residual (for the guided change)
 
 
 class _RecordingPolicy(NonePolicy):
@@ -41,10 +44,12 @@ class _RecordingPolicy(NonePolicy):
         super().__init__()
         self.samples: list[tuple[float, float]] = []
         self.finished_norms: list[list[torch.Tensor]] = []  # one list per (chunk, branch)
+        self.finished_states: list[_RecordingState] = []
 
     def new_state(self, layout) -> _RecordingState:
         state = _RecordingState(layout)
         self.finished_norms.append(state.norms)
+        self.finished_states.append(state)
         return state
 
     def decide(self, state: _RecordingState, obs):
@@ -57,6 +62,28 @@ class _RecordingPolicy(NonePolicy):
             self.samples.append((state.pending_x, relative_l1(residual, state.previous_residual)))
         state.previous_residual = residual.clone()
         state.norms.append(torch.linalg.norm(residual.float(), dim=-1))
+        state.residuals.append(state.previous_residual.float())
+
+
+def guided_change_curves(states: list[_RecordingState], guidance: float) -> list[list[float]]:
+    """Per chunk of one run (its cond and uncond states, in the runtime's order): the mean
+    absolute change of the guided residual from each step to the next, scaled to mean 1 (only
+    the shape is used; a chunk's overall scale is the clip's, which the policy measures)."""
+    branches: dict[str, list[_RecordingState]] = {}
+    for state in states:
+        branches.setdefault(state.stream_key[1] if state.stream_key else "cond", []).append(state)
+    curves = []
+    for i, cond in enumerate(branches.get("cond", [])):
+        uncond = branches["uncond"][i] if "uncond" in branches else None
+        guided = [
+            r if uncond is None else guidance * r + (1.0 - guidance) * u
+            for r, u in zip(cond.residuals, uncond.residuals if uncond else cond.residuals)
+        ]
+        change = [float((cur - prev).abs().mean()) for prev, cur in zip(guided, guided[1:])]
+        scale = float(np.mean(change)) if change else 0.0
+        if scale > 0:
+            curves.append([c / scale for c in change])
+    return curves
 
 
 def calibrate(
@@ -79,6 +106,7 @@ def calibrate(
     policy = _RecordingPolicy()
     jobs = [(i, prompt, n) for n in steps for i, prompt in enumerate(prompts)]
     ratios_by_length: dict[int, list[list[float]]] = {}
+    change_by_length: dict[int, list[list[float]]] = {}
     for i, prompt, n in jobs:
         r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_inference_steps=n, seed=seed + i))
         generator = seeded_generator(r.seed)
@@ -103,9 +131,12 @@ def calibrate(
         )[0]
         embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
         policy.finished_norms.clear()
+        policy.finished_states.clear()
         ChunkedRunner(pipe, policy, make_pool(pipe, PoolConfig())).denoise(embeds, latents, r.steps, r.guidance)
         for norms in policy.finished_norms:  # one (chunk, branch) stream: r.steps residuals
             ratios_by_length.setdefault(r.steps, []).append(magnitude_ratios(norms))
+        change_by_length.setdefault(r.steps, []).extend(guided_change_curves(policy.finished_states, r.guidance))
+        policy.finished_states.clear()  # the residuals are not needed any more
     x, y = np.array(policy.samples).T
     coefficients, used = monotone_polyfit(x, y, degree)
     fitted = np.poly1d(coefficients)(x)
@@ -120,7 +151,17 @@ def calibrate(
         "prompts": prompts,
         "steps": [r for r in steps],
         "mag_ratios": {str(n): np.mean(rows, axis=0).round(5).tolist() for n, rows in sorted(ratios_by_length.items())},
+        "guided_change": {
+            str(n): _first_repeated(np.mean(rows, axis=0)) for n, rows in sorted(change_by_length.items())
+        },
     }
+
+
+def _first_repeated(curve: np.ndarray) -> list[float]:
+    """Steps 1..n-1's changes as a per-step curve of n entries, entry 0 = entry 1 (see
+    ``GuidedChange``)."""
+    curve = curve.round(5).tolist()
+    return curve[:1] + curve
 
 
 def monotone_polyfit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, int]:

@@ -189,10 +189,8 @@ class StepwiseGeneration:
         self._result: GenerationResult | None = None
         self._t0 = t0
         with torch.inference_mode():
-            coefficients, fit_range, mag_ratios = model_calibration(
-                getattr(pipe, "name_or_path", None), pipe.transformer.config
-            )
-            policy = make_policy(cache.policy, None, coefficients, fit_range, mag_ratios)  # once per request
+            calibration = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
+            policy = make_policy(cache.policy, None, *calibration)  # once per request
             self.pool = pool if pool is not None else make_pool(pipe, cache.pool)
             pipe._guidance_scale = plan.guidance
             embeds = self._embeds(plan.prompt)
