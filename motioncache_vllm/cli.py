@@ -443,6 +443,11 @@ def calibrate(
     steps: str = typer.Option(
         "10,20,30", help="Schedule lengths to sample, comma-separated (several widen the fitted range)."
     ),
+    sensitivity: bool = typer.Option(
+        False,
+        help="Also measure steperror's skip sensitivity per schedule length (one extra run per step and "
+        "caption without a cut: slow).",
+    ),
 ) -> None:
     """Fit the model's rescale polynomial (TeaCache-style), record its MagCache ratios and
     steperror's guided-change curve, and store them beside its weights."""
@@ -461,13 +466,16 @@ def calibrate(
         _fail(str(exc))
     _quiet_libraries()
     from motioncache_vllm.models.loading import load_pipeline
-    from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration
+    from motioncache_vllm.runtime.calibrate import calibrate as fit, save_calibration, skip_sensitivity
 
     try:
         pipe = load_pipeline(model)
     except ModelNotFoundError as exc:
         _fail(str(exc))
     record = fit(pipe, lines, degree=degree, num_frames=frames, steps=schedule)
+    if sensitivity:
+        plain = [line for line in lines if " cut to " not in line] or lines
+        record["skip_sensitivity"] = {str(n): skip_sensitivity(pipe, plain, n, num_frames=frames) for n in schedule}
     path = save_calibration(record, folder)
     typer.echo(
         f"wrote {path}: {record['samples']} samples, R^2 {record['r2']:.3f}, mean output change {record['y_mean']:.3f}/step"

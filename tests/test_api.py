@@ -9,7 +9,7 @@ import torch
 import motioncache_vllm
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.policies import FlowCacheConfig, MotionConfig
-from motioncache_vllm.runtime.calibrate import calibrate, save_calibration
+from motioncache_vllm.runtime.calibrate import calibrate, save_calibration, skip_sensitivity
 from motioncache_vllm.runtime.generate import generate_video
 from motioncache_vllm.video_io import to_uint8
 
@@ -181,7 +181,7 @@ def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
     path = save_calibration(record, tmp_path)
     from motioncache_vllm.policies.calibration import load_model_calibration
 
-    coefficients, fit_range, mag_ratios, guided_change = load_model_calibration(tmp_path)
+    coefficients, fit_range, mag_ratios, guided_change, sensitivity = load_model_calibration(tmp_path)
     assert coefficients == tuple(json.loads(path.read_text())["coefficients"])
     # steperror's measured schedule: one positive change per step, each chunk's curve of mean 1
     assert sorted(guided_change) == [6, 12] and all(len(guided_change[n]) == n for n in (6, 12))
@@ -191,3 +191,11 @@ def test_calibration_fits_and_is_picked_up(embedded_pipe, tmp_path):
     assert sorted(mag_ratios) == [6, 12] and all(len(mag_ratios[n]) == n for n in (6, 12))
     assert all(r[0] == 1.0 and all(0.3 < x < 3 for x in r) for r in mag_ratios.values())
     assert fit_range == (lo, hi)
+    assert sensitivity is None  # measured only on request (slow)
+    # the skip sensitivity: one run per skipped step; an unskipped run would give the reference, ratio 0
+    curve = skip_sensitivity(embedded_pipe, ["a red circle moves right"], 6, num_frames=17)
+    assert len(curve) == 6 and curve[0] == curve[1] == curve[2] and min(curve) > 0
+    assert abs(sum(curve[2:]) / 4 - 1) < 1e-3 and max(curve) > 1.05 * min(curve)
+    record["skip_sensitivity"] = {"6": curve}
+    save_calibration(record, tmp_path)
+    assert load_model_calibration(tmp_path).skip_sensitivity == {6: tuple(curve)}

@@ -338,12 +338,15 @@ def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
     return modes, leader
 
 
-def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, amplification=0.0, mag=None, curve=None):
+def _steperror_replay(
+    sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, amplification=0.0, mag=None, curve=None, sensitivity=None
+):
     """The decisions the policy must make, from the recorded values: predicted latent error
     of reusing at step k = |sigma_k - sigma_(k+1)| x rate x D (D: summed relL1 of e0 since
     the last compute, or with ``mag`` the summed |1 - gamma_k| of MagCache ratios, or with
     ``curve`` the summed per-step guided change of the model's calibration), times
-    exp(amplification x sigma_(k+1)), summed over the steps since; rate = the guided
+    exp(amplification x sigma_(k+1)) (or with ``sensitivity`` the model's measured factor of
+    step k), summed over the steps since; rate = the guided
     residual's measured change per unit of D at computed steps."""
     modes, distance, error, rate, reference = [], 0.0, None, None, None
     for k, e0 in enumerate(e0s):
@@ -354,7 +357,8 @@ def _steperror_replay(sigmas, e0s, cond, uncond, g, tau, warmup, smoothing, ampl
                 distance += abs(1 - mag[k]) if mag else abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
         mode = "full"
         if k >= warmup and rate is not None:
-            step_error = abs(sigmas[k] - sigmas[k + 1]) * rate * distance * math.exp(amplification * sigmas[k + 1])
+            carried = sensitivity[k] if sensitivity else math.exp(amplification * sigmas[k + 1])
+            step_error = abs(sigmas[k] - sigmas[k + 1]) * rate * distance * carried
             total = step_error + (0 if error is None else error)
             if float(total.mean()) < tau:
                 mode, error = "skip", total
@@ -539,7 +543,7 @@ def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branche
     assert more.stats["skipped_steps"] > cached.stats["skipped_steps"]
 
 
-def test_a_calibration_file_with_a_bad_guided_change_is_refused_naming_the_field(tmp_path):
+def test_a_calibration_file_with_a_bad_step_curve_is_refused_naming_the_field(tmp_path):
     from motioncache_vllm.config import InvalidPolicyConfig, decode_policy
     from motioncache_vllm.policies.calibration import CALIBRATION_FILE, CalibrationError, load_model_calibration
 
@@ -547,11 +551,44 @@ def test_a_calibration_file_with_a_bad_guided_change_is_refused_naming_the_field
     good = {"coefficients": [1.0, 0.0], "guided_change": {"3": [0.5, 0.5, 1.5]}}
     path.write_text(json.dumps(good))
     assert load_model_calibration(tmp_path).guided_change == {3: (0.5, 0.5, 1.5)}
-    for bad in ({"3": [0.5, 1.5]}, {"3": [0.5, 0.0, 1.5]}, {"3": "flat"}, {"x": [1.0]}):
-        path.write_text(json.dumps({**good, "guided_change": bad}))
-        with pytest.raises(CalibrationError, match="guided_change") as info:
-            load_model_calibration(tmp_path)
-        assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
+    for name in ("guided_change", "skip_sensitivity"):
+        for bad in ({"3": [0.5, 1.5]}, {"3": [0.5, 0.0, 1.5]}, {"3": "flat"}, {"x": [1.0]}):
+            path.write_text(json.dumps({**good, name: bad}))
+            with pytest.raises(CalibrationError, match=name) as info:
+                load_model_calibration(tmp_path)
+            assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
     with pytest.raises(InvalidPolicyConfig, match="schedule") as info:
         decode_policy("steperror", {"schedule": "curve"})
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_steperror_measured_second_order_prices_each_step_by_the_models_skip_sensitivity():
+    steps, g, tau = 16, 5.0, 0.04
+    gen = torch.Generator().manual_seed(0)
+    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
+    e0s = [1.0 + 0.1 * k for k in range(steps)]
+    slope_c = 0.2 * torch.rand(8, 3, generator=gen)
+    cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]
+    uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
+    base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "second_order": "measured"}
+    # stored for 20 steps: dear early and at the end, cheap in the middle (the embedded model's shape)
+    stored = tuple(3.0 if i < 6 else 0.3 if i < 17 else 1.2 for i in range(20))
+    factor = [stored[round(i * 19 / 15)] for i in range(steps)]
+    policy = make_policy("steperror", base, model_skip_sensitivity={20: stored})
+    modes, _ = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g)
+    assert modes == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, sensitivity=factor)
+    # the factor decides: the exp term (amplification 1, also amplification 0) decides otherwise
+    for a in (1.0, 0.0):
+        other, _ = _steperror_chunk(
+            make_policy("steperror", {**base, "second_order": "exp", "amplification": a}), sigmas, e0s, cond, uncond, g
+        )
+        assert modes != other
+    # with the measured factor the amplification setting is not used
+    ignored = make_policy("steperror", {**base, "amplification": 3.0}, model_skip_sensitivity={20: stored})
+    assert _steperror_chunk(ignored, sigmas, e0s, cond, uncond, g)[0] == modes
+    # a model without it: every step in full
+    uncalibrated = make_policy("steperror", base, model_guided_change={20: (1.0,) * 20})
+    assert _steperror_chunk(uncalibrated, sigmas, e0s, cond, uncond, g)[0] == ["full"] * steps
+    with pytest.raises(Exception, match="second_order") as info:
+        make_policy("steperror", {"second_order": "quadratic"})
     assert len(str(info.value).splitlines()) == 1

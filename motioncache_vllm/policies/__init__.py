@@ -110,6 +110,7 @@ def make_policy(
     model_fit_range: tuple[float, float] | None = None,
     model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
     model_guided_change: dict[int, tuple[float, ...]] | None = None,
+    model_skip_sensitivity: dict[int, tuple[float, ...]] | None = None,
 ) -> CachePolicy:
     """The policy of a decoded config (or of a name + overrides, decoded here), with the
     model's calibration (``make_policy(config, None, *model_calibration(...))``). The runtime
@@ -124,4 +125,5 @@ def make_policy(
         model_fit_range=model_fit_range,
         model_mag_ratios=model_mag_ratios,
         model_guided_change=model_guided_change,
+        model_skip_sensitivity=model_skip_sensitivity,
     )

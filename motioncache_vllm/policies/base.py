@@ -98,16 +98,20 @@ class CachePolicy(ABC):
         model_fit_range: tuple[float, float] | None = None,
         model_mag_ratios: dict[int, tuple[float, ...]] | None = None,
         model_guided_change: dict[int, tuple[float, ...]] | None = None,
+        model_skip_sensitivity: dict[int, tuple[float, ...]] | None = None,
     ):
         """``model_coefficients``: the model's calibrated rescale polynomial, if it has one;
         ``model_fit_range``: the x range it was fitted on (linear continuation outside);
         ``model_mag_ratios``: its MagCache ratios per schedule length (see policies/magcache.py);
         ``model_guided_change``: its measured per-step change of the guided residual per
-        schedule length (see policies/calibration.py, ``GuidedChange``)."""
+        schedule length (see policies/calibration.py, ``GuidedChange``);
+        ``model_skip_sensitivity``: its measured amplification of a one-step skip's error per
+        step (``SkipSensitivity``)."""
         self.config = config if config is not None else self.config_cls()
         self.model_coefficients = model_coefficients
         self.model_mag_ratios = model_mag_ratios
         self.model_guided_change = model_guided_change
+        self.model_skip_sensitivity = model_skip_sensitivity
         # d = poly(relL1(e0)): the policy's own coefficients, else the model's, else identity
         own = getattr(self.config, "coefficients", None)
         if own:

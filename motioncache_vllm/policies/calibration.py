@@ -40,6 +40,15 @@ is used); entry 0 repeats entry 1 (no change is defined before the first step), 
 nearest-index resample (:func:`ratios_for`) never reads a zero."""
 
 
+SkipSensitivity = dict[int, tuple[float, ...]]
+"""Per schedule length: the final latent error of skipping step k alone (both CFG branches,
+every chunk; full compute otherwise) per unit of that step's first-order latent error
+``|sigma_k - sigma_(k+1)| x mean|G_k - G_(k-1)|``, scaled to mean 1 over the steps measured
+(only the shape is used); entries before the first measured step repeat it. ``steperror``'s
+``second_order="measured"``: how much the later steps (and the solver's history) amplify or
+damp an error made at step k."""
+
+
 class Calibration(NamedTuple):
     """A model's calibration (``load_model_calibration`` / ``model_calibration``)."""
 
@@ -47,6 +56,7 @@ class Calibration(NamedTuple):
     fit_range: tuple[float, float] | None = None
     mag_ratios: MagRatios | None = None
     guided_change: GuidedChange | None = None
+    skip_sensitivity: SkipSensitivity | None = None
 
 
 class CalibrationError(ValueError):
@@ -101,22 +111,29 @@ def load_model_calibration(model_dir: str | Path | None) -> Calibration | None:
     fit_range = None if lo is None or hi is None or hi <= lo else (float(lo), float(hi))
     stored = record.get("mag_ratios")
     mag_ratios = {int(n): tuple(float(r) for r in ratios) for n, ratios in stored.items()} if stored else None
-    return Calibration(coefficients, fit_range, mag_ratios, _guided_change(record.get("guided_change"), path))
+    return Calibration(
+        coefficients,
+        fit_range,
+        mag_ratios,
+        _step_curves(record, "guided_change", path),
+        _step_curves(record, "skip_sensitivity", path),
+    )
 
 
-def _guided_change(stored, path: Path) -> GuidedChange | None:
-    """The stored guided-change curves, checked: a policy must never read a negative or
-    missing step of a schedule as "no change"."""
+def _step_curves(record: dict, name: str, path: Path) -> dict[int, tuple[float, ...]] | None:
+    """A stored per-step curve per schedule length, checked: a policy must never read a
+    negative or missing step of a schedule as "free"."""
+    stored = record.get(name)
     if not stored:
         return None
     try:
         curves = {int(n): tuple(float(c) for c in curve) for n, curve in stored.items()}
     except (AttributeError, TypeError, ValueError):
-        raise CalibrationError(f"{path}: guided_change must map schedule lengths to lists of numbers") from None
+        raise CalibrationError(f"{path}: {name} must map schedule lengths to lists of numbers") from None
     for n, curve in curves.items():
         if len(curve) != n or not all(c > 0 and np.isfinite(c) for c in curve):
             raise CalibrationError(
-                f"{path}: guided_change[{n}] must hold {n} positive numbers (one per step), got {len(curve)}"
+                f"{path}: {name}[{n}] must hold {n} positive numbers (one per step), got {len(curve)}"
             )
     return curves
 

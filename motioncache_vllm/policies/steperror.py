@@ -35,6 +35,9 @@ per unit of sigma); a = 1 beat the plain first-order sum (a = 0) at 2.5-3x on tw
 sets. Option ``schedule = "magcache"`` sums ``|1 - gamma_k|`` of the model's calibrated MagCache
 ratios as ``D`` in place of the e0 polynomial; it lost (magnitude ratios miss most of the
 mid-schedule change), so the e0 polynomial stays the default (benchmarks/RESULTS.md).
+Option ``second_order = "measured"`` replaces ``exp(a * sigma_(k+1))`` by the model's calibrated
+skip sensitivity (``SkipSensitivity``: the final error of skipping step k alone per unit of its
+first-order error, measured on training captions; a model without it runs every step in full).
 Option ``schedule = "measured"`` sums the model's calibrated mean change of the guided
 residual per step under full compute (``GuidedChange``, fitted by ``motioncache calibrate``
 on training captions; a model without it runs every step in full): the curve the clip's
@@ -95,6 +98,8 @@ class StepErrorPolicy(CachePolicy):
         mag_ratios, measured = self.model_mag_ratios, self.model_guided_change
         self.ratios: ResampledRatios | None = ResampledRatios(mag_ratios) if mag_ratios is not None else None
         self.measured: ResampledRatios | None = ResampledRatios(measured) if measured is not None else None
+        sensitivity = self.model_skip_sensitivity
+        self.sensitivity: ResampledRatios | None = ResampledRatios(sensitivity) if sensitivity is not None else None
 
     def new_state(self, layout) -> StepErrorState:
         return StepErrorState(layout)
@@ -133,7 +138,12 @@ class StepErrorPolicy(CachePolicy):
         if cfg.max_skip_steps and state.run >= cfg.max_skip_steps:
             return Decision.full()
         total = self.predicted_error(state, abs(sigmas[step] - sigmas[step + 1]))
-        if cfg.amplification:
+        if cfg.second_order == "measured":
+            if self.sensitivity is None:
+                return Decision.full()  # no calibrated sensitivity: never guess
+            # what the later steps (and the solver's history) make of an error at this step
+            total = total * self.sensitivity.at(obs.num_steps, step)
+        elif cfg.amplification:
             # the later steps from sigma_(k+1) down carry this step's error on
             total = total * math.exp(cfg.amplification * abs(sigmas[step + 1]))
         if state.error is not None:

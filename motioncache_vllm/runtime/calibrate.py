@@ -23,7 +23,7 @@ import torch
 
 from motioncache_vllm.config import GenerationRequest
 from motioncache_vllm.motion import relative_l1
-from motioncache_vllm.policies.base import PolicyState
+from motioncache_vllm.policies.base import Decision, PolicyState
 from motioncache_vllm.policies.calibration import CALIBRATION_FILE, magnitude_ratios
 from motioncache_vllm.policies.none import NonePolicy
 
@@ -100,7 +100,7 @@ def calibrate(
     Several schedule lengths widen the fitted x range: a 10-step schedule changes e0 about
     three times as much per step as a 30-step one."""
     from motioncache_vllm.runtime.chunked import ChunkedRunner
-    from motioncache_vllm.runtime.request import make_pool, resolve, seeded_generator
+    from motioncache_vllm.runtime.request import make_pool
     from motioncache_vllm.config import PoolConfig
 
     policy = _RecordingPolicy()
@@ -108,28 +108,7 @@ def calibrate(
     ratios_by_length: dict[int, list[list[float]]] = {}
     change_by_length: dict[int, list[list[float]]] = {}
     for i, prompt, n in jobs:
-        r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_inference_steps=n, seed=seed + i))
-        generator = seeded_generator(r.seed)
-        pipe._guidance_scale = r.guidance
-        cond, uncond = pipe.encode_prompt(
-            r.prompt,
-            None,
-            do_classifier_free_guidance=r.guidance > 1.0,
-            num_videos_per_prompt=1,
-            max_sequence_length=r.max_sequence_length,
-            device=pipe._execution_device,
-        )
-        latents = pipe.prepare_latents(
-            1,
-            pipe.transformer.config.in_channels,
-            r.height,
-            r.width,
-            pipe.padded_num_frames(r.num_frames),
-            torch.float32,
-            pipe._execution_device,
-            generator,
-        )[0]
-        embeds = {"cond": cond} | ({"uncond": uncond} if uncond is not None else {})
+        r, embeds, latents = _prepared(pipe, prompt, num_frames, n, seed + i)
         policy.finished_norms.clear()
         policy.finished_states.clear()
         ChunkedRunner(pipe, policy, make_pool(pipe, PoolConfig())).denoise(embeds, latents, r.steps, r.guidance)
@@ -162,6 +141,95 @@ def _first_repeated(curve: np.ndarray) -> list[float]:
     ``GuidedChange``)."""
     curve = curve.round(5).tolist()
     return curve[:1] + curve
+
+
+def _prepared(pipe, prompt: str, num_frames: int | None, steps: int | None, seed: int):
+    """(resolved request, prompt embeddings per CFG branch, initial latents) of one run."""
+    from motioncache_vllm.runtime.request import resolve, seeded_generator
+
+    r = resolve(pipe, GenerationRequest(prompt=prompt, num_frames=num_frames, num_inference_steps=steps, seed=seed))
+    generator = seeded_generator(r.seed)
+    pipe._guidance_scale = r.guidance
+    cond, uncond = pipe.encode_prompt(
+        r.prompt,
+        None,
+        do_classifier_free_guidance=r.guidance > 1.0,
+        num_videos_per_prompt=1,
+        max_sequence_length=r.max_sequence_length,
+        device=pipe._execution_device,
+    )
+    latents = pipe.prepare_latents(
+        1,
+        pipe.transformer.config.in_channels,
+        r.height,
+        r.width,
+        pipe.padded_num_frames(r.num_frames),
+        torch.float32,
+        pipe._execution_device,
+        generator,
+    )[0]
+    return r, {"cond": cond} | ({"uncond": uncond} if uncond is not None else {}), latents
+
+
+class _SkipOnePolicy(NonePolicy):
+    """Full compute except step ``k`` of every chunk, skipped by both CFG branches."""
+
+    shares_cfg_decisions = True
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def decide(self, state, obs) -> Decision:
+        return Decision.skip() if state.step == self.k else Decision.full()
+
+
+def skip_sensitivity(
+    pipe, prompts: list[str], steps: int, num_frames: int | None = None, seed: int = 0, first: int = 2
+) -> list[float]:
+    """``steperror``'s measured second-order term for a ``steps``-long schedule (see
+    ``SkipSensitivity``): per prompt, one full-compute run (the reference and each step's
+    first-order error ``|sigma_k - sigma_(k+1)| x mean|G_k - G_(k-1)|``, G the guided residual,
+    averaged over chunks), then one run per step ``k >= first`` that skips step k alone; the
+    final latents' mean absolute error over the first-order one, scaled to mean 1 per prompt,
+    then averaged over prompts. One run per step and prompt: slow, so only on request."""
+    from motioncache_vllm.config import PoolConfig
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+    from motioncache_vllm.runtime.request import make_pool
+
+    def run(policy, r, embeds, latents) -> tuple[torch.Tensor, list[float]]:
+        x = latents.clone()
+        denoising = ChunkedRunner(pipe, policy, make_pool(pipe, PoolConfig())).start(embeds, x, r.steps, r.guidance)
+        try:
+            while not denoising.done:
+                denoising.step()
+        finally:
+            denoising.close()
+        return x, [float(s) for s in denoising.sigmas]
+
+    per_prompt = []
+    for i, prompt in enumerate(prompts):
+        r, embeds, latents = _prepared(pipe, prompt, num_frames, steps, seed + i)
+        recorder = _RecordingPolicy()
+        reference, sigmas = run(recorder, r, embeds, latents)
+        branches: dict[str, list[_RecordingState]] = {}
+        for state in recorder.finished_states:
+            branches.setdefault(state.stream_key[1], []).append(state)
+        guided = [
+            [r.guidance * c + (1.0 - r.guidance) * u for c, u in zip(cond.residuals, uncond.residuals)]
+            if uncond is not None
+            else cond.residuals
+            for cond, uncond in zip(branches["cond"], branches.get("uncond", [None] * len(branches["cond"])))
+        ]
+        ratios = []
+        for k in range(first, r.steps):
+            change = float(np.mean([float((g[k] - g[k - 1]).abs().mean()) for g in guided]))
+            skipped, _ = run(_SkipOnePolicy(k), r, embeds, latents)
+            immediate = abs(sigmas[k] - sigmas[k + 1]) * change
+            ratios.append(float((skipped - reference).abs().mean()) / max(immediate, 1e-12))
+        per_prompt.append(np.array(ratios) / np.mean(ratios))  # each prompt's shape counts alike
+    curve = np.mean(per_prompt, axis=0).round(5).tolist()
+    return curve[:1] * first + curve
 
 
 def monotone_polyfit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, int]:
