@@ -68,6 +68,9 @@ for path in files:
                 "ideal_speedup": r.stats.get("ideal_speedup"),
                 "steps": f"{r.stats.get('full_steps')}/{r.stats.get('partial_steps')}/{r.stats.get('skipped_steps')}",
                 "map_spearman": rho,
+                # chunks the scene-cut guard computed in full (above its threshold / in its band)
+                "scene_cuts": r.stats.get("scene_cuts"),
+                "scene_cut_band": r.stats.get("scene_cut_band"),
                 "cut_frame": cut_frame,
                 "cut_chunk": cut_chunk,
                 # median chunk PSNR minus the PSNR of the chunk holding the cut (<= 3 dB wanted)
