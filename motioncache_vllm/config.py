@@ -301,11 +301,14 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     sigma, so an error made at step k counts ``exp(amplification * sigma_(k+1))`` times (0 = the
     plain first-order sum). 1 beat 0 by a median +0.3-0.6 dB at 2.5-3x ideal on two caption
     sets (2 overpriced early steps: worse at 2.5-3x; RESULTS.md, "Session 8, later")."""
-    second_order: Literal["exp", "measured"] = "exp"
+    second_order: Literal["auto", "exp", "measured"] = "auto"
     """How a skipped step's error is carried on by the later steps: ``exp`` = the factor
     ``exp(amplification * sigma_(k+1))``; ``measured`` = the model's calibrated skip sensitivity
     (``skip_sensitivity``: final error of skipping step k alone per unit of its first-order error;
-    ``motioncache calibrate --sensitivity``; a model without it runs every step in full)."""
+    ``motioncache calibrate --sensitivity``; asked for explicitly, a model without it runs every
+    step in full); ``auto`` (default) = ``measured`` where the model has the curve (both shipped
+    models do), else ``exp``. ``measured`` beat ``exp`` at 2.5x ideal work on four caption sets,
+    one of them held out (RESULTS.md, "Session 9")."""
 
 
 PolicyConfig = Union[

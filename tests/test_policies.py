@@ -592,3 +592,10 @@ def test_steperror_measured_second_order_prices_each_step_by_the_models_skip_sen
     with pytest.raises(Exception, match="second_order") as info:
         make_policy("steperror", {"second_order": "quadratic"})
     assert len(str(info.value).splitlines()) == 1
+    # the default ("auto"): the measured factor where the model has it, the exp term where not
+    auto = {k: v for k, v in base.items() if k != "second_order"}
+    with_curve = make_policy("steperror", auto, model_skip_sensitivity={20: stored})
+    assert _steperror_chunk(with_curve, sigmas, e0s, cond, uncond, g)[0] == modes
+    without = _steperror_chunk(make_policy("steperror", auto), sigmas, e0s, cond, uncond, g)[0]
+    assert without == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0)
+    assert without != modes
