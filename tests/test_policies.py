@@ -479,14 +479,21 @@ def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_
         make_policy("steperror", {**base, "schedule": "flow"})
 
 
-def test_steperror_measured_schedule_sums_the_models_guided_change_curve_and_falls_back_without_it():
-    steps, g, tau = 16, 5.0, 0.04
+def _synthetic_guided_chunk(steps: int):
+    """One chunk's schedule, e0s and the two branches' residuals, changing faster late in the
+    schedule (the conditional branch more): what the measured-curve replay tests feed steperror."""
     gen = torch.Generator().manual_seed(0)
     sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
     e0s = [1.0 + 0.1 * k for k in range(steps)]
     slope_c = 0.2 * torch.rand(8, 3, generator=gen)
     cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]
     uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
+    return sigmas, e0s, cond, uncond
+
+
+def test_steperror_measured_schedule_sums_the_models_guided_change_curve_and_falls_back_without_it():
+    steps, g, tau = 16, 5.0, 0.04
+    sigmas, e0s, cond, uncond = _synthetic_guided_chunk(steps)
     base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "schedule": "measured"}
     # a curve stored for 32 steps that rises 7x at the end (as the embedded model's true change)
     stored = tuple(0.6 + 0.4 * (i % 3) + 6.0 * (i / 31) ** 4 for i in range(32))
@@ -564,12 +571,7 @@ def test_a_calibration_file_with_a_bad_step_curve_is_refused_naming_the_field(tm
 
 def test_steperror_measured_second_order_prices_each_step_by_the_models_skip_sensitivity():
     steps, g, tau = 16, 5.0, 0.04
-    gen = torch.Generator().manual_seed(0)
-    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
-    e0s = [1.0 + 0.1 * k for k in range(steps)]
-    slope_c = 0.2 * torch.rand(8, 3, generator=gen)
-    cond = [torch.ones(8, 3) + k * (1 + 0.05 * k) * slope_c for k in range(steps)]
-    uncond = [torch.ones(8, 3) + k * 0.8 * slope_c for k in range(steps)]
+    sigmas, e0s, cond, uncond = _synthetic_guided_chunk(steps)
     base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "second_order": "measured"}
     # stored for 20 steps: dear early and at the end, cheap in the middle (the embedded model's shape)
     stored = tuple(3.0 if i < 6 else 0.3 if i < 17 else 1.2 for i in range(20))
