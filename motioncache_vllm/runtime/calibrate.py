@@ -65,20 +65,27 @@ class _RecordingPolicy(NonePolicy):
         state.residuals.append(state.previous_residual.float())
 
 
-def guided_change_curves(states: list[_RecordingState], guidance: float) -> list[list[float]]:
-    """Per chunk of one run (its cond and uncond states, in the runtime's order): the mean
-    absolute change of the guided residual from each step to the next, scaled to mean 1 (only
-    the shape is used; a chunk's overall scale is the clip's, which the policy measures)."""
+def _guided_residuals(states: list[_RecordingState], guidance: float) -> list[list[torch.Tensor]]:
+    """Per chunk of one run (its cond and uncond states, in the runtime's order): the guided
+    residual ``g R_c + (1 - g) R_u`` at every step (``R_c`` alone without CFG)."""
     branches: dict[str, list[_RecordingState]] = {}
     for state in states:
         branches.setdefault(state.stream_key[1] if state.stream_key else "cond", []).append(state)
+    uncond = branches.get("uncond")
+    return [
+        [guidance * c + (1.0 - guidance) * u for c, u in zip(cond.residuals, uncond[i].residuals)]
+        if uncond
+        else list(cond.residuals)
+        for i, cond in enumerate(branches.get("cond", []))
+    ]
+
+
+def guided_change_curves(states: list[_RecordingState], guidance: float) -> list[list[float]]:
+    """Per chunk of one run: the mean absolute change of the guided residual from each step to
+    the next, scaled to mean 1 (only the shape is used; a chunk's overall scale is the clip's,
+    which the policy measures)."""
     curves = []
-    for i, cond in enumerate(branches.get("cond", [])):
-        uncond = branches["uncond"][i] if "uncond" in branches else None
-        guided = [
-            r if uncond is None else guidance * r + (1.0 - guidance) * u
-            for r, u in zip(cond.residuals, uncond.residuals if uncond else cond.residuals)
-        ]
+    for guided in _guided_residuals(states, guidance):
         change = [float((cur - prev).abs().mean()) for prev, cur in zip(guided, guided[1:])]
         scale = float(np.mean(change)) if change else 0.0
         if scale > 0:
@@ -212,15 +219,7 @@ def skip_sensitivity(
         r, embeds, latents = _prepared(pipe, prompt, num_frames, steps, seed + i)
         recorder = _RecordingPolicy()
         reference, sigmas = run(recorder, r, embeds, latents)
-        branches: dict[str, list[_RecordingState]] = {}
-        for state in recorder.finished_states:
-            branches.setdefault(state.stream_key[1], []).append(state)
-        guided = [
-            [r.guidance * c + (1.0 - r.guidance) * u for c, u in zip(cond.residuals, uncond.residuals)]
-            if uncond is not None
-            else cond.residuals
-            for cond, uncond in zip(branches["cond"], branches.get("uncond", [None] * len(branches["cond"])))
-        ]
+        guided = _guided_residuals(recorder.finished_states, r.guidance)
         ratios = []
         for k in range(first, r.steps):
             change = float(np.mean([float((g[k] - g[k - 1]).abs().mean()) for g in guided]))
