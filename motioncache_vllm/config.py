@@ -309,6 +309,19 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     step in full); ``auto`` (default) = ``measured`` where the model has the curve (both shipped
     models do), else ``exp``. ``measured`` beat ``exp`` at 2.5x ideal work on four caption sets,
     one of them held out (RESULTS.md, "Session 9")."""
+    refresh_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    """Spatial part, at a step the rule skips: recompute this share of the blocks with the
+    largest predicted error (``dt x rate[p] x D[p]`` summed since each token's own last compute;
+    their error and distance restart), a partial step; 0 = whole steps only."""
+    refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Refresh only in the first this-many steps after a computed step, while the other tokens'
+    K/V (which a partial step attends to as they were) are recent (0 = at any skipped step)."""
+    refresh_share: Fraction = 0.0
+    """Refresh only when the chosen blocks hold at least this share of the predicted error (the
+    error is concentrated; 0 = no such gate)."""
+    static_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    """Spatial part, at a step the rule computes: leave out this share of the blocks with the
+    smallest predicted error (they keep accumulating it), a partial step; 0 = all blocks."""
 
 
 PolicyConfig = Union[

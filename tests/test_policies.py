@@ -311,9 +311,11 @@ def test_magrefresh_corrects_reused_residuals_only_when_asked():
     assert reused({"rescale_reused": True}) == pytest.approx(3.0 * 0.97**2)
 
 
-def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
+def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance, spatial=False):
     """One chunk through a CFG pair of states as the runtime drives them: the cond state
-    decides, the uncond state follows (its residual reported before both end_steps)."""
+    decides, the uncond state follows (its residual reported before both end_steps). With
+    ``spatial`` a partial step is allowed and reported as ``"partial:"`` + its block mask
+    (e.g. ``"partial:0100"``); both branches execute it."""
     leader, follower = policy.new_state(LAYOUT), policy.new_state(LAYOUT)
     leader.partner = follower
     modes = []
@@ -327,12 +329,12 @@ def _steperror_chunk(policy, sigmas, e0s, cond, uncond, guidance):
             guidance_scale=guidance,
         )
         d = policy.decide(leader, o)
-        assert d.mode in ("full", "skip")  # whole steps only
-        modes.append(d.mode)
-        if d.mode == "full":
+        assert d.mode in ("full", "skip", "partial") if spatial else d.mode in ("full", "skip")
+        modes.append(d.mode if d.mode != "partial" else "partial:" + "".join(str(int(b)) for b in d.blocks))
+        if d.mode != "skip":
             for state, residual in ((leader, cond[k]), (follower, uncond[k])):
                 policy.observe_residual(state, residual)
-                policy.on_computed(state, None)
+                policy.on_computed(state, d.blocks)
         policy.end_step(leader)
         policy.end_step(follower)
     return modes, leader
@@ -601,3 +603,153 @@ def test_steperror_measured_second_order_prices_each_step_by_the_models_skip_sen
     without = _steperror_chunk(make_policy("steperror", auto), sigmas, e0s, cond, uncond, g)[0]
     assert without == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0, amplification=1.0)
     assert without != modes
+
+
+def _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, warmup, refresh, static=0.0, within=0):
+    """The spatial part's decisions from the recorded values (first-order term only, as
+    ``amplification`` 0): per token, D and the error since *its* last compute; a step the rule
+    skips recomputes the ``refresh`` share of blocks with the largest mean error (LAYOUT: a
+    block = one token position in both frames), a step it computes leaves out the ``static``
+    share with the smallest; computed tokens restart and measure their rate over their own D."""
+    n, blocks = 8, 4
+    block_of = torch.arange(4).repeat(2)
+    modes, dist, error, rate, reference, run = [], torch.zeros(n, dtype=torch.float64), None, None, None, 0
+    for k, e0 in enumerate(e0s):
+        if k:
+            dist += abs(e0 - e0s[k - 1]) / abs(e0s[k - 1])
+        computed, mode = torch.ones(blocks, dtype=torch.bool), "full"
+        if k >= warmup and rate is not None:
+            total = abs(sigmas[k] - sigmas[k + 1]) * rate * dist.float() + (0 if error is None else error)
+            per_block = torch.zeros(blocks).index_add_(0, block_of, total) / 2
+            if float(total.mean()) < tau:
+                error, computed, mode = total, torch.zeros(blocks, dtype=torch.bool), "skip"
+                if refresh and not (within and run >= within):
+                    computed[torch.topk(per_block, round(refresh * blocks)).indices] = True
+                run += 1
+            elif static:
+                error, run = total, 0
+                computed[torch.topk(per_block, round(static * blocks), largest=False).indices] = False
+        if mode != "full" or not bool(computed.all()):
+            mode = "partial:" + "".join(str(int(b)) for b in computed) if computed.any() else "skip"
+        modes.append(mode)
+        if computed.any():
+            tokens = computed[block_of]
+            guided = g * cond[k] + (1 - g) * uncond[k]
+            if reference is not None:
+                measured = (guided - reference).abs().mean(-1) / dist.float()
+                rate = measured if rate is None else torch.where(tokens, measured, rate)
+                reference = torch.where(tokens[:, None], guided, reference)
+            else:
+                reference = guided.clone()
+            dist[tokens] = 0.0
+            if bool(computed.all()):
+                error, run = None, 0
+            elif error is not None:
+                error[tokens] = 0.0
+    return modes
+
+
+def _two_speed_chunk(steps: int):
+    """Residuals linear in the schedule distance D (so a token's measured rate is the same
+    over any interval), one fast block (position 2), one medium (0); the largest residual
+    *values* sit in the slow block 3, so a choice by magnitude would pick it."""
+    sigmas = tuple(float(1 - (i / steps) ** 2) for i in range(steps + 1))
+    e0s = [1.0 + 0.1 * k for k in range(steps)]
+    cum = [0.0]
+    for k in range(1, steps):
+        cum.append(cum[-1] + abs(e0s[k] - e0s[k - 1]) / abs(e0s[k - 1]))
+    speed = torch.tensor([0.5, 0.05, 2.0, 0.02]).repeat(2)[:, None] * torch.ones(8, 3)
+    offset = torch.tensor([0.0, 0.0, 0.0, 9.0]).repeat(2)[:, None]
+    cond = [offset + 1.0 + c * speed for c in cum]
+    uncond = [offset + 1.0 + 0.8 * c * speed for c in cum]
+    return sigmas, e0s, cond, uncond, speed
+
+
+def test_steperror_refresh_recomputes_the_blocks_with_the_largest_predicted_error_and_restarts_them():
+    steps, g, tau = 16, 5.0, 0.05
+    sigmas, e0s, cond, uncond, speed = _two_speed_chunk(steps)
+    base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "amplification": 0.0}
+    # the new fields at 0: the whole-step rule's decisions exactly
+    whole, _ = _steperror_chunk(make_policy("steperror", base), sigmas, e0s, cond, uncond, g)
+    assert whole == _steperror_replay(sigmas, e0s, cond, uncond, g, tau, 4, 1.0) and "skip" in whole
+    zeros = {**base, "refresh_fraction": 0.0, "static_fraction": 0.0, "refresh_within": 0, "refresh_share": 0.0}
+    assert _steperror_chunk(make_policy("steperror", zeros), sigmas, e0s, cond, uncond, g)[0] == whole
+
+    policy = make_policy("steperror", {**base, "refresh_fraction": 0.25})
+    modes, state = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g, spatial=True)
+    assert modes == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.25)
+    refreshes = [m for m in modes if m.startswith("partial")]
+    # the fast block first (not the largest residual, block 3); its error then restarts, so
+    # the medium block (next largest rate x D) gets its turn too
+    assert refreshes[:3] == ["partial:0010", "partial:0010", "partial:1000"]
+    # refreshes pay back: the full steps come later than without them
+    assert modes.count("full") < whole.count("full")
+    # every computed token's rate is its own change per unit of its own D (exact: linear in D)
+    per_token = (g * speed + (1 - g) * 0.8 * speed).abs().mean(-1)
+    assert torch.allclose(state.rate, per_token, rtol=1e-3)
+
+    # restarts: right after a refresh the refreshed block's tokens have no error and no
+    # distance, the others keep theirs
+    leader = policy.new_state(LAYOUT)
+    follower = policy.new_state(LAYOUT)
+    leader.partner = follower
+    for k, e0 in enumerate(e0s):
+        o = StepObservation(torch.full((4,), e0), torch.zeros(2, 4, 3), None, steps, sigmas, g)
+        d = policy.decide(leader, o)
+        if d.mode == "partial":
+            before = leader.error.clone()
+            for state, residual in ((leader, cond[k]), (follower, uncond[k])):
+                policy.observe_residual(state, residual)
+                policy.on_computed(state, d.blocks)
+            tokens = LAYOUT.tokens_of(d.blocks)
+            others = LAYOUT.tokens_of(~d.blocks)
+            assert float(leader.error[tokens].abs().max()) == 0.0 and float(leader.distance[tokens].max()) == 0.0
+            assert torch.equal(leader.error[others], before[others]) and float(leader.distance[others].min()) > 0
+            break
+        if d.mode == "full":
+            for state, residual in ((leader, cond[k]), (follower, uncond[k])):
+                policy.observe_residual(state, residual)
+                policy.on_computed(state, None)
+        policy.end_step(leader)
+        policy.end_step(follower)
+    else:
+        raise AssertionError("no refresh happened")
+
+    # the choice follows the per-token rate: the same chunk with the fast and the medium
+    # block's speeds swapped refreshes the other block first
+    swap = [2, 1, 0, 3, 6, 5, 4, 7]
+    swapped, swapped_u = [c[swap] for c in cond], [u[swap] for u in uncond]
+    other, _ = _steperror_chunk(policy, sigmas, e0s, swapped, swapped_u, g, spatial=True)
+    assert next(m for m in other if m.startswith("partial")) == "partial:1000"
+
+
+def test_steperror_refresh_gates_and_static_blocks_are_replayed():
+    steps, g, tau = 16, 5.0, 0.05
+    sigmas, e0s, cond, uncond, _ = _two_speed_chunk(steps)
+    base = {"threshold": tau, "coefficients": [1.0, 0.0], "warmup_ratio": 0.25, "amplification": 0.0}
+    run = lambda extra: _steperror_chunk(  # noqa: E731
+        make_policy("steperror", {**base, **extra}), sigmas, e0s, cond, uncond, g, spatial=True
+    )[0]
+    # only in the first step after a compute
+    within = run({"refresh_fraction": 0.25, "refresh_within": 1})
+    assert within == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.25, within=1)
+    assert "skip" in within and any(m.startswith("partial") for m in within)
+    # a share gate no block set can reach: no refresh, the whole-step rule's decisions
+    assert run({"refresh_fraction": 0.25, "refresh_share": 1.0}) == run({})
+    # a computed step leaves out the block with the smallest predicted error (the slowest, 3)
+    static = run({"static_fraction": 0.25})
+    assert static == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.0, static=0.25)
+    assert "partial:1110" in static and static[:4] == ["full"] * 4
+
+
+def test_steperror_spatial_fields_are_validated_naming_the_field():
+    for field, value in (
+        ("refresh_fraction", 1.0),
+        ("refresh_fraction", -0.1),
+        ("static_fraction", 1.5),
+        ("refresh_within", -1),
+        ("refresh_share", 2.0),
+    ):
+        with pytest.raises(InvalidPolicyConfig, match=field) as info:
+            make_policy("steperror", {field: value})
+        assert len(str(info.value).splitlines()) == 1

@@ -25,6 +25,7 @@ def _value(text: str):
 
 
 def main(model: str, caption: str, seed: str, frames: str, steps: str, variants: str, out: str) -> None:
+    from motioncache_vllm.bench.motionmap import recompute_motion_spearman
     from motioncache_vllm.bench.oracle import OracleConfig, oracle_point, run_oracle
     from motioncache_vllm.config import CacheConfig, GenerationRequest
     from motioncache_vllm.models.loading import load_pipeline
@@ -57,7 +58,12 @@ def main(model: str, caption: str, seed: str, frames: str, steps: str, variants:
         else:
             res = generate_video(pipe, req, cache=CacheConfig.decode(kind, {"threshold": float(tau), **settings}))
             variant = kind
-        points.append({**oracle_point(caption, variant, float(tau), res, ref), "settings": settings})
+        point = {**oracle_point(caption, variant, float(tau), res, ref), "settings": settings}
+        if getattr(res, "recompute_map", None) is not None:
+            # does the recompute map follow motion? (median over chunks; 0.0 = flat everywhere)
+            rho = recompute_motion_spearman(res.recompute_map, ref.frames, pipe.causal_block_size)
+            point["map_spearman"] = rho["median"]
+        points.append(point)
         print(points[-1], flush=True)
     result = {
         "suite": "oracle",

@@ -18,6 +18,11 @@ a level counts with its first point). Per clip:
 
 Each clip is tagged with the set (``--sets NAME=PROMPTS,...``: the prompts file its caption
 comes from) so tuning and held-out sets are summarised apart.
+
+Where the pieces record it (``oracle_piece.py``'s ``map_spearman``), each level also gives the
+recompute map's Spearman with the reference's per-block pixel motion, of the policy point
+nearest W in work, and the summary its median over the clips of a moving object on a static
+scene (``... moves ...``: not pans, bounces or cuts), the issue's map criterion.
 """
 
 from __future__ import annotations
@@ -50,6 +55,19 @@ def speed_at(front: list[tuple[float, float]], psnr: float) -> tuple[float | Non
     return None, False
 
 
+def moving_object(prompt: str) -> bool:
+    """A moving object on a static scene (the map criterion's clips): not a pan, bounce or cut."""
+    return " moves " in f" {prompt} " and " cut to " not in prompt and "pans" not in prompt and "bounce" not in prompt
+
+
+def nearest_map(points: list[dict], w: float) -> float | None:
+    """The recorded map Spearman of the policy point nearest ideal speedup ``w`` (None: not recorded)."""
+    mapped = [p for p in points if p.get("map_spearman") is not None]
+    if not mapped:
+        return None
+    return min(mapped, key=lambda p: abs(p["ideal_speedup"] - w))["map_spearman"]
+
+
 def clip_row(points: list[dict], key: tuple, sets: dict[str, set[str]]) -> dict:
     model, prompt, seed = key
     mine = ov.curve(points, POLICY)
@@ -60,6 +78,7 @@ def clip_row(points: list[dict], key: tuple, sets: dict[str, set[str]]) -> dict:
         "set": next((name for name, caps in sets.items() if prompt in caps), "-"),
         "policy_points": [p for p in points if p["variant"] == POLICY],
         "policy_front": mine,
+        "moving_object": moving_object(prompt),
         "levels": {},
     }
     for w in LEVELS:
@@ -77,6 +96,7 @@ def clip_row(points: list[dict], key: tuple, sets: dict[str, set[str]]) -> dict:
             "policy_minus_step_oracle": None if value is None or step is None else round(value - step, 2),
             "speed_ratio_at_cache_psnr": None if speed is None else round(speed / w, 3),
             "speed_ratio_is_lower_bound": bound,
+            "map_spearman": nearest_map(row["policy_points"], w),
         }
     return row
 
@@ -92,6 +112,13 @@ def summarise(rows: list[dict]) -> dict:
         )
         out[str(w)]["clips_ge_1.3x"] = sum(
             1 for r in rows if (r["levels"][str(w)]["speed_ratio_at_cache_psnr"] or 0) >= 1.3
+        )
+        maps = [r["levels"][str(w)]["map_spearman"] for r in rows if r["moving_object"]]
+        maps = [m for m in maps if m is not None]
+        out[str(w)]["map_spearman_moving_object"] = (
+            {"median": round(statistics.median(maps), 3), "min": min(maps), "max": max(maps), "n": len(maps)}
+            if maps
+            else None
         )
     return out
 

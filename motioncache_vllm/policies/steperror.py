@@ -50,11 +50,23 @@ Both CFG branches execute the conditional branch's decision (``shares_cfg_decisi
 runtime gives the deciding state the unconditional branch's state (``PolicyState.partner``),
 so the rate is measured on the guided residual as the oracle's criterion is.
 
-Whole steps only. The decision takes the mean over tokens, so with whole steps the
-per-token rates act only through their mean; partial steps (recompute the tokens with the
-largest predicted error) were left out: the block oracle beat the step oracle by only
-+0.2-0.7 dB at 2-3x with the runtime's stale K/V, and every measured partial-step policy here
-(``tokenrate``, ``magrefresh``) lost to full steps at equal work.
+By default whole steps only: the decision takes the mean over tokens, so the per-token
+rates act only through their mean and every block is recomputed equally often (a flat
+recompute map). Two opt-in spatial parts put the per-token rates to work *under* this step
+choice (partial steps: the recomputed tokens attend to the others' K/V as cached):
+
+- ``refresh_fraction``: a step the rule skips instead recomputes that share of the blocks with
+  the largest predicted error (gates: ``refresh_within`` steps after a computed step,
+  ``refresh_share`` of the error in the chosen blocks);
+- ``static_fraction``: a step the rule computes leaves out that share of the blocks with the
+  smallest predicted error.
+
+For these, ``D`` and the error are per token, since *that token's* last compute; a refreshed
+token's error and distance restart and its rate is measured over its own distance. With both
+at 0 every compute is a full step, every token's ``D`` is the same, and the decisions are the
+whole-step rule's. The block oracle beat the step oracle by +0.2-0.7 dB at 2-3x with the
+runtime's stale K/V; earlier partial-step policies (``tokenrate``, ``magrefresh``) lost to full
+steps at equal work mainly through their step choice (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -72,8 +84,11 @@ from motioncache_vllm.policies.calibration import ResampledRatios
 
 @dataclass
 class StepErrorState(PolicyState):
-    distance: float = 0.0  # calibrated schedule distance D since the last compute
-    measured_distance: float = 0.0  # D of the interval that ended at this step's compute
+    # (N,) calibrated schedule distance D since each token's last compute (float64: summed as
+    # the whole-step rule summed one Python float)
+    distance: torch.Tensor | None = None
+    measured_distance: torch.Tensor | None = None  # (N,) D of the intervals that ended at this step's compute
+    tokens: torch.Tensor | slice | None = None  # the tokens computed at this step
     error: torch.Tensor | None = None  # (N,) predicted latent error summed since the last compute
     rate: torch.Tensor | None = None  # (N,) change of the guided residual per unit of D
     reference: torch.Tensor | None = None  # (N, C) guided residual at the last compute
@@ -84,9 +99,13 @@ class StepErrorState(PolicyState):
 
     def reset(self) -> None:
         super().reset()
-        self.distance = self.measured_distance = 0.0
+        self.distance = torch.zeros(self.layout.num_tokens, dtype=torch.float64)
+        self.measured_distance = self.tokens = None
         self.error = self.rate = self.reference = self.latest = None
         self.computed, self.guidance, self.run = False, 1.0, 0
+
+    def __post_init__(self) -> None:
+        self.reset()
 
 
 class StepErrorPolicy(CachePolicy):
@@ -112,7 +131,8 @@ class StepErrorPolicy(CachePolicy):
 
     def predicted_error(self, state: StepErrorState, dt: float) -> torch.Tensor:
         """(N,) first-order latent error of reusing the residual at this step, per token."""
-        return dt * state.rate * state.distance
+        # float32, as the whole-step rule's float32 rate x one Python float
+        return dt * state.rate * state.distance.to(state.rate.dtype)
 
     def step_distance(self, state: StepErrorState, obs: StepObservation) -> float | None:
         """The calibrated schedule distance from the previous step to this one (None: the
@@ -155,20 +175,51 @@ class StepErrorPolicy(CachePolicy):
         if state.error is not None:
             total = total + state.error
         if float(total.mean()) < cfg.threshold:
-            state.error = total
+            state.error = total  # a refreshed token's restarts in on_computed
+            refresh = self.refresh(state, total)
             state.run += 1
-            return Decision.skip()
-        return Decision.full()
+            return Decision.skip() if refresh is None else Decision("partial", refresh)
+        k = int(round(cfg.static_fraction * state.layout.num_blocks))
+        if k == 0:
+            return Decision.full()
+        # leave the blocks that changed least out; they keep their error (this step's too)
+        wanted = torch.ones(state.layout.num_blocks, dtype=torch.bool)
+        wanted[torch.topk(self.block_error(state, total), k, largest=False).indices] = False
+        state.error, state.run = total, 0  # a computed step, as a full one
+        return Decision("partial", wanted)
+
+    def block_error(self, state: StepErrorState, error: torch.Tensor) -> torch.Tensor:
+        """(num_blocks,) mean predicted error of each block's tokens."""
+        lay = state.layout
+        return torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, error.float()) / lay.block_sizes
+
+    def refresh(self, state: StepErrorState, total: torch.Tensor) -> torch.Tensor | None:
+        """At a step the rule skips: the blocks to recompute (largest predicted error), or None."""
+        cfg = self.config
+        k = int(round(cfg.refresh_fraction * state.layout.num_blocks))
+        if k == 0 or (cfg.refresh_within and state.run >= cfg.refresh_within):
+            return None
+        block_err = self.block_error(state, total)
+        top = torch.topk(block_err, k)
+        if float(top.values.sum()) < cfg.refresh_share * float(block_err.sum()):
+            return None  # the error is spread out: a few blocks would not pay
+        wanted = torch.zeros(state.layout.num_blocks, dtype=torch.bool)
+        wanted[top.indices] = True
+        return wanted
 
     def observe_residual(self, state: StepErrorState, residual: torch.Tensor) -> None:
         state.latest = residual
 
     def on_computed(self, state: StepErrorState, blocks: torch.Tensor | None) -> None:
-        # this policy asks for whole steps only; the runtime only widens a decision (a
-        # forced or guarded step is a full one), so every compute here refreshes every token
+        # the runtime may widen a decision (a forced or guarded step is a full one): what ran counts
         state.computed = True
-        state.measured_distance, state.distance = state.distance, 0.0
-        state.error, state.run = None, 0
+        tokens = slice(None) if blocks is None or bool(blocks.all()) else state.layout.tokens_of(blocks)
+        state.tokens, state.measured_distance = tokens, state.distance.clone()
+        state.distance[tokens] = 0.0
+        if isinstance(tokens, slice):
+            state.error, state.run = None, 0
+        elif state.error is not None:
+            state.error[tokens] = 0.0  # a refresh keeps the run of steps since the last compute
 
     def end_step(self, state: StepErrorState) -> None:
         """After both branches ran (the runtime ends the deciding branch first): a computed
@@ -179,10 +230,21 @@ class StepErrorPolicy(CachePolicy):
             if partner is not None and partner.latest is not None:
                 g = state.guidance
                 guided = g * state.latest + (1.0 - g) * partner.latest
-            if state.reference is not None and state.measured_distance > 0:
-                measured = (guided - state.reference).abs().mean(-1) / state.measured_distance
+            tokens = state.tokens
+            if state.reference is None:
+                state.reference = guided.clone()  # the first compute of a chunk is a full step
+            else:
+                # each computed token's change per unit of its own distance since its last compute
+                since = state.measured_distance[tokens]
+                valid = since > 0
+                measured = (guided[tokens] - state.reference[tokens]).abs().mean(-1) / since.to(guided.dtype)
                 s = self.config.rate_smoothing
-                state.rate = measured if state.rate is None else (1.0 - s) * state.rate + s * measured
-            state.reference = guided.clone()
-        state.computed, state.latest = False, None
+                if state.rate is None:
+                    if isinstance(tokens, slice) and bool(valid.all()):
+                        state.rate = measured
+                else:
+                    old = state.rate[tokens]
+                    state.rate[tokens] = torch.where(valid, (1.0 - s) * old + s * measured, old)
+                state.reference[tokens] = guided[tokens]
+        state.computed, state.latest, state.tokens = False, None, None
         super().end_step(state)
