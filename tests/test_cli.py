@@ -137,6 +137,32 @@ def test_motion_policy_report_and_recompute_map(tmp_path):
     assert heat_video.shape == (17, 64, 128, 3)  # generated frame | heat map
 
 
+def test_steperror_refresh_report_has_a_recompute_map_that_is_not_flat(tmp_path):
+    """The spatial part of ``steperror`` (refreshes at skipped steps) ranks blocks: the report's
+    per-block counts differ inside a chunk, where the whole-step rule's are all equal."""
+    report = tmp_path / "r.json"
+    common = ["-p", "a red circle moves right", "--frames", "17", "--steps", "8", "--cache-policy", "steperror"]
+    res = run_cli(
+        "generate",
+        *common,
+        "--policy-config",
+        "threshold=1.0",
+        "--policy-config",
+        "refresh_fraction=0.25",
+        "--out",
+        str(tmp_path / "v.mp4"),
+        "--report",
+        str(report),
+        "-q",
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(report.read_text())
+    counts = np.array(data["recompute_counts"])  # latent frames x block rows x block cols
+    assert data["partial_steps"] > 0 and data["ideal_speedup"] > 1
+    assert int(counts[0].max()) > int(counts[0].min())  # some blocks recomputed more often
+    assert int(counts[0::3].sum()) * 3 == data["token_steps_computed"]
+
+
 def test_other_commands_refuse_mistakes_before_loading_torch():
     """bench, calibrate and gate refuse a mistyped suite, model or schedule with one clear line
     and before torch and the model code load (that took 10-14 s per mistake)."""
