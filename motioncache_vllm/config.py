@@ -312,7 +312,10 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     refresh_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
     """Spatial part, at a step the rule skips: recompute this share of the blocks with the
     largest predicted error (``dt x rate[p] x D[p]`` summed since each token's own last compute;
-    their error and distance restart), a partial step; 0 = whole steps only."""
+    their error and distance restart), a partial step; 0 = whole steps only. Measured: 0.1 with
+    ``refresh_within`` 2 makes the recompute map follow motion (Spearman ~0.6) at about the
+    default's quality per unit of ideal work, but its partial steps realise less of their ideal
+    speedup on the wall clock (RESULTS.md, "Session 10")."""
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Refresh only in the first this-many steps after a computed step, while the other tokens'
     K/V (which a partial step attends to as they were) are recent (0 = at any skipped step)."""

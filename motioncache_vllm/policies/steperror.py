@@ -66,7 +66,12 @@ token's error and distance restart and its rate is measured over its own distanc
 at 0 every compute is a full step, every token's ``D`` is the same, and the decisions are the
 whole-step rule's. The block oracle beat the step oracle by +0.2-0.7 dB at 2-3x with the
 runtime's stale K/V; earlier partial-step policies (``tokenrate``, ``magrefresh``) lost to full
-steps at equal work mainly through their step choice (benchmarks/RESULTS.md).
+steps at equal work mainly through their step choice (benchmarks/RESULTS.md). Measured on three
+unseen caption sets (RESULTS.md, "Session 10"): ``refresh_fraction`` 0.1 within 2 steps makes the
+map follow motion (median Spearman 0.57-0.64 over moving objects), +0.1 to +1.1 dB over whole
+steps at 1.5-2x ideal work and -0.6 to +0.1 at 2.5-3x; but a refresh of a tenth of the blocks
+costs about a third of a step on the wall clock, so both stay off by default
+(``static_fraction`` lost outright).
 """
 
 from __future__ import annotations
