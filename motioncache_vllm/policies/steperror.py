@@ -69,8 +69,9 @@ runtime's stale K/V; earlier partial-step policies (``tokenrate``, ``magrefresh`
 steps at equal work mainly through their step choice (benchmarks/RESULTS.md). Measured on three
 unseen caption sets (RESULTS.md, "Session 10"): ``refresh_fraction`` 0.1 within 2 steps makes the
 map follow motion (median Spearman 0.57-0.64 over moving objects), +0.1 to +1.1 dB over whole
-steps at 1.5-2x ideal work and -0.6 to +0.1 at 2.5-3x; but a refresh of a tenth of the blocks
-costs about a third of a step on the wall clock, so both stay off by default
+steps at 1.5-2x ideal work and -0.6 to +0.2 at 2.5-3x (``refresh_share`` 0.15 trims the pans'
+refreshes); but a refresh of a tenth of the blocks costs a third to a half of a step on the wall
+clock, so both stay off by default
 (``static_fraction`` lost outright).
 """
 
