@@ -170,7 +170,8 @@ def generate(
     policy_config: list[str] = typer.Option(
         [],
         "--policy-config",
-        help="Policy setting key=value (repeatable), e.g. threshold=0.2 alpha=0.6; "
+        help="Policy setting key=value; repeat the flag for each setting, e.g. "
+        "--policy-config threshold=0.03 --policy-config refresh_fraction=0.1; "
         "`motioncache policies` lists every policy's settings.",
     ),
     runtime: str = typer.Option("chunked", help="chunked (K/V of finished chunks reused) or vanilla (stock loop)."),
