@@ -72,8 +72,12 @@ class ChunkLayout:
         """Sorted token indices covered by the blocks where ``block_mask`` is true."""
         return torch.nonzero(block_mask[self.block_of_token], as_tuple=False).flatten()
 
+    def block_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of each block's tokens: (F*H*W,) values -> (num_blocks,) float32."""
+        sums = torch.zeros(self.num_blocks, dtype=torch.float32)
+        sums.index_add_(0, self.block_of_token, values.float())
+        return sums / self.block_sizes
+
     def block_fraction(self, token_flags: torch.Tensor) -> torch.Tensor:
         """Fraction of each block's tokens whose flag is set: (F*H*W,) bool -> (num_blocks,)."""
-        hits = torch.zeros(self.num_blocks, dtype=torch.float32)
-        hits.index_add_(0, self.block_of_token, token_flags.float())
-        return hits / self.block_sizes
+        return self.block_mean(token_flags)

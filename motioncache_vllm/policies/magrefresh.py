@@ -108,8 +108,7 @@ class MagRefreshPolicy(CachePolicy):
         return w / w.mean().clamp_min(1e-12)
 
     def _per_block(self, state: MagRefreshState, values: torch.Tensor) -> torch.Tensor:
-        lay = state.layout
-        return torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, values) / lay.block_sizes
+        return state.layout.block_mean(values)
 
     def decide(self, state: MagRefreshState, obs: StepObservation) -> Decision:
         cfg = self.config

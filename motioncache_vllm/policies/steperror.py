@@ -196,8 +196,7 @@ class StepErrorPolicy(CachePolicy):
 
     def block_error(self, state: StepErrorState, error: torch.Tensor) -> torch.Tensor:
         """(num_blocks,) mean predicted error of each block's tokens."""
-        lay = state.layout
-        return torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, error.float()) / lay.block_sizes
+        return state.layout.block_mean(error)
 
     def refresh(self, state: StepErrorState, total: torch.Tensor) -> torch.Tensor | None:
         """At a step the rule skips: the blocks to recompute (largest predicted error), or None."""

@@ -89,7 +89,7 @@ class TokenRatePolicy(CachePolicy):
             return Decision.full()
         lay = state.layout
         need = self.weights(state) * state.since
-        per_block = torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, need) / lay.block_sizes
+        per_block = lay.block_mean(need)
         wanted = per_block >= cfg.threshold
         ratio = float(wanted.float().mean())
         if ratio == 0.0:
@@ -132,7 +132,7 @@ class TokenRatePolicy(CachePolicy):
         lay = state.layout
         weights = self.weights(state)
         need = weights * state.since
-        per_block = torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, need) / lay.block_sizes
-        rate = torch.zeros(lay.num_blocks).index_add_(0, lay.block_of_token, weights) / lay.block_sizes
+        per_block = lay.block_mean(need)
+        rate = lay.block_mean(weights)
         step = max(float(state.since.max()), 1e-6) / max(state.step, 1)  # mean distance per step, roughly
         return (self.config.threshold - per_block).clamp_min(0.0) / (rate * step).clamp_min(1e-9)
