@@ -425,14 +425,22 @@ def policies() -> None:
     """List the cache policies and their settings (for --policy-config key=value)."""
     import msgspec
 
-    from motioncache_vllm.config import field_docs
+    from motioncache_vllm.config import PolicyConfigBase, field_docs
     from motioncache_vllm.policies import get_policy_class, policy_names
 
+    # the scene-cut guard's settings are the same for every policy: listed once, at the end
+    shared = {f.name for f in msgspec.structs.fields(PolicyConfigBase)}
     for name in policy_names():
         cls = get_policy_class(name)
         typer.echo(f"{name}: {cls.description}")
+        docs = field_docs(cls.config_cls)
         for f in msgspec.structs.fields(cls.config_cls):
-            typer.echo(f"  {f.name} = {f.default!r}: {field_docs(cls.config_cls).get(f.name, '')}")
+            if f.name not in shared:
+                typer.echo(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
+    typer.echo("every policy also takes the scene-cut guard's settings:")
+    docs = field_docs(PolicyConfigBase)
+    for f in msgspec.structs.fields(PolicyConfigBase):
+        typer.echo(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
 
 
 @app.command()

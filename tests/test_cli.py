@@ -189,3 +189,17 @@ def test_other_commands_refuse_mistakes_before_loading_torch():
         assert code == 2 and message in output, (args, output)
         assert "Traceback" not in output
         assert not torch_loaded, args
+
+
+def test_policies_lists_each_policy_and_the_guard_once():
+    res = run_cli("policies")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    from motioncache_vllm.policies import policy_names
+
+    for name in policy_names():
+        assert sum(line.startswith(f"{name}: ") for line in lines) == 1
+    # the guard's settings are shared by every policy: one entry each, after the last policy
+    for field in ("cut_threshold", "cut_grid", "cut_full_every", "cut_band_threshold", "cut_band_every"):
+        assert sum(line.strip().startswith(f"{field} = ") for line in lines) == 1
+    assert any(line.strip().startswith("refresh_fraction = 0.0:") for line in lines)
