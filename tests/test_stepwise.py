@@ -6,7 +6,7 @@ import pytest
 from diffusers.hooks import HookRegistry
 
 from motioncache_vllm.config import CacheConfig, GenerationRequest
-from motioncache_vllm.models.wan_adapter import CachedSelfAttnProcessor
+from motioncache_vllm.models.wan_adapter import _MEMO_HOOK, CachedCrossAttnProcessor, CachedSelfAttnProcessor
 from motioncache_vllm.runtime.chunked import shared_adapter
 from motioncache_vllm.runtime.generate import generate_video
 from motioncache_vllm.runtime.request import make_pool
@@ -21,6 +21,9 @@ def assert_clean(pipe):
     for block in pipe.transformer.blocks:
         assert HookRegistry.check_if_exists_or_initialize(block).get_hook("motioncache_block") is None
         assert not isinstance(block.attn1.processor, CachedSelfAttnProcessor)
+        assert not isinstance(block.attn2.processor, CachedCrossAttnProcessor)
+    for module in pipe.transformer.modules():
+        assert HookRegistry.check_if_exists_or_initialize(module).get_hook(_MEMO_HOOK) is None
     assert not shared_adapter(pipe.transformer)._installed
 
 

@@ -11,6 +11,7 @@ Where things are in these transformers, so that runtime code never copies a forw
   ``enable_diffusion_forcing=True``; ``WanTransformer3DModel`` takes one timestep per
   sample (a chunk of the chunked runtime shares one) — see :meth:`WanFamilyAdapter.call_kwargs`;
 - self-attention: ``block.attn1`` with a swappable processor; RoPE: ``transformer.rope``;
+- cross-attention: ``block.attn2`` (queries from the tokens, keys/values from the text);
 - final norm/head: ``norm_out`` / ``proj_out`` after the last block (left untouched).
 
 The adapter installs diffusers hooks on the blocks and a K/V-aware processor on every
@@ -22,6 +23,14 @@ While one is active, one transformer call runs a single chunk of frames:
 - every block then runs on the gathered tokens with their own RoPE rows and per-token
   modulation; self-attention writes the fresh K/V of those tokens into the chunk's K/V
   slot and attends over ``[finished chunks' K/V | this chunk's K/V]``;
+- the call's own RoPE table (``transformer.rope``) is not computed (every block gets its
+  execution's rows), and the text projection and timestep embedding return their last
+  result for equal input (the CFG branches of a step share the timestep, every call of a
+  request the text): :class:`_MemoHook`;
+- cross-attention reuses the text's K/V: the prompt embeddings do not change across a
+  request's steps, so each layer's ``to_k``/``to_v`` of them run once per execution that
+  keeps a :class:`TextKV` (the runtime's streams: once per chunk and CFG branch) instead of
+  in every call (checked against the call's text each call, so other text recomputes);
 - the tail block hands its output to the execution, which scatters it back
   (``h_out = h_in + R``) and stores the new residuals.
 
@@ -43,8 +52,16 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 _HOOK_NAME = "motioncache_block"
+_MEMO_HOOK = "motioncache_memo"
+MEMO_ENTRIES = 4
+"""Results a memoised embedding keeps (a step's CFG branches, a few interleaved requests)."""
+REUSE_CALL_INVARIANTS = True
+"""Reuse what every transformer call of a request recomputes from the same values (the text's
+cross-attention K/V, the text and timestep embeddings) and skip the unused RoPE table; False:
+every call computes them, as the stock forward does (the frames are the same bit for bit)."""
 ROPE_CACHE_BYTES = 64 * 2**20
 """Bound of an adapter's RoPE-row cache (least recently used rows go first)."""
 SHARE_TOKEN_TEMB = True
@@ -81,10 +98,33 @@ class KVStore(Protocol):
     def observe_attention(self, layer: int, weights: torch.Tensor) -> None: ...
 
 
+class TextKV:
+    """Cross-attention keys and values of one sample's text, per layer, (1, L, heads,
+    head_dim) each: computed at the first call, reused while the call's text is the same
+    (an execution that sees other text drops them)."""
+
+    __slots__ = ("source", "layers")
+
+    def __init__(self) -> None:
+        self.source: torch.Tensor | None = None  # the projected text the layers' K/V were computed from
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def check(self, text: torch.Tensor) -> None:
+        """Keep the stored K/V only if they are of ``text`` (1, L, D): the same values."""
+        source = self.source
+        if source is text:
+            return
+        if source is None or source.shape != text.shape or not torch.equal(source, text):
+            self.source, self.layers = text, {}
+
+
 class StackExecution(Protocol):
     """What the runtime provides for one transformer call on one chunk."""
 
     kv: KVStore
+    # optional: where the text's cross-attention K/V are kept between calls (without it,
+    # every call recomputes them)
+    text_kv: TextKV | None
     start: int  # first token of the chunk in the stream's K/V
     end: int  # one past its last token
     rope: tuple[torch.Tensor, torch.Tensor]  # (1, chunk tokens, 1, head_dim) cos/sin
@@ -153,6 +193,10 @@ def _plan_groups(run: _Run, hidden: torch.Tensor, encoder: torch.Tensor, temb: t
     """Ask every sample's execution for its plan; group the samples that run blocks."""
     batch = len(run.executions)
     run.plans = [ex.plan(_sample(hidden, i, batch), _sample(temb, i, batch)) for i, ex in enumerate(run.executions)]
+    for i, (ex, tokens) in enumerate(zip(run.executions, run.plans)):
+        text_kv = getattr(ex, "text_kv", None)
+        if text_kv is not None and tokens is not False:
+            text_kv.check(_sample(encoder, i, batch))
     shared = shared_token_temb(temb, token_dim) if SHARE_TOKEN_TEMB else None
     if shared is not None:  # policies saw the full tensor above; the blocks get one row per sample
         temb = shared
@@ -261,6 +305,54 @@ class CachedSelfAttnProcessor:
         )
 
 
+class CachedCrossAttnProcessor:
+    """Cross-attention that takes the text's keys and values from each sample's
+    :class:`TextKV` (computing them at its first call) while a run is active, and defers to
+    the model's original processor otherwise. The same operations as diffusers' Wan /
+    SkyReels-V2 processor on text-only conditioning, so the output is the same bit for bit."""
+
+    def __init__(self, adapter: WanFamilyAdapter, layer: int, original) -> None:
+        self.adapter, self.layer, self.original = adapter, layer, original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        run = self.adapter.run
+        # image conditioning (I2V) or fused projections: the original processor's own path
+        if run is None or run.group is None or attn.add_k_proj is not None or attn.fused_projections:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        group = run.group
+        pairs = [self._text_kv(attn, ex, encoder_hidden_states, j) for j, ex in enumerate(group.executions)]
+        if len(pairs) == 1:
+            key, value = pairs[0]
+        else:
+            key, value = torch.cat([k for k, _ in pairs]), torch.cat([v for _, v in pairs])
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        out = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=getattr(self.original, "_attention_backend", None),
+            parallel_config=getattr(self.original, "_parallel_config", None),
+        )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _text_kv(self, attn, ex: StackExecution, text: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of sample ``j``'s text (1, L, heads, head_dim), from its store if it keeps one."""
+        store = getattr(ex, "text_kv", None) if REUSE_CALL_INVARIANTS else None
+        pair = None if store is None else store.layers.get(self.layer)
+        if pair is None:
+            sample = text if text.shape[0] == 1 else text[j : j + 1]
+            key = attn.norm_k(attn.to_k(sample)).unflatten(2, (attn.heads, -1))
+            value = attn.to_v(sample).unflatten(2, (attn.heads, -1))
+            pair = (key, value)
+            if store is not None:
+                store.layers[self.layer] = pair
+        return pair
+
+
 class _BlockHook(ModelHook):
     _is_stateful = False
 
@@ -293,6 +385,55 @@ class _BlockHook(ModelHook):
                 outputs[id(ex)] = group.hidden if len(group.executions) == 1 else group.hidden[j : j + 1]
         finished = [ex.finish(outputs.get(id(ex))) for ex in run.executions]
         return finished[0] if len(finished) == 1 else torch.cat(finished)
+
+
+class _MemoHook(ModelHook):
+    """While a run is active, a module of one tensor input returns its earlier output for
+    an input equal to an earlier one (the last :data:`MEMO_ENTRIES`); the rest of the time
+    it runs as usual. For the embeddings every call recomputes from the same values: the
+    text projection (a request's prompt embeddings, per CFG branch) and the timestep
+    embedding (both branches of a step, the same timestep). The modules are deterministic
+    functions of their input, so a hit is the very tensor the computation would give (the
+    forward reads these outputs and never writes them in place)."""
+
+    _is_stateful = False
+
+    def __init__(self, adapter: WanFamilyAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.entries: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy of an input, its output)
+
+    def new_forward(self, module, x, *rest, **kwargs):
+        forward = self.fn_ref.original_forward
+        if self.adapter.executions is None or not REUSE_CALL_INVARIANTS or rest or kwargs:
+            return forward(x, *rest, **kwargs)
+        if not isinstance(x, torch.Tensor):
+            return forward(x)
+        for i, (seen, out) in enumerate(self.entries):
+            if seen.shape == x.shape and seen.dtype == x.dtype and torch.equal(seen, x):
+                self.entries.append(self.entries.pop(i))  # most recent last
+                return out
+        out = forward(x)
+        if isinstance(out, torch.Tensor):
+            self.entries.append((x.clone(), out))
+            del self.entries[:-MEMO_ENTRIES]
+        return out
+
+
+class _NoRopeHook(ModelHook):
+    """While a run is active the transformer's own RoPE table goes unused (each block gets
+    its execution's rows), so it is not computed."""
+
+    _is_stateful = False
+
+    def __init__(self, adapter: WanFamilyAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def new_forward(self, module, *args, **kwargs):
+        if self.adapter.executions is not None and REUSE_CALL_INVARIANTS:
+            return None
+        return self.fn_ref.original_forward(*args, **kwargs)
 
 
 class WanFamilyAdapter:
@@ -333,6 +474,9 @@ class WanFamilyAdapter:
                 raise RuntimeError("a MotionCache adapter is already installed on this transformer")
             registry.register_hook(_BlockHook(self, is_head=i == 0, is_tail=i == last), _HOOK_NAME)
             block.attn1.set_processor(CachedSelfAttnProcessor(self, i, block.attn1.processor))
+            block.attn2.set_processor(CachedCrossAttnProcessor(self, i, block.attn2.processor))
+        for module, hook in self._call_hooks():
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _MEMO_HOOK)
         self._installed, self._installs = True, 1
         return self
 
@@ -345,7 +489,24 @@ class WanFamilyAdapter:
         for block in self.layers:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HOOK_NAME, recurse=False)
             block.attn1.set_processor(block.attn1.processor.original)
+            block.attn2.set_processor(block.attn2.processor.original)
+        for module, _ in self._call_hooks():
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(_MEMO_HOOK, recurse=False)
         self._installed = False
+
+    def _call_hooks(self) -> list[tuple[torch.nn.Module, ModelHook]]:
+        """The per-call modules the adapter hooks: the RoPE table (skipped) and the
+        embeddings of the text and the timestep (memoised), where the model has them."""
+        hooks: list[tuple[torch.nn.Module, ModelHook]] = []
+        rope = getattr(self.transformer, "rope", None)
+        if rope is not None:
+            hooks.append((rope, _NoRopeHook(self)))
+        embedder = getattr(self.transformer, "condition_embedder", None)
+        for name in ("text_embedder", "timesteps_proj", "time_embedder", "time_proj"):
+            module = getattr(embedder, name, None)
+            if isinstance(module, torch.nn.Module):
+                hooks.append((module, _MemoHook(self)))
+        return hooks
 
     def call_kwargs(self, frame_timesteps: torch.Tensor) -> dict:
         """Keyword arguments of a transformer call on one chunk whose frames have

@@ -19,6 +19,7 @@ import torch
 
 from motioncache_vllm.blocks.layout import ChunkLayout
 from motioncache_vllm.blocks.pool import ActivationPool
+from motioncache_vllm.models.wan_adapter import TextKV
 from motioncache_vllm.policies import CachePolicy, Decision, PolicyState, StepObservation
 
 
@@ -130,6 +131,9 @@ class ChunkStream:
         self.counters, self.recompute_counts = counters, recompute_counts
         self.num_steps, self.sigmas, self.guidance_scale = num_steps, sigmas, guidance_scale
         self.previous_last_frame: torch.Tensor | None = None
+        # the text's cross-attention K/V per layer: computed at the chunk's first call, then
+        # reused by its steps and commit (the prompt embeddings are fixed); dropped with the stream
+        self.text_kv = TextKV()
         self.full_every = 0  # scene-cut guard: every n-th step runs in full, whatever the policy decides
         # cfg_shared: the stream whose executed decision this one copies (cond for uncond),
         # and the reverse link; in a paired pool the follower stores both branches' blocks
