@@ -428,19 +428,20 @@ def policies() -> None:
     from motioncache_vllm.config import PolicyConfigBase, field_docs
     from motioncache_vllm.policies import get_policy_class, policy_names
 
+    def echo_settings(config_cls: type, leave_out: frozenset[str] = frozenset()) -> None:
+        docs = field_docs(config_cls)
+        for f in msgspec.structs.fields(config_cls):
+            if f.name not in leave_out:
+                typer.echo(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
+
     # the scene-cut guard's settings are the same for every policy: listed once, at the end
-    shared = {f.name for f in msgspec.structs.fields(PolicyConfigBase)}
+    shared = frozenset(f.name for f in msgspec.structs.fields(PolicyConfigBase))
     for name in policy_names():
         cls = get_policy_class(name)
         typer.echo(f"{name}: {cls.description}")
-        docs = field_docs(cls.config_cls)
-        for f in msgspec.structs.fields(cls.config_cls):
-            if f.name not in shared:
-                typer.echo(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
+        echo_settings(cls.config_cls, leave_out=shared)
     typer.echo("every policy also takes the scene-cut guard's settings:")
-    docs = field_docs(PolicyConfigBase)
-    for f in msgspec.structs.fields(PolicyConfigBase):
-        typer.echo(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
+    echo_settings(PolicyConfigBase)
 
 
 @app.command()

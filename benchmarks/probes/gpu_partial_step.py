@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import SkyReelsV2Transformer3DModel
 
+from motioncache_vllm.models.wan_adapter import apply_rotary
+
 DF_1_3B = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=12,
@@ -45,14 +47,6 @@ DF_1_3B = dict(
 TINY = dict(DF_1_3B, num_attention_heads=2, attention_head_dim=24, ffn_dim=96, num_layers=2, text_dim=32, freq_dim=32)
 
 
-def rotate(x, cos, sin):
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos[..., 0::2] - x2 * sin[..., 1::2]
-    out[..., 1::2] = x1 * sin[..., 1::2] + x2 * cos[..., 0::2]
-    return out.type_as(x)
-
-
 class PartialSelfAttn:
     """Self-attention of the selected chunk tokens over [context K/V | chunk K/V]."""
 
@@ -63,7 +57,7 @@ class PartialSelfAttn:
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
+        q, k = apply_rotary(q, self.cos, self.sin), apply_rotary(k, self.cos, self.sin)
         index = self.tokens + self.context
         self.keys.index_copy_(1, index, k)
         self.values.index_copy_(1, index, v)
