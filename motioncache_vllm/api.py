@@ -202,7 +202,9 @@ def _forcing_call(pipe, cache: CacheConfig, call: dict):
     calibration = model_calibration(getattr(pipe, "name_or_path", None), pipe.transformer.config)
     policy = make_policy(cache.policy, None, *calibration)  # once per call
     pool = make_pool(pipe, cache.pool, block)
-    runner = ChunkedRunner(pipe, policy, pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared)
+    runner = ChunkedRunner(
+        pipe, policy, pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared, cfg_batched=cache.pool.cfg_batched
+    )
     if pipe.transformer.config.inject_sample_info:
         runner.call_kwargs = {"fps": [0 if c["fps"] == 16 else 1]}
     latents, counters = diffusion_forcing_latents(

@@ -390,9 +390,9 @@ def decode_policy(name: str, overrides: Mapping[str, Any] | None = None) -> Poli
 
 
 class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The activation pool: one per worker, shared by its requests; these settings fix
-    its slot layout and size, so they are engine-wide (``additional_config`` keys
-    ``cache_<field>``; CLI ``--<field>``)."""
+    """The activation pool and how the CFG branches use it: one pool per worker, shared by
+    its requests; these settings fix its slot layout and size, so they are engine-wide
+    (``additional_config`` keys ``cache_<field>``; CLI ``--<field>``)."""
 
     tile: PositiveInt = 1
     """Spatial block side in tokens (1 = per-token, as in the paper); must divide the token grid."""
@@ -411,6 +411,13 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """With cfg_shared: one slot per block for both CFG branches, the unconditional residual
     stored as its difference from the conditional one in this dtype (e.g. int4). The
     difference is ~12% of the residual's size, so it takes coarse storage well."""
+    cfg_batched: bool = False
+    """Run both CFG branches of a step (and of a chunk's commit) as one transformer call, the
+    two samples stacked along the batch, instead of one call each: the per-call, per-layer work
+    (weights read, op dispatch) is shared, which matters most for partial steps of few tokens.
+    Same cache decisions; frames differ from separate calls by float reassociation in the
+    stacked matrix products (at most 1/255 per pixel measured). Off by default so that a
+    video does not depend on this setting (RESULTS.md, "Session 12")."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:

@@ -201,3 +201,57 @@ def test_step_together_batches_requests_and_matches_solo_runs(tiny_pipe, policy,
             assert out.stats["token_steps_computed"] == ref.stats["token_steps_computed"]
     assert pool.tables == {}
     assert_clean(tiny_pipe)
+
+
+SPATIAL = {"threshold": 1.0, "refresh_fraction": 0.25}  # steperror's partial steps (calibrated model)
+
+
+@pytest.mark.parametrize(
+    "model,policy,config,pool",
+    [
+        ("tiny_pipe", "none", {}, {}),
+        ("tiny_pipe", "motion", MOTION, {"cfg_shared": True, "cfg_delta_dtype": "int4"}),  # one slot, both branches
+        ("embedded_pipe", "steperror", SPATIAL, {}),
+    ],
+)
+def test_cfg_batched_runs_both_branches_in_one_call_with_the_same_decisions(request, model, policy, config, pool):
+    """``cfg_batched``: each unit's two CFG branches go through one transformer call (no
+    single-sample call left), the cache decides the same (step counts, recompute map) and the
+    frames equal the separate calls' within BATCH_TOLERANCE; with one branch (guidance 1)
+    nothing changes."""
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+
+    pipe = request.getfixturevalue(model)
+
+    calls: list[int] = []
+    original = ChunkedRunner._call
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    def run(batched: bool, **req):
+        cache = CacheConfig.decode(policy=policy, policy_config=config, cfg_batched=batched, **pool)
+        calls.clear()
+        ChunkedRunner._call = counting
+        try:
+            out = generate_video(pipe, GenerationRequest(**{**REQ, **req}), cache=cache)
+        finally:
+            ChunkedRunner._call = original
+        return out, len(calls)
+
+    separate, separate_calls = run(False)
+    batched, batched_calls = run(True)
+    assert batched_calls == 0 and separate_calls > 0  # every unit went through call_batch
+    diff = np.abs(batched.frames.astype(int) - separate.frames.astype(int)).max()
+    assert diff <= BATCH_TOLERANCE, diff
+    for key in ("full_steps", "partial_steps", "skipped_steps", "token_steps_computed"):
+        assert batched.stats[key] == separate.stats[key], key
+    assert np.array_equal(batched.recompute_map, separate.recompute_map)
+    if policy == "steperror":
+        assert separate.stats["partial_steps"] > 0  # the batched call ran partial steps too
+    one_separate, one_separate_calls = run(False, guidance_scale=1.0)
+    one_batched, one_batched_calls = run(True, guidance_scale=1.0)
+    assert one_batched_calls == one_separate_calls == separate_calls // 2  # one branch: a call a unit
+    assert np.array_equal(one_batched.frames, one_separate.frames)
+    assert_clean(pipe)

@@ -84,6 +84,7 @@ class ChunkedRunner:
         tile: int = 1,
         cfg_shared: bool = False,
         kv_factory: Callable[[str, KVGeometry], StreamKV] | None = None,
+        cfg_batched: bool = False,
     ) -> None:
         if getattr(pipe.transformer, "is_cache_enabled", False):
             raise ValueError(
@@ -94,6 +95,7 @@ class ChunkedRunner:
         # uncond copies cond's decision each step; a paired pool (PoolConfig.cfg_delta_dtype) implies
         # it, and so does a policy whose branches must not pick different blocks
         self.cfg_shared = cfg_shared or pool.paired or policy.shares_cfg_decisions
+        self.cfg_batched = cfg_batched  # a unit's CFG branches in one transformer call (PoolConfig.cfg_batched)
         # (branch, geometry) -> the K/V store of one branch; default: keep every finished frame
         self.kv_factory = kv_factory or (lambda branch, geometry: StreamKV.for_geometry(geometry))
         self.adapter = shared_adapter(pipe.transformer)
@@ -152,6 +154,15 @@ class ChunkedRunner:
             t0 = time.perf_counter()
             call.out = self._call(call.stream, call.x, call.t, call.embeds)
             call.seconds = time.perf_counter() - t0
+
+    def run_unit_calls(self, calls: list[TransformerCall]) -> None:
+        """Run the calls of one request's unit (its CFG branches): stacked into one call with
+        ``cfg_batched``, else one by one. A runner with extra call arguments (the stock call's
+        per-sample ``fps``) or its own ``_call`` runs them one by one either way."""
+        if self.cfg_batched and self.batchable and not self.call_kwargs:
+            self.call_batch(calls)
+        else:
+            self.run_calls(calls)
 
     def call_batch(self, calls: list[TransformerCall]) -> None:
         """Run ``calls`` (same shapes, see :meth:`TransformerCall.shape_key`) as one
@@ -303,7 +314,7 @@ class DenoiseRun:
         """Run the next unit; returns ``"denoise"`` or ``"commit"``."""
         calls = self.begin_unit()
         try:
-            self.runner.run_calls(calls)
+            self.runner.run_unit_calls(calls)
         except BaseException:
             self.abort_unit()
             raise
@@ -440,7 +451,7 @@ class DenoiseRun:
 
     def _denoise(self, lo: int, hi: int, t: torch.Tensor) -> None:
         calls = self._denoise_calls(lo, hi, t)
-        self.runner.run_calls(calls)
+        self.runner.run_unit_calls(calls)
         self._denoise_end(lo, hi, t, calls)
 
     def _denoise_calls(self, lo: int, hi: int, t: torch.Tensor) -> list[TransformerCall]:
@@ -517,7 +528,7 @@ class DenoiseRun:
 
     def _commit(self, c: int, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> None:
         calls = self._commit_calls(lo, hi, x, t)
-        self.runner.run_calls(calls)
+        self.runner.run_unit_calls(calls)
         self._commit_end(c, lo, hi, calls)
 
     def _commit_calls(self, lo: int, hi: int, x: torch.Tensor | None = None, t: int = 0) -> list[TransformerCall]:

@@ -195,7 +195,13 @@ class StepwiseGeneration:
             pipe._guidance_scale = plan.guidance
             embeds = self._embeds(plan.prompt)
             self.runner = ChunkedRunner(
-                pipe, policy, self.pool, tile=cache.pool.tile, cfg_shared=cache.pool.cfg_shared, kv_factory=kv_factory
+                pipe,
+                policy,
+                self.pool,
+                tile=cache.pool.tile,
+                cfg_shared=cache.pool.cfg_shared,
+                kv_factory=kv_factory,
+                cfg_batched=cache.pool.cfg_batched,
             )
             chunks = latents.shape[2] // pipe.causal_block_size
             done = restore.chunks_done if restore is not None else 0
