@@ -3,7 +3,9 @@ sets: behind the ``magrefresh`` (hybrid) tables of RESULTS.md (issue 11).
 
     python benchmarks/probes/hybrid_pareto.py OUT.json 'JSON' REPEATS FILE [FILE ...]
 
-JSON = list of [policy, policy_config]. Per caption file (a set; seed = caption index),
+JSON = list of [policy, policy_config] or [policy, policy_config, pool_settings] (PoolConfig
+fields, e.g. ``{"cfg_batched": true}``); ``MC_POOL='{"cfg_batched": true}'`` gives the stock loop's
+reference companion "none" (chunked full compute) those pool settings too. Per caption file (a set; seed = caption index),
 per caption: the stock loop ("vanilla", the reference and the speedup's base), chunked full
 compute ("none") and every candidate run round robin ``REPEATS`` times (medians), as
 ``motioncache bench pareto`` does. Per set and candidate: speedup = sum of vanilla walls /
@@ -14,6 +16,7 @@ video's median chunk). Timing figures only from a run under the exclusive CPU lo
 """
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,7 +35,12 @@ FRAMES = 33
 out_path, candidates, repeats, files = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 pipe = load_pipeline("embedded")
 pipe.set_progress_bar_config(disable=True)
-everyone = [("vanilla", None), ("none", {}), *[(p, c) for p, c in candidates]]
+base_pool = json.loads(os.environ.get("MC_POOL", "{}"))
+everyone = [
+    ("vanilla", None, {}),
+    ("none", {}, base_pool),
+    *[(c[0], c[1], c[2] if len(c) > 2 else {}) for c in candidates],
+]
 result = {"frames": FRAMES, "repeats": repeats, "candidates": everyone, "sets": {}}
 for path in files:
     prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -41,11 +49,11 @@ for path in files:
         req = GenerationRequest(prompt=prompt, num_frames=FRAMES, seed=seed)
         walls, outputs = {i: [] for i in range(len(everyone))}, {}
         for _ in range(repeats):
-            for i, (policy, cfg) in enumerate(everyone):
+            for i, (policy, cfg, pool) in enumerate(everyone):
                 if policy == "vanilla":
                     r = generate_video(pipe, req, runtime="vanilla")
                 else:
-                    r = generate_video(pipe, req, cache=CacheConfig.decode(policy, cfg))
+                    r = generate_video(pipe, req, cache=CacheConfig.decode(policy, cfg, **pool))
                 walls[i].append(r.wall_s)
                 outputs.setdefault(i, r)
         ref = outputs[0].frames
@@ -54,7 +62,7 @@ for path in files:
         jumps = np.abs(np.diff(ref.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
         cut_frame = int(jumps.argmax()) + 1
         cut_chunk = next(c for c, (a, b) in enumerate(ranges) if a <= cut_frame < b)
-        for i, (policy, cfg) in enumerate(everyone):
+        for i, (policy, cfg, pool) in enumerate(everyone):
             r = outputs[i]
             per_chunk = [round(min(psnr_db(r.frames[a:b], ref[a:b]), 99.0), 2) for a, b in ranges]
             rho = None
@@ -77,15 +85,16 @@ for path in files:
                 "cut_gap_db": round(statistics.median(per_chunk) - per_chunk[cut_chunk], 2),
             }
             rows[i].append(row)
-            print(json.dumps({"set": path, "policy": policy, "cfg": cfg, **row}), flush=True)
+            print(json.dumps({"set": path, "policy": policy, "cfg": cfg, "pool": pool, **row}), flush=True)
     base = sum(r["wall_s"] for r in rows[0])
     summary = []
-    for i, (policy, cfg) in enumerate(everyone):
+    for i, (policy, cfg, pool) in enumerate(everyone):
         ideal = [r["ideal_speedup"] for r in rows[i] if r["ideal_speedup"] is not None]
         summary.append(
             {
                 "policy": policy,
                 "cfg": cfg,
+                "pool": pool,
                 "speedup": round(base / sum(r["wall_s"] for r in rows[i]), 3),
                 "psnr_db": round(statistics.mean(r["psnr_db"] for r in rows[i]), 2),
                 "ideal_speedup": round(statistics.mean(ideal), 3) if ideal else None,

@@ -7,9 +7,9 @@ embeddings, the RoPE table, each block's self-attention, cross-attention and its
 
     python benchmarks/probes/partial_split.py OUT.json [THRESHOLD REFRESH_FRACTION REFRESH_WITHIN [PROMPT]]
 
-Defaults: 0.03, 0.1, 2, "a white circle moves down slowly". ``MC_CFG_BATCHED=1``: both CFG
-branches of a step in one transformer call (``ChunkedRunner.call_batch``; frames then differ by
-float reassociation, at most 1/255). One warm-up generation first. Milliseconds per call (per
+Defaults: 0.03, 0.1, 2, "a white circle moves down slowly". ``MC_CFG_BATCHED=1``: the
+``cfg_batched`` setting (both CFG branches of a step in one transformer call; frames then differ
+by float reassociation, at most 1/255). One warm-up generation first. Milliseconds per call (per
 step when batched): ``call_total`` and its sections; ``blocks`` = the block hooks minus the plan
 and ``finish``; ``blk.other`` = blocks minus attention and FFN (modulation, norms, residual adds,
 hook dispatch); ``transformer_other`` = the call minus every named section (patchify, causal mask,
@@ -125,19 +125,7 @@ def call_batch(self, batch):
         record(batch[0].stream, clock() - t0)
 
 
-def batched_step(self):
-    units = self.begin_unit()
-    try:
-        self.runner.call_batch(units)
-    except BaseException:
-        self.abort_unit()
-        raise
-    return self.end_unit()
-
-
 ch.ChunkedRunner._call, ch.ChunkedRunner.call_batch = _call, call_batch
-if batched:
-    ch.DenoiseRun.step = batched_step
 original_end, original_begin = ch.DenoiseRun._denoise_end, ch.DenoiseRun.begin_unit
 
 
@@ -164,11 +152,11 @@ request = GenerationRequest(prompt=prompt, num_frames=33, seed=0)
 config = {"threshold": threshold}
 if refresh_fraction:
     config.update(refresh_fraction=refresh_fraction, refresh_within=refresh_within)
-generate_video(pipe, request, cache=CacheConfig.decode("steperror", {"threshold": threshold}))  # warm-up
-for table in (per_mode, calls, outside, steps):
+generate_video(pipe, request, cache=CacheConfig.decode("steperror", {"threshold": threshold}, cfg_batched=batched))
+for table in (per_mode, calls, outside, steps):  # the above was the warm-up
     table.clear()
 t0 = clock()
-r = generate_video(pipe, request, cache=CacheConfig.decode("steperror", config))
+r = generate_video(pipe, request, cache=CacheConfig.decode("steperror", config, cfg_batched=batched))
 result = {
     "config": config,
     "prompt": prompt,

@@ -44,13 +44,13 @@ def main(paths: list[str]) -> None:
     if any(run["candidates"] != candidates for run in runs):
         sys.exit("the runs must have the same candidates")
     rows = []
-    for i, (policy, cfg) in enumerate(candidates):
+    for i, (policy, cfg, *pool) in enumerate(candidates):  # pool settings: hybrid_pareto's third element
         per = [r for run in runs for s in run["sets"].values() for r in s["rows"][str(i)]]
         ideal = [r["ideal_speedup"] for r in per]
         rows.append(
             {
                 "policy": policy,
-                "cfg": cfg or {},
+                "cfg": {**(cfg or {}), **(pool[0] if pool else {})},
                 "wall_s": sum(r["wall_s"] for r in per),
                 "psnr_db": sum(r["psnr_db"] for r in per) / len(per),
                 "ideal": None if None in ideal else sum(ideal) / len(ideal),
