@@ -6,6 +6,19 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_vllm_cache(tmp_path_factory):
+    """One vLLM cache folder (``VLLM_CACHE_ROOT``) for every engine the session starts, unless
+    the caller set one. The servers get a fresh ``XDG_CACHE_HOME`` each (their model folder is
+    built anew), and vLLM's cache lives under it by default: a cold one makes every engine start
+    inspect the model class in a subprocess that imports vLLM and the model (~5-9 s on 2 cores)
+    before it resolves the architecture. vLLM keys that cache entry by the model file's hash."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("VLLM_CACHE_ROOT"):
+            mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+        yield os.environ["VLLM_CACHE_ROOT"]
+
+
 @pytest.fixture(scope="session")
 def embedded_pipe():
     """The shipped embedded pipeline, loaded once per test session."""
