@@ -49,7 +49,12 @@ def get_json(url: str):
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, object_store_memory=80 * 2**20))
+    # no dashboard, as the fleet's own private cluster (fleet.server.init_ray): its nine module
+    # processes cost ~3 s of the cluster's start and run beside the fleet all through the module
+    c = Cluster(
+        initialize_head=True,
+        head_node_args=dict(num_cpus=0, object_store_memory=80 * 2**20, include_dashboard=False),
+    )
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=120 * 2**20)
     c.wait_for_nodes()
