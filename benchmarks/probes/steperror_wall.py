@@ -1,5 +1,7 @@
 """``steperror`` against the TeaCache + MagCache front at equal wall clock, from one or more
-``hybrid_pareto.py`` outputs of the same candidates (e.g. a caption set run in two halves).
+``hybrid_pareto.py`` outputs (e.g. a caption set run in two halves, or a second run adding
+candidates: each candidate is pooled over the runs that hold it, and every candidate must cover
+the same captions).
 
     python benchmarks/probes/steperror_wall.py PARETO.json [PARETO.json ...]
 
@@ -40,26 +42,38 @@ def cache_speed_at(front: list[tuple[float, float]], psnr: float) -> tuple[float
 
 def main(paths: list[str]) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    candidates = runs[0]["candidates"]
-    if any(run["candidates"] != candidates for run in runs):
-        sys.exit("the runs must have the same candidates")
+    # candidates pooled by (policy, config, pool settings) over the runs: runs may add
+    # candidates (e.g. lower thresholds), each timed against its own run's stock loop
+    pooled: dict[str, dict] = {}
+    for run in runs:
+        for s in run["sets"].values():
+            stock_walls = [r["wall_s"] for r in s["rows"]["0"]]
+            for i, (policy, cfg, *pool) in enumerate(run["candidates"]):  # pool: hybrid_pareto's third element
+                pool_settings = pool[0] if pool else {}
+                key = json.dumps([policy, cfg or {}, pool_settings], sort_keys=True)
+                row = pooled.setdefault(
+                    key,
+                    {"policy": policy, "cfg": {**(cfg or {}), **pool_settings}, "pool": pool_settings, "per": []},
+                )
+                row["per"] += [(r, stock) for r, stock in zip(s["rows"][str(i)], stock_walls)]
     rows = []
-    for i, (policy, cfg, *pool) in enumerate(candidates):  # pool settings: hybrid_pareto's third element
-        per = [r for run in runs for s in run["sets"].values() for r in s["rows"][str(i)]]
-        ideal = [r["ideal_speedup"] for r in per]
-        rows.append(
-            {
-                "policy": policy,
-                "cfg": {**(cfg or {}), **(pool[0] if pool else {})},
-                "wall_s": sum(r["wall_s"] for r in per),
-                "psnr_db": sum(r["psnr_db"] for r in per) / len(per),
-                "ideal": None if None in ideal else sum(ideal) / len(ideal),
-            }
+    for row in pooled.values():
+        per = row.pop("per")
+        ideal = [r["ideal_speedup"] for r, _ in per]
+        row.update(
+            speedup=sum(stock for _, stock in per) / sum(r["wall_s"] for r, _ in per),
+            psnr_db=sum(r["psnr_db"] for r, _ in per) / len(per),
+            ideal=None if None in ideal else sum(ideal) / len(ideal),
+            captions=len(per),
         )
-    stock = rows[0]["wall_s"]
-    for row in rows:
-        row["speedup"] = stock / row["wall_s"]
-    chunked = rows[1]["speedup"]
+        rows.append(row)
+    if len({r["captions"] for r in rows}) != 1:
+        sys.exit("every candidate must cover the same captions: " + str({r["policy"]: r["captions"] for r in rows}))
+
+    def chunked(row: dict) -> float:
+        """Chunked full compute's speedup with the row's pool settings (else the first one)."""
+        nones = [r for r in rows if r["policy"] == "none"]
+        return next((r for r in nones if r["pool"] == row["pool"]), nones[0])["speedup"]
 
     def front(key: str) -> list[tuple[float, float]]:
         pts = [{"variant": r["policy"], "ideal_speedup": r[key], "psnr_db": r["psnr_db"]} for r in rows]
@@ -70,7 +84,7 @@ def main(paths: list[str]) -> None:
         "| policy | config | wall speedup | ideal | PSNR dB (mean) | realised / ideal | - cache front, equal wall | equal ideal work | speed at equal PSNR |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows[1:]:
+    for row in rows[1:]:  # rows[0]: the stock loop
         cfg = ", ".join(f"{k} {v}" for k, v in row["cfg"].items()) or "-"
         cells = ["", "", ""]
         if row["policy"] == "steperror":
@@ -83,7 +97,7 @@ def main(paths: list[str]) -> None:
             ]
         print(
             f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
-            f"{row['speedup'] / chunked / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
+            f"{row['speedup'] / chunked(row) / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
         )
 
 
