@@ -100,7 +100,10 @@ def _struct_options(struct: type, prefix: str = ""):
         elif args and len(args) == 1 and type(None) in typing.get_args(hint):
             hint = Optional[args[0]]
         help_text = docs.get(f.name, "") + (f" One of: {', '.join(choices)}." if choices else "")
-        option = typer.Option(f.default, "--" + (prefix + f.name).replace("_", "-"), help=help_text)
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        if hint is bool:  # on/off pair: a field that defaults to True must be switchable off
+            flag = f"{flag}/--no-{flag[2:]}"
+        option = typer.Option(f.default, flag, help=help_text)
         extra.append(
             inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint)
         )
@@ -325,6 +328,8 @@ def _generate(o: GenerateOptions, pool_options: dict):
         runtime=runtime,
         **result.stats,
     )
+    if runtime == "chunked":
+        fields["cfg_batched"] = cache.pool.cfg_batched
     if result.recompute_map is not None:
         # per spatial block (the map broadcasts each block's count over its tile x tile tokens)
         fields["recompute_counts"] = result.recompute_map[:, ::tile, ::tile].astype(int).tolist()
@@ -342,7 +347,10 @@ def _generate(o: GenerateOptions, pool_options: dict):
         if runtime == "chunked" and cache.policy.name != "none":
             # keep the two effects apart: chunked execution vs the cache policy itself
             chunked = generate_video(
-                pipe, request, progress=show_progress, cache=CacheConfig(pool=PoolConfig(tile=tile))
+                pipe,
+                request,
+                progress=show_progress,
+                cache=CacheConfig(pool=PoolConfig(tile=tile, cfg_batched=cache.pool.cfg_batched)),
             )
             fields.update(
                 chunked_wall_s=round(chunked.wall_s, 4),

@@ -73,6 +73,8 @@ class GenerationReport(msgspec.Struct, omit_defaults=True, kw_only=True):
     policy: str
     wall_s: float
     runtime: str = "chunked"
+    cfg_batched: bool | None = None
+    """The chunked runtime ran both CFG branches of a step as one call (PoolConfig.cfg_batched)."""
     # cache figures (chunked runtime)
     token_steps_total: int | None = None
     token_steps_computed: int | None = None
@@ -411,13 +413,14 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """With cfg_shared: one slot per block for both CFG branches, the unconditional residual
     stored as its difference from the conditional one in this dtype (e.g. int4). The
     difference is ~12% of the residual's size, so it takes coarse storage well."""
-    cfg_batched: bool = False
+    cfg_batched: bool = True
     """Run both CFG branches of a step (and of a chunk's commit) as one transformer call, the
     two samples stacked along the batch, instead of one call each: the per-call, per-layer work
     (weights read, op dispatch) is shared, which matters most for partial steps of few tokens.
     Same cache decisions; frames differ from separate calls by float reassociation in the
-    stacked matrix products (at most 1/255 per pixel measured). Off by default so that a
-    video does not depend on this setting (RESULTS.md, "Session 12")."""
+    stacked matrix products (at most 1/255 per pixel measured), and a video is the same
+    whatever else runs (only the request's own two branches share a call). False: one call per
+    branch, the runtime of every figure before session 12 (RESULTS.md, "Session 12")."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:
