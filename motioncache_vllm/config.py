@@ -419,8 +419,10 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     (weights read, op dispatch) is shared, which matters most for partial steps of few tokens.
     Same cache decisions; frames differ from separate calls by float reassociation in the
     stacked matrix products (at most 1/255 per pixel measured), and a video is the same
-    whatever else runs (only the request's own two branches share a call). False: one call per
-    branch, the runtime of every figure before session 12 (RESULTS.md, "Session 12")."""
+    whatever else runs (only the request's own two branches share a call). A pool with a
+    budget and ``motion`` / ``lru`` eviction runs the branches one by one (see
+    ``ChunkedRunner.run_unit_calls``). False: one call per branch, the runtime of every figure
+    before session 12 (RESULTS.md, "Session 12")."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:

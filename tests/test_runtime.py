@@ -62,7 +62,7 @@ def test_policies_skip_work_and_stay_close(tiny_pipe, policy):
 
 
 def test_zero_pool_forces_full_compute_and_exact_output(tiny_pipe):
-    none = run(tiny_pipe)
+    none = run(tiny_pipe, cfg_batched=False)  # a pool that evicts runs the CFG branches one call each
     starved = run(tiny_pipe, "motion", policy_config={"threshold": 1.5}, pool_mib=0.0)
     assert starved.stats["token_steps_computed"] == starved.stats["token_steps_total"]
     assert starved.stats["pool_peak_bytes"] == 0

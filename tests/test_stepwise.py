@@ -255,3 +255,20 @@ def test_cfg_batched_runs_both_branches_in_one_call_with_the_same_decisions(requ
     assert one_batched_calls == one_separate_calls == separate_calls // 2  # one branch: a call a unit
     assert np.array_equal(one_batched.frames, one_separate.frames)
     assert_clean(pipe)
+
+
+def test_cfg_batched_leaves_an_evicting_pool_to_separate_calls(embedded_pipe):
+    """A bounded pool that evicts runs the CFG branches one call each even with cfg_batched: in
+    one call both branches plan before either stores, and under eviction pressure they decided
+    differently (19.7 dB against 95.3 with separate calls; tests/test_runtime.py's short pool).
+    The frames are then those of cfg_batched off, bit for bit."""
+    req = GenerationRequest(prompt="static scene", num_frames=17, num_inference_steps=6, seed=0)
+    short = dict(policy="motion", policy_config={"threshold": 0.5}, pool_mib=0.9 * 2 * 64 * 3 * 256 * 4 / 2**20)
+    batched = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**short, cfg_batched=True))
+    separate = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**short, cfg_batched=False))
+    assert batched.stats["evictions"] > 0
+    assert np.array_equal(batched.frames, separate.frames)
+    admit = generate_video(
+        embedded_pipe, req, cache=CacheConfig.decode(**short, eviction="admit", cfg_batched=True)
+    )  # admission never evicts: batched as usual (no single-branch call)
+    assert admit.stats["evictions"] == 0

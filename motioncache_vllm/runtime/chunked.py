@@ -158,11 +158,25 @@ class ChunkedRunner:
     def run_unit_calls(self, calls: list[TransformerCall]) -> None:
         """Run the calls of one request's unit (its CFG branches): stacked into one call with
         ``cfg_batched``, else one by one. A runner with extra call arguments (the stock call's
-        per-sample ``fps``) or its own ``_call`` runs them one by one either way."""
-        if self.cfg_batched and self.batchable and not self.call_kwargs:
+        per-sample ``fps``) or its own ``_call`` runs them one by one either way, and so does one
+        whose bounded pool evicts: in one call both branches plan before either stores, so under
+        eviction pressure one branch found its blocks while the other's store had evicted them in
+        separate calls, and the branches decided differently (fresh cond, stale uncond: 19.7 dB
+        where separate calls gave 95.3, tests/test_runtime.py's short pool)."""
+        if self.cfg_batched and self.stacks_calls:
             self.call_batch(calls)
         else:
             self.run_calls(calls)
+
+    @property
+    def stacks_calls(self) -> bool:
+        """Whether ``cfg_batched`` may stack this runner's CFG branches into one call; see
+        :meth:`run_unit_calls` for why not. (:func:`run_units`, the served engine's opt-in
+        batching across requests, stacks an evicting pool's calls too: the streams read their
+        cached blocks at plan, so a sample's write cannot take them from another sample of the
+        same call.)"""
+        evicting = self.pool.evicts and not self.pool.eviction.admits_whole
+        return self.batchable and not self.call_kwargs and not evicting
 
     def call_batch(self, calls: list[TransformerCall]) -> None:
         """Run ``calls`` (same shapes, see :meth:`TransformerCall.shape_key`) as one

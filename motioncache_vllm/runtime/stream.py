@@ -148,6 +148,7 @@ class ChunkStream:
         self._hidden: torch.Tensor | None = None
         self._blocks: torch.Tensor | None = None  # recomputed blocks (None = all)
         self._mode = "full"
+        self._cached: torch.Tensor | None = None  # the pool's residual of a skip / partial step, read at plan
         # token index of each (block, slot-row): tokens of block b in frame-major order
         order = torch.argsort(layout.block_of_token, stable=True)
         self._block_tokens = order.view(layout.num_blocks, -1)
@@ -206,6 +207,13 @@ class ChunkStream:
             self.counters.token_steps_computed += lay.num_tokens
             self.recompute_counts += 1
             return None
+        # the cached residual is read now, while the blocks are known present: in a batched call
+        # every sample plans before any finishes, and another sample's write at its finish may
+        # evict this one's blocks from a short pool (they would then read as zeros)
+        t0 = time.perf_counter()
+        section = None if not self.paired else (1 if self.leader is not None else 0)
+        self._cached = self.pool.read(self.owner, torch.arange(lay.num_blocks), section)[0]
+        timings["pool_s"] += time.perf_counter() - t0
         if not bool(wanted.any()):
             self._mode, self._blocks = "skip", None
             self.counters.skipped_steps += 1
@@ -231,15 +239,13 @@ class ChunkStream:
             self.policy.on_computed(self.state, None)
             timings["policy_s"] += time.perf_counter() - t0
             return hidden_out
-        t0 = time.perf_counter()
-        # (blocks, tokens/block, C); all present here. Paired: the leader's half, or the
-        # follower's difference from the leader's residual of this step
-        section = None if not self.paired else (1 if self.leader is not None else 0)
-        cached, _ = self.pool.read(self.owner, all_blocks, section)
+        # (blocks, tokens/block, C), read at plan. Paired: the leader's half, or the follower's
+        # difference from the leader's residual of this step
+        cached, self._cached = self._cached, None
         t1 = time.perf_counter()
         residual = torch.empty_like(h_in[0])
         residual[self._block_tokens.flatten()] = cached.flatten(0, 1).to(residual.dtype)
-        if section == 1:
+        if self.paired and self.leader is not None:  # the follower's difference from the leader's
             residual += self.leader.reused
         self.reused = residual.clone() if self.paired and self.follower is not None else None
         self.policy.correct_reused(self.state, residual)  # e.g. extrapolate the reused values
@@ -248,7 +254,6 @@ class ChunkStream:
             residual[tokens] = (hidden_out - h_in[:, tokens])[0]
         self.residual = residual
         out = h_in + residual.unsqueeze(0)
-        timings["pool_s"] += t1 - t0
         timings["scatter_s"] += time.perf_counter() - t1
         if self._mode == "partial":
             self._store(torch.nonzero(self._blocks).flatten(), residual)
