@@ -413,7 +413,7 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """With cfg_shared: one slot per block for both CFG branches, the unconditional residual
     stored as its difference from the conditional one in this dtype (e.g. int4). The
     difference is ~12% of the residual's size, so it takes coarse storage well."""
-    cfg_batched: bool = True
+    cfg_batched: bool = False
     """Run both CFG branches of a step (and of a chunk's commit) as one transformer call, the
     two samples stacked along the batch, instead of one call each: the per-call, per-layer work
     (weights read, op dispatch) is shared, which matters most for partial steps of few tokens.
@@ -421,8 +421,9 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     stacked matrix products (at most 1/255 per pixel measured), and a video is the same
     whatever else runs (only the request's own two branches share a call). A pool with a
     budget and ``motion`` / ``lru`` eviction runs the branches one by one (see
-    ``ChunkedRunner.run_unit_calls``). False: one call per branch, the runtime of every figure
-    before session 12 (RESULTS.md, "Session 12")."""
+    ``ChunkedRunner.run_unit_calls``), so its frames are those of separate calls. Off by
+    default: on, a pool budget would decide whether a video is computed one way or the other
+    (RESULTS.md, "Session 12")."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:

@@ -84,7 +84,7 @@ class ChunkedRunner:
         tile: int = 1,
         cfg_shared: bool = False,
         kv_factory: Callable[[str, KVGeometry], StreamKV] | None = None,
-        cfg_batched: bool = True,
+        cfg_batched: bool = False,
     ) -> None:
         if getattr(pipe.transformer, "is_cache_enabled", False):
             raise ValueError(
