@@ -206,6 +206,25 @@ def test_step_together_batches_requests_and_matches_solo_runs(tiny_pipe, policy,
 SPATIAL = {"threshold": 1.0, "refresh_fraction": 0.25}  # steperror's partial steps (calibrated model)
 
 
+def generate_counting_single_calls(pipe, req: GenerationRequest, cache: CacheConfig):
+    """``generate_video`` and how many single-sample transformer calls it made (a stacked call
+    of several samples is not one: ``ChunkedRunner.call_batch`` of two samples skips ``_call``)."""
+    from motioncache_vllm.runtime.chunked import ChunkedRunner
+
+    calls: list[int] = []
+    original = ChunkedRunner._call
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    ChunkedRunner._call = counting
+    try:
+        return generate_video(pipe, req, cache=cache), len(calls)
+    finally:
+        ChunkedRunner._call = original
+
+
 @pytest.mark.parametrize(
     "model,policy,config,pool",
     [
@@ -219,26 +238,11 @@ def test_cfg_batched_runs_both_branches_in_one_call_with_the_same_decisions(requ
     single-sample call left), the cache decides the same (step counts, recompute map) and the
     frames equal the separate calls' within BATCH_TOLERANCE; with one branch (guidance 1)
     nothing changes."""
-    from motioncache_vllm.runtime.chunked import ChunkedRunner
-
     pipe = request.getfixturevalue(model)
-
-    calls: list[int] = []
-    original = ChunkedRunner._call
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
 
     def run(batched: bool, **req):
         cache = CacheConfig.decode(policy=policy, policy_config=config, cfg_batched=batched, **pool)
-        calls.clear()
-        ChunkedRunner._call = counting
-        try:
-            out = generate_video(pipe, GenerationRequest(**{**REQ, **req}), cache=cache)
-        finally:
-            ChunkedRunner._call = original
-        return out, len(calls)
+        return generate_counting_single_calls(pipe, GenerationRequest(**{**REQ, **req}), cache)
 
     separate, separate_calls = run(False)
     batched, batched_calls = run(True)
@@ -264,11 +268,17 @@ def test_cfg_batched_leaves_an_evicting_pool_to_separate_calls(embedded_pipe):
     The frames are then those of cfg_batched off, bit for bit."""
     req = GenerationRequest(prompt="static scene", num_frames=17, num_inference_steps=6, seed=0)
     short = dict(policy="motion", policy_config={"threshold": 0.5}, pool_mib=0.9 * 2 * 64 * 3 * 256 * 4 / 2**20)
-    batched = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**short, cfg_batched=True))
-    separate = generate_video(embedded_pipe, req, cache=CacheConfig.decode(**short, cfg_batched=False))
+    batched, batched_calls = generate_counting_single_calls(
+        embedded_pipe, req, CacheConfig.decode(**short, cfg_batched=True)
+    )
+    separate, separate_calls = generate_counting_single_calls(
+        embedded_pipe, req, CacheConfig.decode(**short, cfg_batched=False)
+    )
     assert batched.stats["evictions"] > 0
+    assert batched_calls == separate_calls > 0  # one call per branch, as with cfg_batched off
     assert np.array_equal(batched.frames, separate.frames)
-    admit = generate_video(
-        embedded_pipe, req, cache=CacheConfig.decode(**short, eviction="admit", cfg_batched=True)
-    )  # admission never evicts: batched as usual (no single-branch call)
+    admit, admit_calls = generate_counting_single_calls(
+        embedded_pipe, req, CacheConfig.decode(**short, eviction="admit", cfg_batched=True)
+    )
     assert admit.stats["evictions"] == 0
+    assert admit_calls == 0  # admission never evicts: stacked as usual, no single-branch call

@@ -176,7 +176,13 @@ class ChunkedRunner:
         cached blocks at plan, so a sample's write cannot take them from another sample of the
         same call.)"""
         evicting = self.pool.evicts and not self.pool.eviction.admits_whole
-        return self.batchable and not self.call_kwargs and not evicting
+        return self.stackable and not evicting
+
+    @property
+    def stackable(self) -> bool:
+        """Whether this runner's calls may be stacked at all: not one with its own ``_call`` or
+        with extra per-sample call arguments."""
+        return self.batchable and not self.call_kwargs
 
     def call_batch(self, calls: list[TransformerCall]) -> None:
         """Run ``calls`` (same shapes, see :meth:`TransformerCall.shape_key`) as one
@@ -227,7 +233,7 @@ def run_units(runs: list["DenoiseRun"], max_batch: int | None = None) -> list[st
     for r, calls in pending:
         runner = runs[r].runner
         for call in calls:
-            key = (id(runner.adapter), call.shape_key()) if runner.batchable and not runner.call_kwargs else (r,)
+            key = (id(runner.adapter), call.shape_key()) if runner.stackable else (r,)
             groups.setdefault(key, []).append((r, call))
     for members in groups.values():
         size = max_batch or len(members)
