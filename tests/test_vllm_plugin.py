@@ -138,6 +138,28 @@ def test_register_is_idempotent():
     assert ARCHITECTURE in ModelRegistry.get_supported_archs()
 
 
+def test_sleeping_queue_readers_look_again_within_recheck_ms(monkeypatch):
+    """With the busy loop off (motioncache serve), every read of vLLM's shared-memory queues
+    sleeps on a notification that can get lost; a reader must look at the queue again within
+    RECHECK_MS, not vLLM's 5 s (engine steps ran at one per 5 s)."""
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    from motioncache_vllm.vllm_plugin import RECHECK_MS, _set_queue_busy_loop
+
+    # process-wide patches: undone after the test
+    monkeypatch.setattr(shm_broadcast, "SHM_READER_RECHECK_INTERVAL_MS", 5000)
+    monkeypatch.setattr(shm_broadcast.SpinCondition, "__init__", shm_broadcast.SpinCondition.__init__)
+    monkeypatch.setattr(shm_broadcast.SpinCondition, "_motioncache_busy_loop_s", None, raising=False)
+    idle = shm_broadcast.MessageQueue.ReadTimeoutWithWarnings(None, should_warn=False)  # the worker's read
+    assert idle.timeout_ms() == 5000
+    _set_queue_busy_loop(None)  # no variable: vLLM's behaviour stands
+    assert idle.timeout_ms() == 5000
+    _set_queue_busy_loop("0")
+    _set_queue_busy_loop("0")
+    assert idle.timeout_ms() == RECHECK_MS <= 100
+    assert shm_broadcast.SpinCondition._motioncache_busy_loop_s == 0.0
+
+
 def test_policy_none_matches_generate_video(engine, reference_pipe):
     out = encode(engine, REQUEST)
     ref = reference(reference_pipe, "none")

@@ -34,6 +34,15 @@ sleeps on its socket; vLLM's default is 1 s, i.e. the engine-core process spins 
 engine step while it waits for the worker. ``motioncache serve`` sets 0 (see
 ``launcher.engine_threads_environment``): the worker's threads have every core."""
 
+RECHECK_MS = 50
+"""With :data:`BUSY_LOOP_ENV` set, how often (ms) a sleeping queue reader looks at the queue
+itself. vLLM's readers sleep on a ZeroMQ notification and, where one got lost, look again
+only after ``shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS`` (5 s). Without the busy loop every
+read sleeps, and on 2 cores notifications got lost often enough that engine steps ran at one
+per 5 s for minutes (tests/test_bench.py's throughput test: over 5 min; 60 s with 50 ms; both
+engine core and worker idle, each waiting on the other's queue). A wake-up every 50 ms is a
+flag check: no spinning."""
+
 
 def register() -> None:
     """Register the video architecture and the ``--cache-policy`` flag (idempotent)."""
@@ -50,13 +59,19 @@ def register() -> None:
 
 def _set_queue_busy_loop(value: str | None) -> None:
     """Make readers of vLLM's shared-memory message queues spin ``value`` seconds (see
-    :data:`BUSY_LOOP_ENV`); idempotent, a no-op without the variable or the class."""
+    :data:`BUSY_LOOP_ENV`) and look at the queue every :data:`RECHECK_MS` while they sleep;
+    idempotent, a no-op without the variable or the class."""
     if value is None:
         return
     try:
+        from vllm.distributed.device_communicators import shm_broadcast
         from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
     except ImportError:
         return
+    # read at every wait (a module global): lowering it here reaches every reader of the process
+    recheck = getattr(shm_broadcast, "SHM_READER_RECHECK_INTERVAL_MS", None)
+    if isinstance(recheck, int) and recheck > RECHECK_MS:
+        shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS = RECHECK_MS
     if getattr(SpinCondition, "_motioncache_busy_loop_s", None) is not None:
         return
     seconds = float(value)
