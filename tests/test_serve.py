@@ -61,20 +61,25 @@ def test_videos_endpoint_returns_mp4_and_stats(server):
     assert stats["pool_budget_bytes"] == POOL_MIB * 2**20
 
 
-def test_a_request_joins_while_a_lone_one_runs(server):
+def test_a_request_joins_while_a_lone_one_runs(served):
     """A request sent while another runs alone starts before that one ends: the engine does not
     give a lone request its whole prompt (its whole video) in one engine step."""
     import threading
     import time
 
+    server = served.url
     answers = {}
 
     def send(name: str, body: dict) -> None:
         answers[name] = post(f"{server}{SYNC}", body)
 
-    first = threading.Thread(target=send, args=("first", {**REQUEST, "num_inference_steps": 12, "seed": 31}))
+    # 48 steps (~100 engine steps): seconds of engine time however fast the machine; the second
+    # goes as soon as the first is admitted, not after a fixed sleep (12 steps once ended first)
+    first = threading.Thread(target=send, args=("first", {**REQUEST, "num_inference_steps": 48, "seed": 31}))
     first.start()
-    time.sleep(1.5)  # the first is alone on the engine by now
+    deadline = time.monotonic() + 60
+    while served.metrics().get("motioncache_admitted_bytes", 0.0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     send("second", {**REQUEST, "seed": 32})
     first.join()
     (s1, a1), (s2, a2) = answers["first"], answers["second"]
