@@ -413,17 +413,15 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """With cfg_shared: one slot per block for both CFG branches, the unconditional residual
     stored as its difference from the conditional one in this dtype (e.g. int4). The
     difference is ~12% of the residual's size, so it takes coarse storage well."""
-    cfg_batched: bool = False
+    cfg_batched: bool = True
     """Run both CFG branches of a step (and of a chunk's commit) as one transformer call, the
     two samples stacked along the batch, instead of one call each: the per-call, per-layer work
-    (weights read, op dispatch) is shared, which matters most for partial steps of few tokens.
-    Same cache decisions; frames differ from separate calls by float reassociation in the
-    stacked matrix products (at most 1/255 per pixel measured), and a video is the same
-    whatever else runs (only the request's own two branches share a call). A pool with a
-    budget and ``motion`` / ``lru`` eviction runs the branches one by one (see
-    ``ChunkedRunner.run_unit_calls``), so its frames are those of separate calls. Off by
-    default: on, a pool budget would decide whether a video is computed one way or the other
-    (RESULTS.md, "Session 12")."""
+    (weights read, op dispatch) is shared, which matters most for partial steps of few tokens
+    (a video 1.07-1.13x faster on 2 CPU cores, RESULTS.md "Session 12"). Same cache decisions
+    whatever the pool (a pair of branches reuses only when both had all their blocks); frames differ from separate calls by float
+    reassociation in the stacked matrix products (at most 1/255 per pixel measured), and a
+    video is the same whatever else runs (only the request's own two branches share a call).
+    Off: one call per branch, as the stock pipeline does."""
 
     def __post_init__(self) -> None:
         if self.cfg_delta_dtype is not None and not self.cfg_shared:

@@ -42,17 +42,17 @@ def test_generate_happy_path_with_compare(tmp_path):
     # chunked none vs the stock loop: the same computation up to float reassociation
     assert data["psnr_db"] >= 60 and data["ssim"] == pytest.approx(1.0, abs=1e-4)
     assert data["token_steps_computed"] == data["token_steps_total"] and data["ideal_speedup"] == 1.0
-    assert data["cfg_batched"] is False  # the default
+    assert data["cfg_batched"] is True  # the default
 
 
 def test_gif_output_and_the_cfg_batched_switch(tmp_path):
     out, report = tmp_path / "v.gif", tmp_path / "r.json"
     args = ["-p", "a green square moves up", "--frames", "17", "--steps", "2", "--out", str(out), "-q"]
-    res = run_cli("generate", *args, "--cfg-batched", "--report", str(report))
+    res = run_cli("generate", *args, "--no-cfg-batched", "--report", str(report))
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""  # --quiet
     assert read_video(out).shape[0] == 17
-    assert json.loads(report.read_text())["cfg_batched"] is True
+    assert json.loads(report.read_text())["cfg_batched"] is False
 
 
 @pytest.mark.parametrize(

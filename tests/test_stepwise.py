@@ -261,24 +261,78 @@ def test_cfg_batched_runs_both_branches_in_one_call_with_the_same_decisions(requ
     assert_clean(pipe)
 
 
-def test_cfg_batched_leaves_an_evicting_pool_to_separate_calls(embedded_pipe):
-    """A bounded pool that evicts runs the CFG branches one call each even with cfg_batched: in
-    one call both branches plan before either stores, and under eviction pressure they decided
-    differently (19.7 dB against 95.3 with separate calls; tests/test_runtime.py's short pool).
-    The frames are then those of cfg_batched off, bit for bit."""
-    req = GenerationRequest(prompt="static scene", num_frames=17, num_inference_steps=6, seed=0)
-    short = dict(policy="motion", policy_config={"threshold": 0.5}, pool_mib=0.9 * 2 * 64 * 3 * 256 * 4 / 2**20)
-    batched, batched_calls = generate_counting_single_calls(
-        embedded_pipe, req, CacheConfig.decode(**short, cfg_batched=True)
-    )
-    separate, separate_calls = generate_counting_single_calls(
-        embedded_pipe, req, CacheConfig.decode(**short, cfg_batched=False)
-    )
-    assert batched.stats["evictions"] > 0
-    assert batched_calls == separate_calls > 0  # one call per branch, as with cfg_batched off
-    assert np.array_equal(batched.frames, separate.frames)
-    admit, admit_calls = generate_counting_single_calls(
-        embedded_pipe, req, CacheConfig.decode(**short, eviction="admit", cfg_batched=True)
-    )
-    assert admit.stats["evictions"] == 0
-    assert admit_calls == 0  # admission never evicts: stacked as usual, no single-branch call
+def interleaved_on_one_pool(pipe, requests: list[GenerationRequest], cache: CacheConfig):
+    """``requests`` advanced unit by unit in turn on one pool; their results, the pool, and per
+    denoising step the modes its (cond, uncond) streams ran in."""
+    from motioncache_vllm.runtime.stream import ChunkStream
+
+    modes: list[tuple[str, str]] = []
+    original = ChunkStream.plan
+
+    def recording(self, hidden, temb):
+        out = original(self, hidden, temb)
+        if not self.commit:
+            modes.append((self.owner[2], self._mode))
+        return out
+
+    pool = make_pool(pipe, cache.pool)
+    gens = [StepwiseGeneration(pipe, r, cache=cache, pool=pool, request_id=f"r{i}") for i, r in enumerate(requests)]
+    ChunkStream.plan = recording
+    try:
+        while not all(g.done for g in gens):
+            for g in gens:
+                if not g.done:
+                    g.step()
+    finally:
+        ChunkStream.plan = original
+    assert [b for b, _ in modes] == ["cond", "uncond"] * (len(modes) // 2)  # cond plans first, both ways
+    return [g.result() for g in gens], pool, list(zip(modes[::2], modes[1::2]))
+
+
+NEED = 2 * 64 * 3 * 256 * 4  # one 64x64 request's chunk, both CFG branches, float32
+
+
+@pytest.mark.parametrize(
+    "requests,policy,config,pool",
+    [
+        # one request, a pool at 90% of its need: with both branches planned first (one call)
+        # and each write evicting the other's blocks, a pair once ran fresh cond against reused
+        # uncond (19.7 dB where separate calls gave 95.3)
+        (
+            [GenerationRequest(prompt="static scene", num_frames=17, num_inference_steps=10, seed=0)],
+            "motion",
+            {"threshold": 0.5},
+            {"pool_mib": 0.9 * NEED / 2**20},
+        ),
+        # two requests: while both run each one's writes evict the other's blocks (lru); once the
+        # short one is done the long one reuses
+        (
+            [
+                GenerationRequest(prompt="static scene", num_frames=9, num_inference_steps=8, seed=1),
+                GenerationRequest(prompt="a red circle moves right slowly", num_frames=33, num_inference_steps=8),
+            ],
+            "steperror",
+            SPATIAL,
+            {"pool_mib": 1.5 * NEED / 2**20, "eviction": "lru"},
+        ),
+    ],
+    ids=["one-request", "two-requests"],
+)
+def test_cfg_batched_and_separate_calls_decide_alike_on_a_short_pool(embedded_pipe, requests, policy, config, pool):
+    """A bounded pool short of the need: stacked and separate calls make the same decisions, a
+    step's two branches always run the same mode (a fresh branch against a reused one breaks
+    the guidance: both reuse or neither), and the frames agree within BATCH_TOLERANCE."""
+    runs = {}
+    for batched in (True, False):
+        cache = CacheConfig.decode(policy=policy, policy_config=config, cfg_batched=batched, **pool)
+        runs[batched] = interleaved_on_one_pool(embedded_pipe, requests, cache)
+    (batched, short, pairs), (separate, _, separate_pairs) = runs[True], runs[False]
+    assert short.stats.evictions + short.stats.dropped_writes > 0  # the pool was short
+    assert pairs == separate_pairs
+    assert all(cond == uncond for (_, cond), (_, uncond) in pairs)
+    if len(requests) > 1:
+        assert {mode for (_, mode), _ in pairs} == {"full", "partial"}  # it reused between the misses
+    for b, s in zip(batched, separate):
+        for key in ("full_steps", "partial_steps", "skipped_steps", "forced_blocks", "token_steps_computed"):
+            assert b.stats[key] == s.stats[key], key
+        assert np.abs(b.frames.astype(int) - s.frames.astype(int)).max() <= BATCH_TOLERANCE

@@ -158,25 +158,13 @@ class ChunkedRunner:
     def run_unit_calls(self, calls: list[TransformerCall]) -> None:
         """Run the calls of one request's unit (its CFG branches): stacked into one call with
         ``cfg_batched``, else one by one. A runner with extra call arguments (the stock call's
-        per-sample ``fps``) or its own ``_call`` runs them one by one either way, and so does one
-        whose bounded pool evicts: in one call both branches plan before either stores, so under
-        eviction pressure one branch found its blocks while the other's store had evicted them in
-        separate calls, and the branches decided differently (fresh cond, stale uncond: 19.7 dB
-        where separate calls gave 95.3, tests/test_runtime.py's short pool)."""
-        if self.cfg_batched and self.stacks_calls:
+        per-sample ``fps``) or its own ``_call`` runs them one by one either way. Both ways
+        decide alike, whatever the pool: a pair of branches reuses only when both had all their
+        blocks at plan (``ChunkStream.plan``)."""
+        if self.cfg_batched and self.stackable:
             self.call_batch(calls)
         else:
             self.run_calls(calls)
-
-    @property
-    def stacks_calls(self) -> bool:
-        """Whether ``cfg_batched`` may stack this runner's CFG branches into one call; see
-        :meth:`run_unit_calls` for why not. (:func:`run_units`, the served engine's opt-in
-        batching across requests, stacks an evicting pool's calls too: the streams read their
-        cached blocks at plan, so a sample's write cannot take them from another sample of the
-        same call.)"""
-        evicting = self.pool.evicts and not self.pool.eviction.admits_whole
-        return self.stackable and not evicting
 
     @property
     def stackable(self) -> bool:
@@ -463,6 +451,9 @@ class DenoiseRun:
                 float(self.guidance_scale),
             )
             self.streams[b].previous_last_frame = self.previous_last[b]
+        if "uncond" in self.streams:
+            self.streams["cond"].cfg_partner = self.streams["uncond"]
+            self.streams["uncond"].cfg_partner = self.streams["cond"]
         if self.runner.cfg_shared and "uncond" in self.streams:
             self.streams["uncond"].leader = self.streams["cond"]
             self.streams["cond"].follower = self.streams["uncond"]
