@@ -105,7 +105,8 @@ def test_reused_text_kv_and_embeddings_give_the_frames_of_recomputing_them(tiny_
     from motioncache_vllm.models import wan_adapter
 
     request = GenerationRequest(prompt="a red circle moves right", num_frames=9, num_inference_steps=4, seed=2)
-    cache = CacheConfig.decode(policy=policy, policy_config=config)
+    # one call per CFG branch: the hooks below count calls (a stacked call is one for both)
+    cache = CacheConfig.decode(policy=policy, policy_config=config, cfg_batched=False)
     to_k = tiny_pipe.transformer.blocks[0].attn2.to_k
     # the text projection's first layer: a memo hit skips it (a hook on the projection itself would count hits)
     text_embedder = tiny_pipe.transformer.condition_embedder.text_embedder.linear_1

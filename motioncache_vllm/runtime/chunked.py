@@ -158,10 +158,11 @@ class ChunkedRunner:
     def run_unit_calls(self, calls: list[TransformerCall]) -> None:
         """Run the calls of one request's unit (its CFG branches): stacked into one call with
         ``cfg_batched``, else one by one. A runner with extra call arguments (the stock call's
-        per-sample ``fps``) or its own ``_call`` runs them one by one either way. Both ways
+        per-sample ``fps``) or its own ``_call`` runs them one by one either way, and so do
+        branches of different shapes (e.g. prompt embeddings of different lengths). Both ways
         decide alike, whatever the pool: a pair of branches reuses only when both had all their
         blocks at plan (``ChunkStream.plan``)."""
-        if self.cfg_batched and self.stackable:
+        if self.cfg_batched and self.stackable and len({call.shape_key() for call in calls}) == 1:
             self.call_batch(calls)
         else:
             self.run_calls(calls)
