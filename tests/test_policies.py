@@ -537,7 +537,8 @@ def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branche
     monkeypatch.setattr(StepErrorPolicy, "decide", recording_decide)
     req = GenerationRequest(prompt="a red circle moves right slowly", num_frames=17, num_inference_steps=10, seed=0)
     full = generate_video(embedded_pipe, req)
-    cached = generate_video(embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={}))
+    whole_steps = {"refresh_fraction": 0.0}
+    cached = generate_video(embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config=whole_steps))
     sigmas = tuple(float(s) for s in embedded_pipe.scheduler.sigmas)
     # one decision per (chunk, step), by the cond branch, which holds the uncond branch's state
     assert len(seen) == cached.stats["full_steps"] // 2 + cached.stats["skipped_steps"] // 2
@@ -547,9 +548,16 @@ def test_steperror_on_the_chunked_runtime_sees_the_schedule_and_both_cfg_branche
     assert psnr_db(cached.frames, full.frames) > 30
     # a higher threshold skips more
     more = generate_video(
-        embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={"threshold": 1.0})
+        embedded_pipe,
+        req,
+        cache=CacheConfig.decode(policy="steperror", policy_config={**whole_steps, "threshold": 1.0}),
     )
     assert more.stats["skipped_steps"] > cached.stats["skipped_steps"]
+    # the default refreshes the blocks of largest predicted error at some steps the rule skips
+    spatial = generate_video(
+        embedded_pipe, req, cache=CacheConfig.decode(policy="steperror", policy_config={"threshold": 1.0})
+    )
+    assert spatial.stats["partial_steps"] > 0 and len(np.unique(spatial.recompute_map)) > 1
 
 
 def test_a_calibration_file_with_a_bad_step_curve_is_refused_naming_the_field(tmp_path):
@@ -675,7 +683,7 @@ def test_steperror_refresh_recomputes_the_blocks_with_the_largest_predicted_erro
     zeros = {**base, "refresh_fraction": 0.0, "static_fraction": 0.0, "refresh_within": 0, "refresh_share": 0.0}
     assert _steperror_chunk(make_policy("steperror", zeros), sigmas, e0s, cond, uncond, g)[0] == whole
 
-    policy = make_policy("steperror", {**base, "refresh_fraction": 0.25})
+    policy = make_policy("steperror", {**base, "refresh_fraction": 0.25, "refresh_within": 0})
     modes, state = _steperror_chunk(policy, sigmas, e0s, cond, uncond, g, spatial=True)
     assert modes == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.25)
     refreshes = [m for m in modes if m.startswith("partial")]

@@ -331,7 +331,7 @@ def test_cfg_batched_and_separate_calls_decide_alike_on_a_short_pool(embedded_pi
     assert pairs == separate_pairs
     assert all(cond == uncond for (_, cond), (_, uncond) in pairs)
     if len(requests) > 1:
-        assert {mode for (_, mode), _ in pairs} == {"full", "partial"}  # it reused between the misses
+        assert {mode for (_, mode), _ in pairs} >= {"full", "partial"}  # it reused between the misses
     for b, s in zip(batched, separate):
         for key in ("full_steps", "partial_steps", "skipped_steps", "forced_blocks", "token_steps_computed"):
             assert b.stats[key] == s.stats[key], key
