@@ -3,18 +3,21 @@
 candidates: each candidate is pooled over the runs that hold it, and every candidate must cover
 the same captions).
 
-    python benchmarks/probes/steperror_wall.py PARETO.json [PARETO.json ...]
+    python benchmarks/probes/steperror_wall.py [--plot OUT.png] PARETO.json [PARETO.json ...]
 
 Per candidate over all captions: wall speedup = sum of the stock loop's walls / sum of the
 candidate's, mean PSNR, mean ideal speedup, realised / ideal (over chunked full compute).
-Per ``steperror`` row: its PSNR minus the cache front's (upper front of the teacache and
+Per ``steperror`` row: its recompute map (median Spearman over captions with "moves"), its PSNR minus the cache front's (upper front of the teacache and
 magcache rows, ``oracle_verdict.py``'s interpolation) at equal wall speedup and at equal
 ideal work, and the speed ratio at equal PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is
-above / below the whole front). Timing figures only from an exclusive run.
+above / below the whole front). ``--plot``: PSNR against wall speedup, the cache points and
+their front, ``steperror`` with and without its spatial part. Timing figures only from an
+exclusive run.
 """
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -40,7 +43,64 @@ def cache_speed_at(front: list[tuple[float, float]], psnr: float) -> tuple[float
     return None, ""
 
 
-def main(paths: list[str]) -> None:
+def upper_hull(front: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The concave upper hull of ``front`` (sorted by speed): the best PSNR any mix of the cache
+    settings reaches at each speed. The plain front joins neighbouring points, so a point just
+    faster than a much better one (MagCache 0.01 at 3.80x, 46.8 dB, beside TeaCache 0.05 at 3.78x,
+    54.8 dB) drops the line steeply and flatters every policy point past it; the hull does not.
+    Give it lossy points only: with a full-compute point (~97 dB, float noise) the hull is one
+    line from it to the fastest point."""
+    hull: list[tuple[float, float]] = []
+    for p in front:
+        # drop the last point while it lies on or below the line from the one before it to p
+        while len(hull) >= 2 and (hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1]) >= (hull[-1][1] - hull[-2][1]) * (
+            p[0] - hull[-2][0]
+        ):
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: list[tuple[float, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(*zip(*front), "-", color="grey", alpha=0.6, label="TeaCache/MagCache front")
+    ax.plot(*zip(*hull), ":", color="black", alpha=0.6, label="its upper hull (lossy settings)")
+    # a row without refresh_fraction ran whole steps (the default before session 13; every
+    # spatial candidate since names it)
+    groups = {
+        "teacache": ("o", "tab:blue", lambda r: r["policy"] == "teacache"),
+        "magcache": ("o", "tab:orange", lambda r: r["policy"] == "magcache"),
+        "steperror, spatial part": (
+            "s-",
+            "tab:red",
+            lambda r: r["policy"] == "steperror" and r["cfg"].get("refresh_fraction", 0) > 0,
+        ),
+        "steperror, whole steps": (
+            "^--",
+            "tab:green",
+            lambda r: r["policy"] == "steperror" and r["cfg"].get("refresh_fraction", 0) == 0,
+        ),
+        "chunked full compute": ("*", "black", lambda r: r["policy"] == "none"),
+    }
+    for label, (style, colour, member) in groups.items():
+        pts = sorted((r["speedup"], r["psnr_db"]) for r in rows if member(r))
+        if pts:
+            ax.plot(*zip(*pts), style, color=colour, label=label, markersize=5)
+    ax.set_xlabel("wall-clock speedup over the stock loop")
+    ax.set_ylabel("PSNR dB vs the stock loop (mean over captions)")
+    ax.set_ylim(top=min(75.0, max(r["psnr_db"] for r in rows) + 3))  # full compute's ~97 dB squeezes the rest
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(paths: list[str], plot_path: str | None = None) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     # candidates pooled by (policy, config, pool settings) over the runs: runs may add
     # candidates (e.g. lower thresholds), each timed against its own run's stock loop
@@ -65,6 +125,14 @@ def main(paths: list[str]) -> None:
             psnr_db=sum(r["psnr_db"] for r, _ in per) / len(per),
             ideal=None if None in ideal else sum(ideal) / len(ideal),
             captions=frozenset(r["prompt"] for r, _ in per),
+            # issue 11's map criterion: clips of a moving object on a static scene
+            map=statistics.median(maps)
+            if (
+                maps := [
+                    r["map_spearman"] for r, _ in per if "moves" in r["prompt"] and r.get("map_spearman") is not None
+                ]
+            )
+            else None,
         )
         rows.append(row)
     if len({r["captions"] for r in rows}) != 1:  # a candidate in several runs counts each run's walls
@@ -75,25 +143,42 @@ def main(paths: list[str]) -> None:
         nones = [r for r in rows if r["policy"] == "none"]
         return next((r for r in nones if r["pool"] == row["pool"]), nones[0])["speedup"]
 
-    def front(key: str) -> list[tuple[float, float]]:
+    def front(key: str, caches: tuple[str, ...] = CACHES) -> list[tuple[float, float]]:
         pts = [{"variant": r["policy"], "ideal_speedup": r[key], "psnr_db": r["psnr_db"]} for r in rows]
-        return ov.curve([p for p in pts if p["variant"] in CACHES], CACHES)
+        return ov.curve([p for p in pts if p["variant"] in caches], caches)
+
+    def best_family_at(speed: float) -> float | None:
+        """The best single cache's PSNR at ``speed``, each interpolated along its own threshold
+        sweep (the merged front also joins a TeaCache point to a MagCache one)."""
+        values = [ov.at(front("speedup", (name,)), speed) for name in CACHES]
+        return max((v for v in values if v is not None), default=None)
 
     by_wall, by_work = front("speedup"), front("ideal")
+    lossy = {r["speedup"] for r in rows if r["policy"] in CACHES and r["ideal"] is not None and r["ideal"] > 1.0}
+    hull = upper_hull([p for p in by_wall if p[0] in lossy])  # settings that skipped some work
+    if plot_path:
+        plot(plot_path, rows[1:], by_wall, hull)
     print(
-        "| policy | config | wall speedup | ideal | PSNR dB (mean) | realised / ideal | - cache front, equal wall | equal ideal work | speed at equal PSNR |"
+        "| policy | config | wall speedup | ideal | PSNR dB (mean) | realised / ideal | - cache front, equal wall | - best single cache | - upper hull | equal ideal work | speed at equal PSNR (front / hull) | map Spearman, moving objects |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows[1:]:  # rows[0]: the stock loop
         cfg = ", ".join(f"{k} {v}" for k, v in row["cfg"].items()) or "-"
-        cells = ["", "", ""]
+        cells = ["", "", "", "", "", ""]
         if row["policy"] == "steperror":
             wall, work = ov.at(by_wall, row["speedup"]), ov.at(by_work, row["ideal"])
+            hull_wall, family = ov.at(hull, row["speedup"]), best_family_at(row["speedup"])
             speed, bound = cache_speed_at(by_wall, row["psnr_db"])
+            hull_speed, hull_bound = cache_speed_at(hull, row["psnr_db"])
             cells = [
                 "-" if wall is None else f"{row['psnr_db'] - wall:+.1f} dB",
+                "-" if family is None else f"{row['psnr_db'] - family:+.1f} dB",
+                "-" if hull_wall is None else f"{row['psnr_db'] - hull_wall:+.1f} dB",
                 "-" if work is None else f"{row['psnr_db'] - work:+.1f} dB",
-                "-" if speed is None else f"{bound}{row['speedup'] / speed:.2f}x",
+                ("-" if speed is None else f"{bound}{row['speedup'] / speed:.2f}x")
+                + " / "
+                + ("-" if hull_speed is None else f"{hull_bound}{row['speedup'] / hull_speed:.2f}x"),
+                "-" if row["map"] is None else f"{row['map']:.2f}",
             ]
         print(
             f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
@@ -102,4 +187,8 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    plot_path = None
+    if args[:1] == ["--plot"]:
+        plot_path, args = args[1], args[2:]
+    main(args, plot_path)
