@@ -316,10 +316,10 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     largest predicted error (``dt x rate[p] x D[p]`` summed since each token's own last compute;
     their error and distance restart), a partial step; 0 = whole steps only (a flat recompute
     map). 0.1 with ``refresh_within`` 2 (the default since session 13) makes the recompute map
-    follow motion (Spearman 0.6-0.65) and, with both CFG branches in one call (``cfg_batched``),
-    was +2.0 to +9.5 dB above the TeaCache/MagCache front at equal wall clock from 4.1x to 8.5x
-    on held-out set 7 (RESULTS.md, "Session 12"); whole steps were level with it there on the
-    wall clock and better at 3x ideal work on set 7 (+1.5 against -0.1 dB)."""
+    follow motion (Spearman 0.5-0.66) and, with both CFG branches in one call (``cfg_batched``),
+    was >= 1.5 dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x
+    on three held-out caption sets (RESULTS.md, "Session 13"); whole steps were about level with
+    it on the wall clock and better at 3x ideal work on set 7 (+1.5 against -0.1 dB)."""
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 2
     """Refresh only in the first this-many steps after a computed step, while the other tokens'
     K/V (which a partial step attends to as they were) are recent (0 = at any skipped step)."""

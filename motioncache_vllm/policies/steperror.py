@@ -73,9 +73,9 @@ map follow motion (median Spearman 0.57-0.64 over moving objects), +0.1 to +1.1 
 steps at 1.5-2x ideal work and -0.6 to +0.2 at 2.5-3x (``refresh_share`` 0.15 trims the pans'
 refreshes); but a refresh of a tenth of the blocks cost a third to a half of a step on the wall
 clock, so both stayed off by default. With both CFG branches in one call (``cfg_batched``,
-session 12) the refreshes realise 0.85-0.95 of their ideal speedup and the spatial part is +2.0
-to +9.5 dB above the TeaCache/MagCache front at equal wall clock from 4.1x to 8.5x on held-out
-set 7 (map Spearman 0.64-0.65; RESULTS.md, "Session 12"), so ``refresh_fraction`` 0.1 within 2
+session 12) the refreshes realise 0.85-0.95 of their ideal speedup and the spatial part is >= 1.5
+dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x on three held-out
+sets (map Spearman 0.5-0.66; RESULTS.md, "Session 13"), so ``refresh_fraction`` 0.1 within 2
 steps is the default since session 13 (``refresh_fraction=0`` gives whole steps only;
 ``static_fraction`` lost outright).
 """
