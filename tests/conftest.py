@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from motioncache_vllm.config import CacheConfig, GenerationRequest
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_vllm_cache(tmp_path_factory):
@@ -155,3 +157,33 @@ def served(tmp_path_factory):
         yield Served(proc, int(budget_mib * MIB))
     finally:
         proc.stop()
+
+
+def interleaved_on_one_pool(pipe, requests: list[GenerationRequest], cache: CacheConfig):
+    """``requests`` advanced unit by unit in turn on one pool; their results, the pool, and per
+    denoising step the modes its (cond, uncond) streams ran in."""
+    from motioncache_vllm.runtime.request import make_pool
+    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+    from motioncache_vllm.runtime.stream import ChunkStream
+
+    modes: list[tuple[str, str]] = []
+    original = ChunkStream.plan
+
+    def recording(self, hidden, temb):
+        out = original(self, hidden, temb)
+        if not self.commit:
+            modes.append((self.owner[2], self._mode))
+        return out
+
+    pool = make_pool(pipe, cache.pool)
+    gens = [StepwiseGeneration(pipe, r, cache=cache, pool=pool, request_id=f"r{i}") for i, r in enumerate(requests)]
+    ChunkStream.plan = recording
+    try:
+        while not all(g.done for g in gens):
+            for g in gens:
+                if not g.done:
+                    g.step()
+    finally:
+        ChunkStream.plan = original
+    assert [b for b, _ in modes] == ["cond", "uncond"] * (len(modes) // 2)  # cond plans first, both ways
+    return [g.result() for g in gens], pool, list(zip(modes[::2], modes[1::2]))

@@ -306,8 +306,7 @@ def test_cfg_delta_needs_shared_decisions():
 def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
     """Three requests interleaved unit by unit on one pool that holds one request's chunk:
     evicting thrashes (each miss makes a step full), admitting chunks whole does not."""
-    from motioncache_vllm.runtime.request import make_pool
-    from motioncache_vllm.runtime.stepwise import StepwiseGeneration
+    from conftest import interleaved_on_one_pool
 
     requests = [
         GenerationRequest(prompt=p, num_frames=9, num_inference_steps=10, seed=i)
@@ -319,16 +318,8 @@ def test_admission_control_keeps_a_shared_short_pool_useful(embedded_pipe):
         cache = CacheConfig.decode(
             policy="motion", policy_config={"threshold": 0.5}, pool_mib=need / 2**20, eviction=eviction
         )
-        pool = make_pool(embedded_pipe, cache.pool)
-        gens = [
-            StepwiseGeneration(embedded_pipe, r, cache=cache, pool=pool, request_id=f"r{i}")
-            for i, r in enumerate(requests)
-        ]
-        while not all(g.done for g in gens):
-            for g in gens:
-                if not g.done:
-                    g.step()
-        stats = [g.result().stats for g in gens]
+        results, pool, _ = interleaved_on_one_pool(embedded_pipe, requests, cache)
+        stats = [r.stats for r in results]
         computed[eviction] = sum(s["token_steps_computed"] for s in stats) / sum(s["token_steps_total"] for s in stats)
         if eviction == "admit":
             assert pool.stats.evictions == 0

@@ -261,34 +261,6 @@ def test_cfg_batched_runs_both_branches_in_one_call_with_the_same_decisions(requ
     assert_clean(pipe)
 
 
-def interleaved_on_one_pool(pipe, requests: list[GenerationRequest], cache: CacheConfig):
-    """``requests`` advanced unit by unit in turn on one pool; their results, the pool, and per
-    denoising step the modes its (cond, uncond) streams ran in."""
-    from motioncache_vllm.runtime.stream import ChunkStream
-
-    modes: list[tuple[str, str]] = []
-    original = ChunkStream.plan
-
-    def recording(self, hidden, temb):
-        out = original(self, hidden, temb)
-        if not self.commit:
-            modes.append((self.owner[2], self._mode))
-        return out
-
-    pool = make_pool(pipe, cache.pool)
-    gens = [StepwiseGeneration(pipe, r, cache=cache, pool=pool, request_id=f"r{i}") for i, r in enumerate(requests)]
-    ChunkStream.plan = recording
-    try:
-        while not all(g.done for g in gens):
-            for g in gens:
-                if not g.done:
-                    g.step()
-    finally:
-        ChunkStream.plan = original
-    assert [b for b, _ in modes] == ["cond", "uncond"] * (len(modes) // 2)  # cond plans first, both ways
-    return [g.result() for g in gens], pool, list(zip(modes[::2], modes[1::2]))
-
-
 NEED = 2 * 64 * 3 * 256 * 4  # one 64x64 request's chunk, both CFG branches, float32
 
 
@@ -319,6 +291,8 @@ NEED = 2 * 64 * 3 * 256 * 4  # one 64x64 request's chunk, both CFG branches, flo
     ids=["one-request", "two-requests"],
 )
 def test_cfg_batched_and_separate_calls_decide_alike_on_a_short_pool(embedded_pipe, requests, policy, config, pool):
+    from conftest import interleaved_on_one_pool
+
     """A bounded pool short of the need: stacked and separate calls make the same decisions, a
     step's two branches always run the same mode (a fresh branch against a reused one breaks
     the guidance: both reuse or neither), and the frames agree within BATCH_TOLERANCE."""
