@@ -120,19 +120,14 @@ def main(paths: list[str], plot_path: str | None = None) -> None:
     for row in pooled.values():
         per = row.pop("per")
         ideal = [r["ideal_speedup"] for r, _ in per]
+        # issue 11's map criterion: clips of a moving object on a static scene
+        maps = [r["map_spearman"] for r, _ in per if "moves" in r["prompt"] and r.get("map_spearman") is not None]
         row.update(
             speedup=sum(stock for _, stock in per) / sum(r["wall_s"] for r, _ in per),
             psnr_db=sum(r["psnr_db"] for r, _ in per) / len(per),
             ideal=None if None in ideal else sum(ideal) / len(ideal),
             captions=frozenset(r["prompt"] for r, _ in per),
-            # issue 11's map criterion: clips of a moving object on a static scene
-            map=statistics.median(maps)
-            if (
-                maps := [
-                    r["map_spearman"] for r, _ in per if "moves" in r["prompt"] and r.get("map_spearman") is not None
-                ]
-            )
-            else None,
+            map=statistics.median(maps) if maps else None,
         )
         rows.append(row)
     if len({r["captions"] for r in rows}) != 1:  # a candidate in several runs counts each run's walls
@@ -143,9 +138,14 @@ def main(paths: list[str], plot_path: str | None = None) -> None:
         nones = [r for r in rows if r["policy"] == "none"]
         return next((r for r in nones if r["pool"] == row["pool"]), nones[0])["speedup"]
 
-    def front(key: str, caches: tuple[str, ...] = CACHES) -> list[tuple[float, float]]:
-        pts = [{"variant": r["policy"], "ideal_speedup": r[key], "psnr_db": r["psnr_db"]} for r in rows]
-        return ov.curve([p for p in pts if p["variant"] in caches], caches)
+    def front(key: str, caches: tuple[str, ...] = CACHES, lossy_only: bool = False) -> list[tuple[float, float]]:
+        """Upper front of the caches' rows; ``lossy_only``: of the settings that skipped some work."""
+        pts = [
+            {"variant": r["policy"], "ideal_speedup": r[key], "psnr_db": r["psnr_db"]}
+            for r in rows
+            if r["policy"] in caches and not (lossy_only and (r["ideal"] or 1.0) <= 1.0)
+        ]
+        return ov.curve(pts, caches)
 
     def best_family_at(speed: float) -> float | None:
         """The best single cache's PSNR at ``speed``, each interpolated along its own threshold
@@ -154,8 +154,7 @@ def main(paths: list[str], plot_path: str | None = None) -> None:
         return max((v for v in values if v is not None), default=None)
 
     by_wall, by_work = front("speedup"), front("ideal")
-    lossy = {r["speedup"] for r in rows if r["policy"] in CACHES and r["ideal"] is not None and r["ideal"] > 1.0}
-    hull = upper_hull([p for p in by_wall if p[0] in lossy])  # settings that skipped some work
+    hull = upper_hull(front("speedup", lossy_only=True))
     if plot_path:
         plot(plot_path, rows[1:], by_wall, hull)
     print(
