@@ -1,4 +1,4 @@
-"""``steperror`` against the TeaCache + MagCache front at equal wall clock, from one or more
+"""``steperror`` against the TeaCache + MagCache + FlowCache front at equal wall clock, from one or more
 ``hybrid_pareto.py`` outputs (e.g. a caption set run in two halves, or a second run adding
 candidates: each candidate is pooled over the runs that hold it, and every candidate must cover
 the same captions).
@@ -6,15 +6,21 @@ the same captions).
     python benchmarks/probes/steperror_wall.py [--plot OUT.png] PARETO.json [PARETO.json ...]
 
 Per candidate over all captions: wall speedup = sum of the stock loop's walls / sum of the
-candidate's, mean PSNR, mean ideal speedup, realised / ideal (over chunked full compute).
-Per ``steperror`` row: its recompute map (median Spearman over captions with "moves"), its PSNR minus the cache front's (upper front of the teacache and
-magcache rows, ``oracle_verdict.py``'s interpolation) at equal wall speedup and at equal
-ideal work, and the speed ratio at equal PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is
-above / below the whole front). ``--plot``: PSNR against wall speedup, the cache points and
-their front, ``steperror`` with and without its spatial part. Timing figures only from an
+candidate's; the same over chunked full compute (what the cache itself adds: issue 11's "3-6x"
+was written when chunked full compute was 2.36x, i.e. 1.27-2.54x of it); mean PSNR, mean ideal
+speedup, realised / ideal. Per ``steperror`` row: its recompute map (median Spearman over captions
+with "moves"), its PSNR minus the cache front's (upper front of the teacache, magcache and
+flowcache rows present, ``oracle_verdict.py``'s interpolation) at equal wall speedup, minus the
+best single cache's, minus the upper hull's, at equal ideal work, and the speed ratio at equal
+PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is above / below the whole front).
+``--range LO HI``: per ``steperror`` setting (its config without the threshold), the smallest
+margin over the best single cache and the smallest map among its points whose speedup over
+chunked full compute lies in [LO, HI]. ``--plot``: PSNR against wall speedup, the cache points
+and their front, ``steperror`` with and without its spatial part. Timing figures only from an
 exclusive run.
 """
 
+import argparse
 import importlib.util
 import json
 import statistics
@@ -24,7 +30,7 @@ from pathlib import Path
 _spec = importlib.util.spec_from_file_location("oracle_verdict", Path(__file__).with_name("oracle_verdict.py"))
 ov = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ov)
-CACHES = ("teacache", "magcache")
+CACHES = ("teacache", "magcache", "flowcache")  # the issue's "best of teacache, flowcache and magcache"
 
 
 def cache_speed_at(front: list[tuple[float, float]], psnr: float) -> tuple[float | None, str]:
@@ -68,13 +74,14 @@ def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: lis
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(*zip(*front), "-", color="grey", alpha=0.6, label="TeaCache/MagCache front")
+    ax.plot(*zip(*front), "-", color="grey", alpha=0.6, label="cache front")
     ax.plot(*zip(*hull), ":", color="black", alpha=0.6, label="its upper hull (lossy settings)")
     # a row without refresh_fraction ran whole steps (the default before session 13; every
     # spatial candidate since names it)
     groups = {
         "teacache": ("o", "tab:blue", lambda r: r["policy"] == "teacache"),
         "magcache": ("o", "tab:orange", lambda r: r["policy"] == "magcache"),
+        "flowcache": ("o", "tab:purple", lambda r: r["policy"] == "flowcache"),
         "steperror, spatial part": (
             "s-",
             "tab:red",
@@ -100,7 +107,32 @@ def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: lis
     fig.savefig(out, dpi=110)
 
 
-def main(paths: list[str], plot_path: str | None = None) -> None:
+def range_verdict(points: dict[str, list[tuple[float, float, float | None]]], lo: float, hi: float) -> None:
+    """Per steperror setting: its margins over the best single cache (points and, where it has
+    points on both sides of a range end, the margin interpolated there) within [lo, hi]."""
+    print(
+        f"\n| setting (without threshold) | points in {lo:.2f}-{hi:.2f}x over full compute | smallest margin over the best single cache | smallest map |"
+    )
+    print("|---|---|---|---|")
+    for setting, pts in points.items():
+        pts = sorted(pts)
+        inside = [(x, m, mp) for x, m, mp in pts if lo <= x <= hi]
+        margins = [m for _, m, _ in inside]
+        for end in (lo, hi):  # the margin at a range end, between the setting's neighbouring points
+            for (x0, m0, _), (x1, m1, _) in zip(pts, pts[1:]):
+                if x0 < end < x1:
+                    margins.append(m0 + (m1 - m0) * (end - x0) / (x1 - x0))
+        maps = [mp for _, _, mp in inside if mp is not None]
+        span = f"{len(inside)} ({inside[0][0]:.2f}-{inside[-1][0]:.2f}x)" if inside else "0"
+        worst = f"{min(margins):+.1f} dB" if margins else "-"
+        print(
+            f"| {setting or '-'} | {span} | {worst} | {min(maps):.2f} |"
+            if maps
+            else f"| {setting or '-'} | {span} | {worst} | - |"
+        )
+
+
+def main(paths: list[str], plot_path: str | None = None, span: tuple[float, float] | None = None) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     # candidates pooled by (policy, config, pool settings) over the runs: runs may add
     # candidates (e.g. lower thresholds), each timed against its own run's stock loop
@@ -158,9 +190,10 @@ def main(paths: list[str], plot_path: str | None = None) -> None:
     if plot_path:
         plot(plot_path, rows[1:], by_wall, hull)
     print(
-        "| policy | config | wall speedup | ideal | PSNR dB (mean) | realised / ideal | - cache front, equal wall | - best single cache | - upper hull | equal ideal work | speed at equal PSNR (front / hull) | map Spearman, moving objects |"
+        "| policy | config | wall speedup | over chunked full compute | ideal | PSNR dB (mean) | realised / ideal | - cache front, equal wall | - best single cache | - upper hull | equal ideal work | speed at equal PSNR (front / hull) | map Spearman, moving objects |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    settings: dict[str, list[tuple[float, float, float | None]]] = {}  # for --range
     for row in rows[1:]:  # rows[0]: the stock loop
         cfg = ", ".join(f"{k} {v}" for k, v in row["cfg"].items()) or "-"
         cells = ["", "", "", "", "", ""]
@@ -179,15 +212,24 @@ def main(paths: list[str], plot_path: str | None = None) -> None:
                 + ("-" if hull_speed is None else f"{hull_bound}{row['speedup'] / hull_speed:.2f}x"),
                 "-" if row["map"] is None else f"{row['map']:.2f}",
             ]
+            if family is not None:
+                setting = ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold")
+                settings.setdefault(setting, []).append(
+                    (row["speedup"] / chunked(row), row["psnr_db"] - family, row["map"])
+                )
         print(
-            f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
+            f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {row['speedup'] / chunked(row):.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
             f"{row['speedup'] / chunked(row) / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
         )
 
+    if span:
+        range_verdict(settings, *span)
+
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    plot_path = None
-    if args[:1] == ["--plot"]:
-        plot_path, args = args[1], args[2:]
-    main(args, plot_path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="hybrid_pareto.py outputs")
+    parser.add_argument("--plot", help="write the PSNR / wall speedup plot here")
+    parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"), help="speedup over chunked full compute")
+    args = parser.parse_args()
+    main(args.runs, args.plot, tuple(args.range) if args.range else None)
