@@ -3,7 +3,7 @@
 candidates: each candidate is pooled over the runs that hold it, and every candidate must cover
 the same captions).
 
-    python benchmarks/probes/steperror_wall.py [--plot OUT.png] PARETO.json [PARETO.json ...]
+    python benchmarks/probes/steperror_wall.py [--plot OUT.png] [--range LO HI] PARETO.json [PARETO.json ...]
 
 Per candidate over all captions: wall speedup = sum of the stock loop's walls / sum of the
 candidate's; the same over chunked full compute (what the cache itself adds: issue 11's "3-6x"
@@ -117,22 +117,18 @@ def range_verdict(points: dict[str, list[tuple[float, float, float | None]]], lo
     for setting, pts in points.items():
         pts = sorted(pts)
         inside = [(x, m, mp) for x, m, mp in pts if lo <= x <= hi]
-        margins = [m for _, m, _ in inside]
-        for end in (lo, hi):  # the margin at a range end, between the setting's neighbouring points
-            for (x0, m0, _), (x1, m1, _) in zip(pts, pts[1:]):
-                if x0 < end < x1:
-                    margins.append(m0 + (m1 - m0) * (end - x0) / (x1 - x0))
+        margin_curve = [(x, m) for x, m, _ in pts]
+        # the margin at a range end, interpolated between the setting's neighbouring points
+        ends = [ov.at(margin_curve, end) for end in (lo, hi) if pts[0][0] < end < pts[-1][0]]
+        margins = [m for _, m, _ in inside] + [m for m in ends if m is not None]
         maps = [mp for _, _, mp in inside if mp is not None]
-        span = f"{len(inside)} ({inside[0][0]:.2f}-{inside[-1][0]:.2f}x)" if inside else "0"
-        worst = f"{min(margins):+.1f} dB" if margins else "-"
-        print(
-            f"| {setting or '-'} | {span} | {worst} | {min(maps):.2f} |"
-            if maps
-            else f"| {setting or '-'} | {span} | {worst} | - |"
-        )
+        points_cell = f"{len(inside)} ({inside[0][0]:.2f}-{inside[-1][0]:.2f}x)" if inside else "0"
+        margin_cell = f"{min(margins):+.1f} dB" if margins else "-"
+        map_cell = f"{min(maps):.2f}" if maps else "-"
+        print(f"| {setting or '-'} | {points_cell} | {margin_cell} | {map_cell} |")
 
 
-def main(paths: list[str], plot_path: str | None = None, span: tuple[float, float] | None = None) -> None:
+def main(paths: list[str], plot_path: str | None = None, band: tuple[float, float] | None = None) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     # candidates pooled by (policy, config, pool settings) over the runs: runs may add
     # candidates (e.g. lower thresholds), each timed against its own run's stock loop
@@ -196,6 +192,7 @@ def main(paths: list[str], plot_path: str | None = None, span: tuple[float, floa
     settings: dict[str, list[tuple[float, float, float | None]]] = {}  # for --range
     for row in rows[1:]:  # rows[0]: the stock loop
         cfg = ", ".join(f"{k} {v}" for k, v in row["cfg"].items()) or "-"
+        over_full = row["speedup"] / chunked(row)
         cells = ["", "", "", "", "", ""]
         if row["policy"] == "steperror":
             wall, work = ov.at(by_wall, row["speedup"]), ov.at(by_work, row["ideal"])
@@ -214,16 +211,14 @@ def main(paths: list[str], plot_path: str | None = None, span: tuple[float, floa
             ]
             if family is not None:
                 setting = ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold")
-                settings.setdefault(setting, []).append(
-                    (row["speedup"] / chunked(row), row["psnr_db"] - family, row["map"])
-                )
+                settings.setdefault(setting, []).append((over_full, row["psnr_db"] - family, row["map"]))
         print(
-            f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {row['speedup'] / chunked(row):.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
-            f"{row['speedup'] / chunked(row) / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
+            f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {over_full:.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
+            f"{over_full / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
         )
 
-    if span:
-        range_verdict(settings, *span)
+    if band:
+        range_verdict(settings, *band)
 
 
 if __name__ == "__main__":
@@ -232,4 +227,9 @@ if __name__ == "__main__":
     parser.add_argument("--plot", help="write the PSNR / wall speedup plot here")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"), help="speedup over chunked full compute")
     args = parser.parse_args()
+    if args.range and args.range[0] > args.range[1]:
+        parser.error(f"--range: LO {args.range[0]} is above HI {args.range[1]}")
+    missing = [run for run in args.runs if not Path(run).is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
     main(args.runs, args.plot, tuple(args.range) if args.range else None)
