@@ -326,6 +326,11 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     refresh_share: Fraction = 0.0
     """Refresh only when the chosen blocks hold at least this share of the predicted error (the
     error is concentrated; 0 = no such gate)."""
+    refresh_keep: Fraction = 0.0
+    """Share of a refreshed token's accumulated predicted error that it keeps: a refresh attends
+    to the other tokens' K/V as cached (stale), so it is not exact (the oracle's staleness cost);
+    0 = the refresh counts as exact, so the step rule defers the next full step by all it
+    removed; 1 = the error summed so far stands (only the tokens' later growth restarts)."""
     static_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
     """Spatial part, at a step the rule computes: leave out this share of the blocks with the
     smallest predicted error (they keep accumulating it), a partial step; 0 = all blocks."""

@@ -613,12 +613,13 @@ def test_steperror_measured_second_order_prices_each_step_by_the_models_skip_sen
     assert without != modes
 
 
-def _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, warmup, refresh, static=0.0, within=0):
+def _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, warmup, refresh, static=0.0, within=0, keep=0.0):
     """The spatial part's decisions from the recorded values (first-order term only, as
     ``amplification`` 0): per token, D and the error since *its* last compute; a step the rule
     skips recomputes the ``refresh`` share of blocks with the largest mean error (LAYOUT: a
     block = one token position in both frames), a step it computes leaves out the ``static``
-    share with the smallest; computed tokens restart and measure their rate over their own D."""
+    share with the smallest; computed tokens restart and measure their rate over their own D (a
+    refreshed token keeps the ``keep`` share of its error)."""
     n, blocks = 8, 4
     block_of = torch.arange(4).repeat(2)
     modes, dist, error, rate, reference, run = [], torch.zeros(n, dtype=torch.float64), None, None, None, 0
@@ -653,7 +654,7 @@ def _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, warmup, refresh
             if bool(computed.all()):
                 error, run = None, 0
             elif error is not None:
-                error[tokens] = 0.0
+                error[tokens] *= keep if run else 0.0
     return modes
 
 
@@ -748,6 +749,14 @@ def test_steperror_refresh_gates_and_static_blocks_are_replayed():
     static = run({"static_fraction": 0.25})
     assert static == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.0, static=0.25)
     assert "partial:1110" in static and static[:4] == ["full"] * 4
+    # a refresh that keeps some of its tokens' error (stale context) defers the next full step
+    # less: full steps come sooner, between the exact refresh's and the whole-step rule's
+    exact = run({"refresh_fraction": 0.25, "refresh_within": 0})
+    for keep in (0.5, 1.0):
+        kept = run({"refresh_fraction": 0.25, "refresh_within": 0, "refresh_keep": keep})
+        assert kept == _steperror_spatial_replay(sigmas, e0s, cond, uncond, g, tau, 4, 0.25, keep=keep)
+        assert kept != exact
+    assert exact.count("full") < kept.count("full") < run({}).count("full")
 
 
 def test_steperror_spatial_fields_are_validated_naming_the_field():
@@ -757,6 +766,7 @@ def test_steperror_spatial_fields_are_validated_naming_the_field():
         ("static_fraction", 1.5),
         ("refresh_within", -1),
         ("refresh_share", 2.0),
+        ("refresh_keep", 1.5),
     ):
         with pytest.raises(InvalidPolicyConfig, match=field) as info:
             make_policy("steperror", {field: value})
