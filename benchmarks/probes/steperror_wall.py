@@ -16,7 +16,7 @@ PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is above / below the whole
 ``--range LO HI``: per ``steperror`` setting (its config without the threshold), the smallest
 margin over the best single cache and the smallest map among its points whose speedup over
 chunked full compute lies in [LO, HI]. ``--plot``: PSNR against wall speedup, the cache points
-and their front, ``steperror`` with and without its spatial part. Timing figures only from an
+and their front, one ``steperror`` line per setting (config without the threshold). Timing figures only from an
 exclusive run.
 """
 
@@ -67,6 +67,11 @@ def upper_hull(front: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return hull
 
 
+def setting_of(row: dict) -> str:
+    """A steperror row's setting: its config as the run named it, without threshold and pool."""
+    return ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold" and k not in row["pool"])
+
+
 def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: list[tuple[float, float]]) -> None:
     import matplotlib
 
@@ -76,24 +81,23 @@ def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: lis
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(*zip(*front), "-", color="grey", alpha=0.6, label="cache front")
     ax.plot(*zip(*hull), ":", color="black", alpha=0.6, label="its upper hull (lossy settings)")
-    # a row without refresh_fraction ran whole steps (the default before session 13; every
-    # spatial candidate since names it)
     groups = {
         "teacache": ("o", "tab:blue", lambda r: r["policy"] == "teacache"),
         "magcache": ("o", "tab:orange", lambda r: r["policy"] == "magcache"),
         "flowcache": ("o", "tab:purple", lambda r: r["policy"] == "flowcache"),
-        "steperror, spatial part": (
-            "s-",
-            "tab:red",
-            lambda r: r["policy"] == "steperror" and r["cfg"].get("refresh_fraction", 0) > 0,
-        ),
-        "steperror, whole steps": (
-            "^--",
-            "tab:green",
-            lambda r: r["policy"] == "steperror" and r["cfg"].get("refresh_fraction", 0) == 0,
-        ),
         "chunked full compute": ("*", "black", lambda r: r["policy"] == "none"),
     }
+    # one line per steperror setting as the run named it (a setting left out is the policy's
+    # default when the run was made: the spatial part is on by default since session 13)
+    lines = ("s-", "^--", "v-.", "D:", "P-", "X--")
+    colours = ("tab:red", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+    named = sorted({setting_of(r) for r in rows if r["policy"] == "steperror"})
+    for n, setting in enumerate(named):
+        groups[f"steperror {setting or '(defaults)'}"] = (
+            lines[n % len(lines)],
+            colours[n % len(colours)],
+            lambda r, setting=setting: r["policy"] == "steperror" and setting_of(r) == setting,
+        )
     for label, (style, colour, member) in groups.items():
         pts = sorted((r["speedup"], r["psnr_db"]) for r in rows if member(r))
         if pts:
