@@ -318,8 +318,10 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     map). 0.1 with ``refresh_within`` 2 (the default since session 13) makes the recompute map
     follow motion (Spearman 0.5-0.66) and, with both CFG branches in one call (``cfg_batched``),
     was >= 1.5 dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x
-    on three held-out caption sets (RESULTS.md, "Session 13"); whole steps were about level with
-    it on the wall clock and better at 3x ideal work on set 7 (+1.5 against -0.1 dB)."""
+    on three held-out caption sets (RESULTS.md, "Session 13"), but not above ~5x on two later ones
+    (sets 10 and 11, "Session 15": refreshes collapsed single chunks of a pan, a bounce and a fast
+    clip, where whole steps were +1.6 to +4.5 dB); whole steps were about level with it on the
+    wall clock and better at 3x ideal work on set 7 (+1.5 against -0.1 dB)."""
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 2
     """Refresh only in the first this-many steps after a computed step, while the other tokens'
     K/V (which a partial step attends to as they were) are recent (0 = at any skipped step)."""

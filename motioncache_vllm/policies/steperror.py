@@ -64,8 +64,8 @@ recomputed tokens attend to the others' K/V as cached); the first is on by defau
 
 For these, ``D`` and the error are per token, since *that token's* last compute; a refreshed
 token's error and distance restart (``refresh_keep``: it keeps that share of its error, as a
-refresh attends to stale K/V; 1 gained +0.6-0.8 dB for 1-2% of speed on set 6 and level on set 10,
-so 0 stays the default) and its rate is measured over its own distance. With both
+refresh attends to stale K/V; 1 gained +0.6-0.8 dB for 1-2% of speed on set 6 and was within
+0.7 dB of 0 on set 10, so 0 stays the default) and its rate is measured over its own distance. With both
 at 0 every compute is a full step, every token's ``D`` is the same, and the decisions are the
 whole-step rule's. The block oracle beat the step oracle by +0.2-0.7 dB at 2-3x with the
 runtime's stale K/V; earlier partial-step policies (``tokenrate``, ``magrefresh``) lost to full
@@ -79,7 +79,9 @@ session 12) the refreshes realise 0.85-0.95 of their ideal speedup and the spati
 dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x on three held-out
 sets (map Spearman 0.5-0.66; RESULTS.md, "Session 13"), so ``refresh_fraction`` 0.1 within 2
 steps is the default since session 13 (``refresh_fraction=0`` gives whole steps only;
-``static_fraction`` lost outright).
+``static_fraction`` lost outright). On two later held-out sets (10 and 11, "Session 15") it was
+not above the best single cache from ~5x up: refreshes collapsed single chunks of a pan, a
+bounce and a fast clip, where whole steps did better.
 """
 
 from __future__ import annotations
