@@ -16,8 +16,8 @@ PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is above / below the whole
 ``--range LO HI``: per ``steperror`` setting (its config without the threshold), the smallest
 margin over the best single cache and the smallest map among its points whose speedup over
 chunked full compute lies in [LO, HI]. ``--plot``: PSNR against wall speedup, the cache points
-and their front, one ``steperror`` line per setting (config without the threshold). Timing figures only from an
-exclusive run.
+and their front, one ``steperror`` line per setting (config without the threshold). Timing
+figures only from an exclusive run.
 """
 
 import argparse
