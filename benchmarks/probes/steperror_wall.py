@@ -68,8 +68,9 @@ def upper_hull(front: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def setting_of(row: dict) -> str:
-    """A steperror row's setting: its config as the run named it, without threshold and pool."""
-    return ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold" and k not in row["pool"])
+    """A steperror row's setting: its config and pool settings as the run named them, without
+    the threshold (one ``--range`` row and one plot line each)."""
+    return ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold")
 
 
 def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: list[tuple[float, float]]) -> None:
@@ -214,8 +215,7 @@ def main(paths: list[str], plot_path: str | None = None, band: tuple[float, floa
                 "-" if row["map"] is None else f"{row['map']:.2f}",
             ]
             if family is not None:
-                setting = ", ".join(f"{k} {v}" for k, v in row["cfg"].items() if k != "threshold")
-                settings.setdefault(setting, []).append((over_full, row["psnr_db"] - family, row["map"]))
+                settings.setdefault(setting_of(row), []).append((over_full, row["psnr_db"] - family, row["map"]))
         print(
             f"| {row['policy']} | {cfg} | {row['speedup']:.2f}x | {over_full:.2f}x | {row['ideal'] or 1:.3f} | {row['psnr_db']:.2f} | "
             f"{over_full / (row['ideal'] or 1):.2f} | " + " | ".join(cells) + " |"
