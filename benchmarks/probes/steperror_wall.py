@@ -134,7 +134,15 @@ def range_verdict(points: dict[str, list[tuple[float, float, float | None]]], lo
 
 
 def main(paths: list[str], plot_path: str | None = None, band: tuple[float, float] | None = None) -> None:
-    runs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = []
+    for path in paths:
+        try:
+            run = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            sys.exit(f"{path}: not JSON ({error})")
+        if not isinstance(run, dict) or not {"sets", "candidates"} <= run.keys():
+            sys.exit(f"{path}: not a hybrid_pareto.py output (no 'sets' and 'candidates')")
+        runs.append(run)
     # candidates pooled by (policy, config, pool settings) over the runs: runs may add
     # candidates (e.g. lower thresholds), each timed against its own run's stock loop
     pooled: dict[str, dict] = {}
