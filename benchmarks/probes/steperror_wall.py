@@ -17,7 +17,9 @@ PSNR (``>=`` / ``<=``: bounds where the policy's PSNR is above / below the whole
 margin over the best single cache and the smallest map among its points whose speedup over
 chunked full compute lies in [LO, HI]. ``--plot``: PSNR against wall speedup, the cache points
 and their front, one ``steperror`` line per setting (config without the threshold). Timing
-figures only from an exclusive run.
+figures only from an exclusive run. ``--common``: pool runs whose candidate lists differ (e.g.
+held-out sets run with different variants) over the candidates every caption has; the others are
+named on stderr and left out.
 """
 
 import argparse
@@ -133,7 +135,9 @@ def range_verdict(points: dict[str, list[tuple[float, float, float | None]]], lo
         print(f"| {setting or '-'} | {points_cell} | {margin_cell} | {map_cell} |")
 
 
-def main(paths: list[str], plot_path: str | None = None, band: tuple[float, float] | None = None) -> None:
+def main(
+    paths: list[str], plot_path: str | None = None, band: tuple[float, float] | None = None, common: bool = False
+) -> None:
     runs = []
     for path in paths:
         try:
@@ -171,6 +175,12 @@ def main(paths: list[str], plot_path: str | None = None, band: tuple[float, floa
             map=statistics.median(maps) if maps else None,
         )
         rows.append(row)
+    if common:  # only what every caption ran (the stock loop and chunked full compute always are)
+        everywhere = frozenset.union(*(r["captions"] for r in rows))
+        for r in rows:
+            if r["captions"] != everywhere:
+                print(f"left out (not run on every caption): {r['policy']} {r['cfg']}", file=sys.stderr)
+        rows = [r for r in rows if r["captions"] == everywhere]
     if len({r["captions"] for r in rows}) != 1:  # a candidate in several runs counts each run's walls
         sys.exit("every candidate must cover the same captions")
 
@@ -237,6 +247,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="hybrid_pareto.py outputs")
     parser.add_argument("--plot", help="write the PSNR / wall speedup plot here")
+    parser.add_argument("--common", action="store_true", help="pool over the candidates every caption ran")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"), help="speedup over chunked full compute")
     args = parser.parse_args()
     if args.range and args.range[0] > args.range[1]:
@@ -244,4 +255,4 @@ if __name__ == "__main__":
     missing = [run for run in args.runs if not Path(run).is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
-    main(args.runs, args.plot, tuple(args.range) if args.range else None)
+    main(args.runs, args.plot, tuple(args.range) if args.range else None, args.common)
