@@ -14,7 +14,7 @@ from motioncache_vllm.bench.prompts import held_out_set
 n = int(sys.argv[1])
 seen = set(held_out_set())
 for p in Path("benchmarks").glob("prompts_unseen*.txt"):
-    seen |= {l.strip() for l in p.read_text().splitlines() if l.strip()}
+    seen |= {line.strip() for line in p.read_text().splitlines() if line.strip()}
 rng = random.Random(20261201 + n)
 kinds = ["slow", "fast", "slow", "fast", "pan", "bounce"]
 out = []
