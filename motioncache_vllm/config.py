@@ -311,17 +311,17 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     step in full); ``auto`` (default) = ``measured`` where the model has the curve (both shipped
     models do), else ``exp``. ``measured`` beat ``exp`` at 2.5x ideal work on four caption sets,
     one of them held out (RESULTS.md, "Session 9")."""
-    refresh_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.1
+    refresh_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
     """Spatial part, at a step the rule skips: recompute this share of the blocks with the
     largest predicted error (``dt x rate[p] x D[p]`` summed since each token's own last compute;
-    their error and distance restart), a partial step; 0 = whole steps only (a flat recompute
-    map). 0.1 with ``refresh_within`` 2 (the default since session 13) makes the recompute map
-    follow motion (Spearman 0.5-0.66) and, with both CFG branches in one call (``cfg_batched``),
-    was >= 1.5 dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x
-    on three held-out caption sets (RESULTS.md, "Session 13"), but not above ~5x on two later ones
-    (sets 10 and 11, "Session 15": refreshes collapsed single chunks of a pan, a bounce and a fast
-    clip, where whole steps were +1.6 to +4.5 dB); whole steps were about level with it on the
-    wall clock and better at 3x ideal work on set 7 (+1.5 against -0.1 dB)."""
+    their error and distance restart), a partial step; 0 (the default since session 16) = whole
+    steps only, a flat recompute map. 0.05 makes the map follow motion (median Spearman 0.51-0.58
+    over moving objects on held-out sets 10-14) at +0.25 dB over whole steps at about equal ideal
+    work (30 held-out clips), but its partial steps cost 11-13% of the wall clock on the embedded model
+    (a partial call costs ~0.4 of a full one: weight reads and per-op dispatch, not tokens), so on
+    the wall clock whole steps were ahead on held-out sets 10-14 (RESULTS.md, "Session 16"). 0.1
+    (the default of sessions 13-15) refreshed more and collapsed single chunks of a pan, a bounce
+    and a fast clip (sets 10 and 11, "Session 15")."""
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 2
     """Refresh only in the first this-many steps after a computed step, while the other tokens'
     K/V (which a partial step attends to as they were) are recent (0 = at any skipped step)."""

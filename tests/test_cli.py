@@ -203,4 +203,4 @@ def test_policies_lists_each_policy_and_the_guard_once():
     # the guard's settings are shared by every policy: one entry each, after the last policy
     for field in ("cut_threshold", "cut_grid", "cut_full_every", "cut_band_threshold", "cut_band_every"):
         assert sum(line.strip().startswith(f"{field} = ") for line in lines) == 1
-    assert any(line.strip().startswith("refresh_fraction = 0.1:") for line in lines)  # steperror's
+    assert any(line.strip().startswith("refresh_fraction = 0.0:") for line in lines)  # steperror's

@@ -53,8 +53,8 @@ so the rate is measured on the guided residual as the oracle's criterion is.
 The step decision takes the mean over tokens, so on its own the per-token rates act only
 through their mean and every block is recomputed equally often (a flat recompute map). Two
 spatial parts put the per-token rates to work *under* this step choice (partial steps: the
-recomputed tokens attend to the others' K/V as cached); the first is on by default
-(``refresh_fraction`` 0.1, ``refresh_within`` 2, since session 13):
+recomputed tokens attend to the others' K/V as cached); both are off by default since session
+16 (the first was on, ``refresh_fraction`` 0.1, in sessions 13-15):
 
 - ``refresh_fraction``: a step the rule skips instead recomputes that share of the blocks with
   the largest predicted error (gates: ``refresh_within`` steps after a computed step,
@@ -81,7 +81,12 @@ sets (map Spearman 0.5-0.66; RESULTS.md, "Session 13"), so ``refresh_fraction`` 
 steps is the default since session 13 (``refresh_fraction=0`` gives whole steps only;
 ``static_fraction`` lost outright). On two later held-out sets (10 and 11, "Session 15") it was
 not above the best single cache from ~5x up: refreshes collapsed single chunks of a pan, a
-bounce and a fast clip, where whole steps did better.
+bounce and a fast clip, where whole steps did better. On 30 held-out clips (sets 10-13,
+"Session 16") ``refresh_fraction`` 0.05 kept the map (0.51-0.58) at +0.25 dB over whole steps at
+about equal ideal work, but a refresh's residual, computed against stale K/V, is itself worth
+little (added to whole steps' schedule without changing a decision: -3.9 to +0.8 dB on three
+clips) and its partial steps cost 11-13% of the wall clock, so whole steps are the default again: the map is
+``refresh_fraction=0.05``'s, the speed and quality whole steps'.
 """
 
 from __future__ import annotations
