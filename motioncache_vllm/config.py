@@ -316,10 +316,10 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     largest predicted error (``dt x rate[p] x D[p]`` summed since each token's own last compute;
     their error and distance restart), a partial step; 0 (the default since session 16) = whole
     steps only, a flat recompute map. 0.05 makes the map follow motion (median Spearman 0.51-0.58
-    over moving objects on held-out sets 10-14) at +0.25 dB over whole steps at about equal ideal
+    over moving objects on held-out sets 10-15) at +0.25 dB over whole steps at about equal ideal
     work (30 held-out clips), but its partial steps cost 11-13% of the wall clock on the embedded model
     (a partial call costs ~0.4 of a full one: weight reads and per-op dispatch, not tokens), so on
-    the wall clock whole steps were ahead on held-out sets 10-14 (RESULTS.md, "Session 16"). 0.1
+    the wall clock whole steps were ahead on held-out sets 10-15 (RESULTS.md, "Session 16"). 0.1
     (the default of sessions 13-15) refreshed more and collapsed single chunks of a pan, a bounce
     and a fast clip (sets 10 and 11, "Session 15")."""
     refresh_within: Annotated[int, msgspec.Meta(ge=0)] = 2

@@ -78,7 +78,7 @@ clock, so both stayed off by default. With both CFG branches in one call (``cfg_
 session 12) the refreshes realise 0.85-0.95 of their ideal speedup and the spatial part is >= 1.5
 dB above the best of TeaCache and MagCache at equal wall clock from ~3.85x to 7x on three held-out
 sets (map Spearman 0.5-0.66; RESULTS.md, "Session 13"), so ``refresh_fraction`` 0.1 within 2
-steps is the default since session 13 (``refresh_fraction=0`` gives whole steps only;
+steps was the default in sessions 13-15 (``refresh_fraction=0`` gives whole steps only;
 ``static_fraction`` lost outright). On two later held-out sets (10 and 11, "Session 15") it was
 not above the best single cache from ~5x up: refreshes collapsed single chunks of a pan, a
 bounce and a fast clip, where whole steps did better. On 30 held-out clips (sets 10-13,
