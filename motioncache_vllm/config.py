@@ -280,10 +280,14 @@ class StepErrorConfig(PolicyConfigBase, tag="steperror"):
     threshold: Threshold = 0.1
     """Mean predicted latent error (|dt| x guided residual change, summed over the steps since
     the last compute; the output-error oracle's units) below which a step is skipped."""
-    warmup_ratio: Fraction = 0.2
+    warmup_ratio: Fraction = 0.15
     """Share of each chunk's first steps that always run in full (at least 2; they measure the
-    clip's rate): 4 of 20 steps, 6 of 30. The first-order estimate underprices early steps, whose
-    error later steps carry on: with 4 of 30 a pan fell from 41.9 to 29.7 dB."""
+    clip's rate): 3 of 20 steps, 5 of 30 (0.2 = 6 of 30 until session 16). The first-order
+    estimate underprices early steps, whose error later steps carry on (with 4 of 30 a pan fell
+    from 41.9 to 29.7 dB before the calibrated skip sensitivity priced them); 5 of 30 reached
+    further at the band's top on held-out set 16 (+3.4 dB over the best single cache at 2.42x over
+    chunked full compute, 6 of 30: +0.8) and was +1.1 dB at equal ideal work on sets 13-14, but
+    3 of 30 collapsed single clips (RESULTS.md, "Session 16")."""
     rate_smoothing: Fraction = 1.0
     """Weight of the newest rate measurement (1 = only the latest: the change per unit of
     schedule distance drifts along a chunk; 0.5 measured 0.3-0.6 dB worse at 2.5-3x)."""

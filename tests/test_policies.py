@@ -414,7 +414,14 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
     # the warm-up is a share of the schedule: 0.2 x 16 steps -> 3 full steps
     shorter, _ = _steperror_chunk(
         make_policy(
-            "steperror", {"threshold": tau, "coefficients": [1.0, 0.0], "rate_smoothing": 0.5, "amplification": 0.0}
+            "steperror",
+            {
+                "threshold": tau,
+                "coefficients": [1.0, 0.0],
+                "rate_smoothing": 0.5,
+                "amplification": 0.0,
+                "warmup_ratio": 0.2,
+            },
         ),
         sigmas,
         e0s,
@@ -445,6 +452,18 @@ def test_steperror_skips_by_dt_weighted_guided_error_accumulated_since_the_last_
         g,
     )
     assert capped[4:] == ["skip", "skip", "full"] * 4
+
+
+def test_steperror_default_warm_up_is_five_of_thirty_steps():
+    """The default warm-up (``warmup_ratio`` 0.15) runs 5 of 30 steps in full (3 of 20), then a
+    threshold nothing reaches skips the rest."""
+    for steps, warm in ((30, 5), (20, 3)):
+        sigmas = tuple(1.0 - i / steps for i in range(steps + 1))
+        e0s = [1.0 + 0.1 * k for k in range(steps)]
+        residuals = [torch.ones(8, 3) + 0.01 * k for k in range(steps)]
+        policy = make_policy("steperror", {"threshold": 1e6, "coefficients": [1.0, 0.0]})
+        modes, _ = _steperror_chunk(policy, sigmas, e0s, residuals, residuals, 1.0)
+        assert modes == ["full"] * warm + ["skip"] * (steps - warm)
 
 
 def test_steperror_second_order_term_and_magcache_schedule_change_the_decisions_as_replayed():

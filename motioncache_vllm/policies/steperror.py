@@ -27,7 +27,8 @@ This policy is that oracle without the peek (no full forward at a skipped step):
   computed in full, which resets the sum;
 - the first ``warmup_ratio`` of a chunk's steps run in full, as a share of the schedule
   (MagCache's retention ratio): a first-order estimate does not see how later steps carry an
-  early error on (the oracle's caveat), and 4 of 30 steps lost 12 dB on a pan where 6 did not.
+  early error on (the oracle's caveat), and 4 of 30 steps lost 12 dB on a pan where 6 did not
+  (before the calibrated skip sensitivity); 5 of 30 since session 16 (6 before).
 
 A second-order term, ``amplification = a`` (default 1): a step's error is priced
 ``exp(a * sigma_(k+1))`` times, for the later steps that carry it on (a constant growth rate
