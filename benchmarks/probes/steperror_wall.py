@@ -91,7 +91,7 @@ def plot(out: str, rows: list[dict], front: list[tuple[float, float]], hull: lis
         "chunked full compute": ("*", "black", lambda r: r["policy"] == "none"),
     }
     # one line per steperror setting as the run named it (a setting left out is the policy's
-    # default when the run was made: the spatial part is on by default since session 13)
+    # default when the run was made: refresh_fraction 0.1 in sessions 13-15, 0 before and after)
     lines = ("s-", "^--", "v-.", "D:", "P-", "X--")
     colours = ("tab:red", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
     named = sorted({setting_of(r) for r in rows if r["policy"] == "steperror"})
