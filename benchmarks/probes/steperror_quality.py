@@ -56,7 +56,18 @@ def main() -> None:
     parser.add_argument("variants", help="JSON list of steperror configs")
     parser.add_argument("files", nargs="+", help="caption files")
     args = parser.parse_args()
-    variants = [(cfg, False) for cfg in json.loads(args.variants)]
+    try:  # every variant checked before the model loads: a mistake is one line, not a traceback
+        configs = json.loads(args.variants)
+        if not isinstance(configs, list) or not all(isinstance(cfg, dict) for cfg in configs):
+            raise ValueError("expected a JSON list of steperror configs (objects)")
+        for cfg in configs:
+            CacheConfig.decode("steperror", cfg, cfg_batched=True)
+    except ValueError as error:  # JSONDecodeError and the config's ConfigError are ValueErrors
+        parser.error(f"variants: {error}")
+    missing = [path for path in args.files if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    variants = [(cfg, False) for cfg in configs]
     if args.worth:
         variants += [(cfg, True) for cfg, _ in variants if cfg.get("refresh_fraction", 0.0) > 0]
     pipe = load_pipeline("embedded")
