@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from motioncache_vllm.bench.prompts import held_out_set
+from motioncache_vllm.bench.prompts import caption, held_out_set, load_prompts
 from motioncache_vllm.data.procedural import COLOURS, DIRECTIONS, SHAPES
 
 KINDS = ("slow", "fast", "slow", "fast", "pan", "bounce")
@@ -31,19 +31,14 @@ def draw(n: int) -> list[str]:
     for path in SETS.glob("prompts_unseen*.txt"):
         number = set_number(path)
         if number is not None and number < n:
-            seen |= {line.strip() for line in path.read_text().splitlines() if line.strip()}
+            seen |= set(load_prompts(path))
     rng = random.Random(20261201 + n)
     out: list[str] = []
     while len(out) < len(KINDS):
         c, s, d = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS))
-        caption = {
-            "slow": f"a {c} {s} moves {d} slowly",
-            "fast": f"a {c} {s} moves {d} quickly",
-            "pan": f"camera pans {d} over a {c} {s}",
-            "bounce": f"a {c} {s} bounces {d}",
-        }[KINDS[len(out)]]
-        if caption not in seen and caption not in out:
-            out.append(caption)
+        drawn = caption(KINDS[len(out)], c, s, d)
+        if drawn not in seen and drawn not in out:
+            out.append(drawn)
     return out
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from motioncache_vllm.bench.motionmap import recompute_motion_spearman
+from motioncache_vllm.bench.prompts import load_prompts
 from motioncache_vllm.bench.suites import chunk_pixel_ranges
 from motioncache_vllm.config import CacheConfig, GenerationRequest
 from motioncache_vllm.metrics import psnr_db
@@ -60,25 +61,27 @@ def main() -> None:
         configs = json.loads(args.variants)
         if not isinstance(configs, list) or not all(isinstance(cfg, dict) for cfg in configs):
             raise ValueError("expected a JSON list of steperror configs (objects)")
-        for cfg in configs:
-            CacheConfig.decode("steperror", cfg, cfg_batched=True)
+        caches = [CacheConfig.decode("steperror", cfg, cfg_batched=True) for cfg in configs]
     except ValueError as error:  # JSONDecodeError and the config's ConfigError are ValueErrors
         parser.error(f"variants: {error}")
     missing = [path for path in args.files if not Path(path).is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
-    variants = [(cfg, False) for cfg in configs]
+    try:
+        captions = {path: load_prompts(path) for path in args.files}
+    except ValueError as error:  # a file without captions
+        parser.error(str(error))
+    variants = [(cfg, cache, False) for cfg, cache in zip(configs, caches)]
     if args.worth:
-        variants += [(cfg, True) for cfg, _ in variants if cfg.get("refresh_fraction", 0.0) > 0]
+        variants += [(cfg, cache, True) for cfg, cache, _ in variants if cfg.get("refresh_fraction", 0.0) > 0]
     pipe = load_pipeline("embedded")
     pipe.set_progress_bar_config(disable=True)
     ranges = chunk_pixel_ranges(FRAMES, pipe.causal_block_size)
-    for path in args.files:
-        for prompt in [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]:
+    for path, prompts in captions.items():
+        for prompt in prompts:
             req = GenerationRequest(prompt=prompt, num_frames=FRAMES, seed=0)
             ref = generate_video(pipe, req, runtime="vanilla").frames
-            for cfg, extra in variants:
-                cache = CacheConfig.decode("steperror", cfg, cfg_batched=True)
+            for cfg, cache, extra in variants:
                 if extra:
                     with refreshes_without_bookkeeping():
                         r = generate_video(pipe, req, cache=cache)
